@@ -1,0 +1,5 @@
+import sys
+
+from cwhook.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""The normalized event every parser produces, and what a parser may answer instead."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Source = Literal["plex", "jellyfin", "emby"]
+Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress"]
+Kind = Literal["movie", "episode", "show", "season"]
+
+ID_KEYS = ("imdb", "tmdb", "tvdb", "trakt")
+
+
+class BadPayload(Exception):
+    """The request body is not understood (answered 400 with this detail)."""
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Understood, but nothing for us to do (answered 200 with the reason code)."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Ids:
+    imdb: str | None = None
+    tmdb: int | None = None
+    tvdb: int | None = None
+    trakt: int | None = None
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def __bool__(self) -> bool:
+        return bool(self.as_dict())
+
+
+def normalize_imdb(value: Any) -> str | None:
+    text = str(value).strip().lower() if value is not None else ""
+    m = re.fullmatch(r"(?:tt)?0*(\d{1,10})", text)
+    if not m:
+        return None
+    digits = m.group(1)
+    return "tt" + digits.zfill(7)
+
+
+def normalize_numeric_id(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and value > 0 else None
+    text = str(value).strip()
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        return number if number > 0 else None
+    return None
+
+
+def make_ids(imdb: Any = None, tmdb: Any = None, tvdb: Any = None, trakt: Any = None) -> Ids:
+    return Ids(
+        imdb=normalize_imdb(imdb),
+        tmdb=normalize_numeric_id(tmdb),
+        tvdb=normalize_numeric_id(tvdb),
+        trakt=normalize_numeric_id(trakt),
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    source: Source
+    action: Action
+    kind: Kind
+    title: str | None = None
+    year: int | None = None
+    ids: Ids = field(default_factory=Ids)
+    show_title: str | None = None
+    show_year: int | None = None
+    show_ids: Ids = field(default_factory=Ids)
+    season: int | None = None
+    number: int | None = None
+    progress: float | None = None  # percent 0..100, None = unknown
+    duration_s: float | None = None
+    paused: bool | None = None  # Jellyfin progress reports carry the paused flag
+    user_name: str | None = None
+    user_id: str | None = None
+    user_uuid: str | None = None  # Plex account uuid (from the avatar URL)
+    server_id: str | None = None
+    player_id: str | None = None
+    item_key: str = ""  # the media server's id of the item
+    rating: int | None = None  # for `rate`: 1..10, None = rating cleared
+    received_at: float = 0.0
+
+    @property
+    def user_key(self) -> str:
+        return f"{self.source}|{self.user_id or (self.user_name or '').casefold()}"
+
+    @property
+    def identity(self) -> str:
+        """What the item is, independent of who plays it where."""
+        if self.kind == "episode" and not self.ids and self.show_title is not None:
+            show = self.show_ids.as_dict() or (self.show_title or "").casefold()
+            return f"episode|{show}|{self.season}|{self.number}"
+        ids = self.ids.as_dict()
+        if ids:
+            return f"{self.kind}|" + ",".join(f"{k}={ids[k]}" for k in sorted(ids))
+        return f"{self.kind}|{(self.title or '').casefold()}|{self.year}|{self.item_key}"
+
+    @property
+    def session_key(self) -> str:
+        """One viewing session: source + user + player + item."""
+        return f"{self.user_key}|{self.player_id or '-'}|{self.item_key or self.identity}"
+
+    def label(self) -> str:
+        if self.kind == "episode":
+            show = self.show_title or "?"
+            return f"{show} S{self.season or 0:02d}E{self.number or 0:02d}"
+        return f"{self.title or '?'} ({self.year})" if self.year else (self.title or "?")
+
+    def summary(self) -> dict[str, Any]:
+        """What the 202 answer shows a curl user: what was understood."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "action": self.action,
+            "kind": self.kind,
+            "title": self.title,
+            "year": self.year,
+            "ids": self.ids.as_dict(),
+            "progress": None if self.progress is None else round(self.progress, 2),
+            "user": self.user_name,
+            "session": self.session_key,
+        }
+        if self.kind == "episode":
+            out.update(
+                show={"title": self.show_title, "year": self.show_year, "ids": self.show_ids.as_dict()},
+                season=self.season,
+                number=self.number,
+            )
+        if self.action == "rate":
+            out["rating"] = self.rating
+        if self.paused is not None:
+            out["paused"] = self.paused
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ids"] = self.ids.as_dict()
+        data["show_ids"] = self.show_ids.as_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["ids"] = Ids(**data.get("ids") or {})
+        values["show_ids"] = Ids(**data.get("show_ids") or {})
+        return cls(**values)
+
+
+ParseResult = Event | Ignored

@@ -1,0 +1,52 @@
+"""Jellyfin webhook plugin payloads → Event (pure).
+
+The plugin's "Send All Properties" body is a flat JSON object; user templates
+render the same keys with numbers as strings and booleans as "True"/"False";
+the "Generic Form" destination posts them urlencoded. All three are read here.
+There is no pause event: PlaybackProgress carries ``IsPaused`` and the rules
+turn a change of that flag into a pause or a resume.
+"""
+
+from __future__ import annotations
+
+from cwhook.event import BadPayload, Ignored, ParseResult
+from cwhook.mediabrowser import MediaBrowserItem, provider_ids, to_event
+from cwhook.payload import as_bool, as_int, as_str, decode_body, get_ci
+
+EVENTS = {"PlaybackStart": "start", "PlaybackStop": "stop", "PlaybackProgress": "progress"}
+
+
+def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
+    data = decode_body(content_type, body, "payload", flat_form=True)
+    kind = as_str(get_ci(data, "NotificationType"))
+    if kind is None:
+        raise BadPayload("no 'NotificationType' in the Jellyfin payload")
+    action = EVENTS.get(kind)
+    if action is None:
+        return Ignored("event_not_handled", f"Jellyfin notification {kind} is not a playback event")
+    year = as_int(get_ci(data, "Year"))
+    is_episode = (as_str(get_ci(data, "ItemType")) or "").lower() == "episode"
+    item = MediaBrowserItem(
+        source="jellyfin",
+        action=action,  # type: ignore[arg-type]
+        item_type=as_str(get_ci(data, "ItemType")),
+        name=as_str(get_ci(data, "Name")),
+        # For episodes the plugin overwrites Year with the series' year.
+        year=None if is_episode else year,
+        show_year=year if is_episode else None,
+        ids=provider_ids(data, flat_prefix="Provider_"),
+        series_name=as_str(get_ci(data, "SeriesName")),
+        season=as_int(get_ci(data, "SeasonNumber")),
+        episode=as_int(get_ci(data, "EpisodeNumber")),
+        runtime_ticks=get_ci(data, "RunTimeTicks"),
+        position_ticks=get_ci(data, "PlaybackPositionTicks"),
+        played_to_completion=as_bool(get_ci(data, "PlayedToCompletion")),
+        paused=as_bool(get_ci(data, "IsPaused")),
+        user_name=as_str(get_ci(data, "NotificationUsername")) or as_str(get_ci(data, "Username")),
+        user_id=as_str(get_ci(data, "UserId")),
+        server_id=as_str(get_ci(data, "ServerId")),
+        player_id=as_str(get_ci(data, "DeviceId")) or as_str(get_ci(data, "Id"))
+        or as_str(get_ci(data, "DeviceName")),
+        item_id=as_str(get_ci(data, "ItemId")),
+    )
+    return to_event(item, received_at)

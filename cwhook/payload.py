@@ -1,0 +1,154 @@
+"""Reading request bodies and loosely typed payload values (pure, no I/O).
+
+Media servers send JSON as a raw body (any Content-Type, Jellyfin defaults to
+text/plain), inside a form field (Plex ``payload=``, Emby ``data=``), or as a
+flat urlencoded form whose values are all strings (Jellyfin "Generic Form").
+Template-rendered bodies carry numbers as strings and booleans as "True".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+from urllib.parse import parse_qsl
+
+from cwhook.event import BadPayload
+
+MAX_DEPTH = 64
+
+
+def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return True
+
+
+def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
+    """Parse JSON that must be an object; BadPayload says what was wrong."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadPayload(f"{what} is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadPayload(f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        pos = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise BadPayload(f"{what} is not JSON: {msg}{pos}") from None
+    if not isinstance(data, dict):
+        raise BadPayload(f"{what} is JSON but not an object (got {type(data).__name__})")
+    if not _depth_ok(data):
+        raise BadPayload(f"{what} is nested too deeply")
+    return data
+
+
+def _looks_like_json(body: bytes) -> bool:
+    return body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[")
+
+
+def decode_body(
+    content_type: str, body: bytes, field: str, flat_form: bool = False
+) -> dict[str, Any]:
+    """The JSON object a request carries.
+
+    ``body`` is the raw body, or the content of the multipart part named ``field``
+    (the HTTP shell streams multipart and hands over that part alone).
+    ``flat_form``: a urlencoded form without ``field`` is itself the object.
+    """
+    if not body.strip():
+        raise BadPayload("empty body")
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime == "application/x-www-form-urlencoded" or (
+        not _looks_like_json(body) and b"=" in body and mime != "application/json"
+    ):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadPayload(f"form body is not UTF-8 (byte {exc.start})") from None
+        pairs = parse_qsl(text, keep_blank_values=True)
+        form = dict(pairs)
+        if field in form:
+            return loads_object(form[field], f"form field '{field}'")
+        if flat_form and form:
+            return form
+        raise BadPayload(f"form body has no '{field}' field")
+    return loads_object(body)
+
+
+# --- loose values --------------------------------------------------------------
+
+
+def as_str(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_int(value: Any) -> int | None:
+    number = as_float(value)
+    if number is None or not number.is_integer() or abs(number) > 2**62:
+        return None
+    return int(number)
+
+
+def as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no", ""):
+            return False
+    if isinstance(value, (int, float)):
+        return bool(value)
+    return None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def get_ci(data: dict[str, Any], key: str) -> Any:
+    """``data[key]`` with the key's letter case ignored."""
+    if key in data:
+        return data[key]
+    lowered = key.lower()
+    for k, v in data.items():
+        if isinstance(k, str) and k.lower() == lowered:
+            return v
+    return None
+
+
+def percent(position: float | None, total: float | None) -> float | None:
+    """Progress percent, clamped to 0..100; None when it cannot be known."""
+    if position is None or total is None or total <= 0 or position < 0:
+        return None
+    return max(0.0, min(100.0, position / total * 100.0))

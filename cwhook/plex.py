@@ -1,0 +1,158 @@
+"""Plex webhook payloads → Event (pure).
+
+Plex posts multipart/form-data with a ``payload`` part holding JSON (the HTTP
+shell extracts it); urlencoded ``payload=`` and raw JSON are accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cwhook.event import BadPayload, Event, Ids, Ignored, ParseResult, make_ids
+from cwhook.payload import as_dict, as_float, as_int, as_str, decode_body, percent
+
+EVENTS = {
+    "media.play": "start",
+    "media.resume": "start",
+    "media.pause": "pause",
+    "media.stop": "stop",
+    "media.scrobble": "scrobble",
+    "media.rate": "rate",
+}
+PLAYBACK_KINDS = {"movie", "episode"}
+RATE_KINDS = {"movie", "episode", "show", "season"}
+
+_LEGACY = re.compile(r"^com\.plexapp\.agents\.(?P<agent>[a-z]+)://(?P<rest>[^?]*)")
+_MODERN = re.compile(r"^(?P<agent>imdb|tmdb|tvdb)://(?P<id>[^?/]+)")
+
+
+def _guid_list_ids(metadata: Mapping[str, Any]) -> Ids:
+    found: dict[str, str] = {}
+    guids = metadata.get("Guid")
+    for entry in guids if isinstance(guids, list) else []:
+        gid = as_str(as_dict(entry).get("id")) if isinstance(entry, dict) else as_str(entry)
+        m = _MODERN.match(gid or "")
+        if m:
+            found.setdefault(m.group("agent"), m.group("id"))
+    return make_ids(imdb=found.get("imdb"), tmdb=found.get("tmdb"), tvdb=found.get("tvdb"))
+
+
+def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | None]:
+    """Ids from an old-agent guid: (item ids, show ids, season, episode).
+
+    ``com.plexapp.agents.imdb://tt0072684?lang=en`` is a movie's imdb id;
+    ``com.plexapp.agents.thetvdb://73871/2/15?lang=en`` is a show's tvdb id plus
+    season 2, episode 15 (not an episode id); themoviedb works the same way.
+    Modern ``imdb://``, ``tmdb://``, ``tvdb://`` guids are item ids.
+    """
+    if not guid:
+        return Ids(), Ids(), None, None
+    m = _LEGACY.match(guid)
+    if not m:
+        modern = _MODERN.match(guid)
+        if modern:
+            return make_ids(**{modern.group("agent"): modern.group("id")}), Ids(), None, None
+        return Ids(), Ids(), None, None
+    agent, parts = m.group("agent"), m.group("rest").split("/")
+    key = {"imdb": "imdb", "themoviedb": "tmdb", "thetvdb": "tvdb", "tvdb": "tvdb", "tmdb": "tmdb"}
+    if agent not in key:
+        return Ids(), Ids(), None, None
+    ids = make_ids(**{key[agent]: parts[0]})
+    if len(parts) >= 3:
+        return Ids(), ids, as_int(parts[1]), as_int(parts[2])
+    return ids, Ids(), None, None
+
+
+def _rating(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:
+    """Plex rates 0..10 (5 stars = 10); 0, negative or missing means cleared."""
+    value = as_float(data.get("rating"))
+    if value is None:
+        value = as_float(metadata.get("userRating"))
+    if value is None or value <= 0:
+        return None
+    return max(1, min(10, round(value)))
+
+
+def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
+    data = decode_body(content_type, body, "payload")
+    event_name = as_str(data.get("event"))
+    if event_name is None:
+        raise BadPayload("no 'event' in the Plex payload")
+    action = EVENTS.get(event_name)
+    if action is None:
+        return Ignored("event_not_handled", f"Plex event {event_name} is not a playback event")
+    metadata = data.get("Metadata")
+    if not isinstance(metadata, dict):
+        raise BadPayload("no 'Metadata' object in the Plex payload")
+    kind = as_str(metadata.get("type"))
+    allowed = RATE_KINDS if action == "rate" else PLAYBACK_KINDS
+    if kind not in allowed:
+        detail = f"Plex item type {kind!r}"
+        if as_str(metadata.get("subtype")):
+            detail += f" ({metadata.get('subtype')})"
+        return Ignored("media_type_not_supported", detail + " is not scrobbled to Trakt")
+
+    account = as_dict(data.get("Account"))
+    player = as_dict(data.get("Player"))
+    server = as_dict(data.get("Server"))
+    guid = as_str(metadata.get("guid"))
+    legacy_ids, legacy_show_ids, legacy_season, legacy_number = parse_legacy_guid(guid)
+    ids = _guid_list_ids(metadata) or legacy_ids
+
+    title = as_str(metadata.get("title"))
+    year = as_int(metadata.get("year"))
+    show_title = show_year = None
+    season = number = None
+    show_ids = Ids()
+    if kind == "episode":
+        show_title = as_str(metadata.get("grandparentTitle"))
+        season = as_int(metadata.get("parentIndex"))
+        number = as_int(metadata.get("index"))
+        show_ids = legacy_show_ids
+        season = season if season is not None else legacy_season
+        number = number if number is not None else legacy_number
+        if not ids and not (show_title and season is not None and number is not None):
+            return Ignored("no_ids", "episode has no ids and no show title/season/number")
+    elif kind == "season":
+        show_title = as_str(metadata.get("parentTitle"))
+        season = as_int(metadata.get("index"))
+        show_ids = legacy_show_ids
+        if not (show_ids or show_title):
+            return Ignored("no_ids", "season has no show ids and no show title")
+    elif not ids and not title:
+        return Ignored("no_ids", f"{kind} has no ids and no title")
+
+    duration_ms = as_float(metadata.get("duration"))
+    view_offset = as_float(metadata.get("viewOffset"))
+    account_id = as_str(account.get("id"))
+    return Event(
+        source="plex",
+        action=action,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        title=title,
+        year=year,
+        ids=ids,
+        show_title=show_title,
+        show_year=show_year,
+        show_ids=show_ids,
+        season=season,
+        number=number,
+        progress=percent(view_offset, duration_ms),
+        duration_s=duration_ms / 1000 if duration_ms and duration_ms > 0 else None,
+        user_name=as_str(account.get("title")),
+        user_id=account_id,
+        user_uuid=account_uuid(as_str(account.get("thumb"))),
+        server_id=as_str(server.get("uuid")),
+        player_id=as_str(player.get("uuid")) or as_str(player.get("title")),
+        item_key=as_str(metadata.get("ratingKey")) or guid or "",
+        rating=_rating(data, metadata) if action == "rate" else None,
+        received_at=received_at,
+    )
+
+
+def account_uuid(thumb: str | None) -> str | None:
+    """Plex account thumbs look like https://plex.tv/users/<uuid>/avatar?c=..."""
+    m = re.search(r"/users/([0-9A-Za-z]+)/avatar", thumb or "")
+    return m.group(1) if m else None
