@@ -35,7 +35,7 @@ Checker = Callable[[Any], Checked]
 
 
 def _string(value: Any) -> Checked:
-    if isinstance(value, bool) or isinstance(value, (dict, list)):
+    if isinstance(value, (bool, dict, list)):
         return None, "must be a string"
     return str(value), None
 

@@ -69,18 +69,15 @@ def decode_body(
     if not body.strip():
         raise BadPayload("empty body")
     mime = content_type.split(";", 1)[0].strip().lower()
-    if mime == "application/x-www-form-urlencoded" or (
-        not _looks_like_json(body) and b"=" in body and mime != "application/json"
-    ):
+    if not _looks_like_json(body) and (b"=" in body or mime == "application/x-www-form-urlencoded"):
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadPayload(f"form body is not UTF-8 (byte {exc.start})") from None
-        pairs = parse_qsl(text, keep_blank_values=True)
-        form = dict(pairs)
+        form = dict(parse_qsl(text, keep_blank_values=True))
         if field in form:
             return loads_object(form[field], f"form field '{field}'")
-        if flat_form and form:
+        if flat_form and form and b"=" in body:
             return form
         raise BadPayload(f"form body has no '{field}' field")
     return loads_object(body)

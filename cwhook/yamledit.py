@@ -82,7 +82,7 @@ def _content_end(node: yaml.Node) -> int:
     """
     if isinstance(node, yaml.MappingNode) and node.value and not node.flow_style:
         key, value = node.value[-1]
-        return max(key.end_mark.index, _content_end(value))
+        return max(int(key.end_mark.index), _content_end(value))
     if isinstance(node, yaml.SequenceNode) and node.value and not node.flow_style:
         return _content_end(node.value[-1])
     return int(node.end_mark.index)

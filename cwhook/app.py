@@ -1,0 +1,212 @@
+"""The aiohttp application: the three webhook endpoints and /healthz.
+
+A webhook request is answered at once: the body is read (multipart streamed,
+only the JSON part kept), parsed by the pure parser of its server, filtered,
+and the event put on the worker's queue. Nothing here waits on Trakt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import structlog
+from aiohttp import BodyPartReader, web
+
+from cwhook import emby, filters, jellyfin, logs, plex
+from cwhook.config import Config
+from cwhook.delivery import Counters
+from cwhook.event import BadPayload, Event, Ignored, ParseResult
+
+log = logs.get("cwhook.http")
+
+Parser = Callable[[str, bytes, float], ParseResult]
+PARSERS: dict[str, tuple[Parser, str]] = {
+    "plex": (plex.parse, "payload"),
+    "jellyfin": (jellyfin.parse, "payload"),
+    "emby": (emby.parse, "data"),
+}
+ROUTES = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
+          "emby": "/webhook/embytrakt"}
+CHUNK = 65536
+RETRY_AFTER_BUSY = "5"
+_request_ids = itertools.count(1)
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass
+class Runtime:
+    """What the HTTP side shares with the daemon (the daemon swaps ``config`` on reload)."""
+
+    config: Config
+    queue: asyncio.Queue[Event]
+    counters: Counters
+    health: Callable[[], dict[str, Any]]
+
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def presented_token(raw_query: str) -> str:
+    """The whole raw query string is the token; ``token=...`` is accepted too."""
+    if raw_query.startswith("token="):
+        return unquote(raw_query[len("token="):].split("&", 1)[0])
+    return unquote(raw_query)
+
+
+def token_ok(presented: str, expected: str) -> bool:
+    if not expected:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+async def read_payload(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
+    """(content type, bytes) of the body, or of its multipart part named ``field``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge()
+    ctype = request.headers.get("Content-Type", "")
+    if ctype.lower().startswith("multipart/"):
+        return await _read_multipart(request, field, limit)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await request.content.read(CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge()
+        chunks.append(chunk)
+    return ctype, b"".join(chunks)
+
+
+async def _read_multipart(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
+    total = 0
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise BadPayload("nested multipart is not supported")
+            wanted = part.name == field
+            chunks: list[bytes] = []
+            while True:
+                chunk = await part.read_chunk(CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise TooLarge()
+                if wanted:
+                    chunks.append(chunk)
+            if wanted:
+                # The rest (Plex's thumbnail) is never read into memory.
+                return "application/json", b"".join(chunks)
+    except (TooLarge, BadPayload):
+        raise
+    except Exception as exc:  # aiohttp raises assorted errors on broken multipart
+        raise BadPayload(f"broken multipart body: {type(exc).__name__}: {exc}") from None
+    raise BadPayload(f"multipart body has no '{field}' part")
+
+
+def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    parser, field = PARSERS[server]
+
+    async def handle(request: web.Request) -> web.Response:
+        rt = request.app[RUNTIME]
+        config = rt.config
+        hook = config.webhook(server)
+        rt.counters.received += 1
+        notes: dict[str, Any] = request["log"]
+        notes["server"] = server
+        if not hook.enabled:
+            notes["outcome"] = "disabled"
+            return _json(404, {"error": "disabled"})
+        if not token_ok(presented_token(request.rel_url.raw_query_string), hook.token):
+            notes["outcome"] = "invalid_token"
+            return _json(401, {"error": "invalid_token"})
+        try:
+            ctype, body = await read_payload(request, field, config.server.max_body_bytes)
+            result = parser(ctype, body, time.time())
+        except TooLarge:
+            notes["outcome"] = "too_large"
+            return _json(413, {"error": "too_large"})
+        except BadPayload as exc:
+            notes.update(outcome="bad_payload", detail=str(exc))
+            return _json(400, {"error": "bad_payload", "detail": str(exc)})
+        if isinstance(result, Event):
+            refused = filters.check(result, hook)
+            if refused is not None:
+                result = refused
+        if isinstance(result, Ignored):
+            rt.counters.ignored += 1
+            notes.update(outcome="ignored", reason=result.reason, detail=result.detail)
+            return _json(200, {"status": "ignored", "reason": result.reason,
+                               "detail": result.detail})
+        summary = result.summary()
+        notes.update(action=result.action, item=result.label(), user=result.user_name)
+        try:
+            rt.queue.put_nowait(result)
+        except asyncio.QueueFull:
+            notes["outcome"] = "busy"
+            return _json(503, {"error": "busy"}, {"Retry-After": RETRY_AFTER_BUSY})
+        rt.counters.queued += 1
+        notes["outcome"] = "queued"
+        return _json(202, {"status": "queued", "event": summary})
+
+    return handle
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(200, request.app[RUNTIME].health())
+
+
+@web.middleware
+async def access_log(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """One line per request; the query (the token) is never logged."""
+    started = time.monotonic()
+    path = request.path + ("?<redacted>" if request.rel_url.raw_query_string else "")
+    structlog.contextvars.bind_contextvars(request_id=next(_request_ids))
+    request["log"] = {}
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            code = exc.reason.lower().replace(" ", "_")
+            response = _json(exc.status, {"error": code})
+        except Exception as exc:
+            log.exception("request_error", path=path, error=repr(exc))
+            response = _json(500, {"error": "internal"})
+        level = log.debug if request.path == "/healthz" else log.info
+        level("request", method=request.method, path=path, status=response.status,
+              ms=round((time.monotonic() - started) * 1000, 1), remote=request.remote,
+              **request["log"])
+        return response
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
+    app[RUNTIME] = runtime
+    for server, path in ROUTES.items():
+        app.router.add_post(path, _webhook_handler(server))
+    app.router.add_get("/healthz", healthz)
+    return app

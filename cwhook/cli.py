@@ -1,0 +1,173 @@
+"""The command line: run, check-config, urls, rotate-tokens, auth, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from cwhook import __version__, logs
+from cwhook.config import SERVERS, Config, ConfigError, load_config, resolve_config_path
+from cwhook.configfile import create_default, fill_missing_tokens, rotate_tokens, update_file, urls_text
+from cwhook.yamledit import YamlEditError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cwhook",
+        description="Scrobble Plex, Jellyfin and Emby playback webhooks to Trakt.",
+    )
+    parser.add_argument("--version", action="version", version=f"cwhook {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-c", "--config", metavar="PATH",
+                       help="config file (default: $CWHOOK_CONFIG, else ./cwhook.yml)")
+        return p
+
+    run = add("run", "run the daemon in the foreground until SIGTERM/SIGINT")
+    run.add_argument("--dry-run", action="store_true",
+                     help="process webhooks and log the Trakt calls, send nothing")
+    add("check-config", "validate the config file")
+    add("urls", "print the webhook URLs with a curl example for each")
+    rotate = add("rotate-tokens", "replace webhook tokens (all servers when none named)")
+    rotate.add_argument("servers", nargs="*", metavar="SERVER", help="plex, jellyfin or emby")
+    add("auth", "log in to Trakt (device code) and store the tokens in the config file")
+    return parser
+
+
+def _err(message: str) -> None:
+    print(f"cwhook: {message}", file=sys.stderr)
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _err(f"{path}: the configuration has problems:")
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(path: Path) -> int:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return EXIT_USAGE
+    print("config OK")
+    return 0
+
+
+def cmd_run(path: Path, dry_run: bool) -> int:
+    first_run = not path.exists()
+    if first_run:
+        create_default(path)
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    config = fill_missing_tokens(config)
+    logs.configure(config.logging.level, config.logging.format)
+    out = sys.stdout
+    if first_run:
+        out.write(f"Created {path} with fresh webhook tokens (mode 0600).\n")
+    out.write("Webhook URLs (paste each into its media server):\n")
+    out.write(urls_text(config) + "\n")
+    if not config.trakt.access_token:
+        out.write(
+            "Trakt is not authorized yet: running in dry-run (nothing is sent to Trakt).\n"
+            f"To authorize: put your Trakt app's client_id and client_secret under `trakt:` in "
+            f"{path}, then run `cwhook auth -c {path}`.\n"
+        )
+    out.flush()
+    from cwhook.daemon import run_daemon
+
+    return run_daemon(config, dry_run)
+
+
+def cmd_urls(path: Path) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    config = fill_missing_tokens(config)
+    print(urls_text(config))
+    return 0
+
+
+def cmd_rotate(path: Path, servers: list[str]) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    chosen = tuple(dict.fromkeys(servers)) or SERVERS
+    config = rotate_tokens(config, list(chosen))
+    print(f"New tokens written to {path}. A running daemon uses them within a few seconds;")
+    print("the old URLs now get 401. Paste the new URLs into your media servers:")
+    print(urls_text(config, chosen))
+    return 0
+
+
+def cmd_auth(path: Path) -> int:
+    from cwhook.trakt_auth import DeviceFlowError, device_login
+
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    if not config.trakt.client_id or not config.trakt.client_secret:
+        _err(
+            f"trakt.client_id and trakt.client_secret are empty in {path}. Create an API app at "
+            "https://trakt.tv/oauth/applications (redirect URI urn:ietf:wg:oauth:2.0:oob), "
+            "put its client id and secret into the file, and run `cwhook auth` again."
+        )
+        return EXIT_USAGE
+    try:
+        changes = asyncio.run(device_login(config.trakt, sys.stdout))
+    except DeviceFlowError as exc:
+        _err(f"Trakt login failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _err("Trakt login cancelled")
+        return 130
+    except OSError as exc:
+        _err(f"cannot reach Trakt at {config.trakt.oauth_url}: {exc}")
+        return 1
+    update_file(path, changes)
+    print(f"Trakt authorized; tokens written to {path}. A running daemon picks them up "
+          "within a few seconds.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = [s for s in getattr(args, "servers", []) if s not in SERVERS]
+    if unknown:
+        parser.error(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
+    path = resolve_config_path(getattr(args, "config", None))
+    try:
+        if args.command == "run":
+            return cmd_run(path, args.dry_run)
+        if args.command == "check-config":
+            return cmd_check_config(path)
+        if args.command == "urls":
+            return cmd_urls(path)
+        if args.command == "rotate-tokens":
+            return cmd_rotate(path, args.servers)
+        if args.command == "auth":
+            return cmd_auth(path)
+    except YamlEditError as exc:
+        _err(f"{path}: cannot edit the file in place: {exc}")
+        return EXIT_USAGE
+    except PermissionError as exc:
+        _err(f"{exc.filename or path}: permission denied")
+        return 1
+    except OSError as exc:
+        _err(f"{exc.filename or path}: {exc.strerror or exc}")
+        return 1
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands

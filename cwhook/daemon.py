@@ -1,0 +1,242 @@
+"""`cwhook run`: wires the HTTP app, the worker, the sender and the reloader together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from cwhook import __version__, logs
+from cwhook.app import Runtime, make_app
+from cwhook.config import Config, ConfigError, load_config
+from cwhook.delivery import Counters, Options, Sender
+from cwhook.event import Event
+from cwhook.outbox import Outbox
+from cwhook.rules import Rules
+from cwhook.sdnotify import Notifier
+from cwhook.trakt import TraktClient
+from cwhook.trakt_auth import TraktAuth
+from cwhook.worker import Worker
+
+log = logs.get("cwhook.daemon")
+
+QUEUE_SIZE = 1000
+RELOAD_POLL = 2.0
+SHUTDOWN_GRACE = 5.0
+OUTBOX_AGING = 900.0  # an outbox entry older than this makes /healthz "degraded"
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+
+@dataclass
+class _Flags:
+    force_dry_run: bool
+
+
+class Daemon:
+    def __init__(self, config: Config, force_dry_run: bool = False) -> None:
+        self.config = config
+        self.flags = _Flags(force_dry_run)
+        self.started = time.time()
+        self.counters = Counters()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
+        self.rules = Rules(config.scrobble)
+        self.outbox = Outbox(config.state_dir / "outbox.sqlite3")
+        self.auth = TraktAuth(config.path, config.trakt)
+        self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh)
+        self.sender = Sender(self.client, self.outbox, self.counters, self.options,
+                             lambda: self.auth.needs_auth)
+        self.worker = Worker(self.queue, self.rules, self.outbox, self.counters,
+                             self.sender.wake.set)
+        self.runtime = Runtime(config, self.queue, self.counters, self.health)
+        self.notifier = Notifier()
+        self._stamp = _stamp(config.path)
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def dry_run(self) -> bool:
+        return (self.flags.force_dry_run or self.config.scrobble.dry_run
+                or not self.auth.authorized)
+
+    def options(self) -> Options:
+        return Options(dry_run=self.dry_run,
+                       watchlist_autoremove_movies=self.config.scrobble.watchlist_autoremove_movies)
+
+    def health(self) -> dict[str, Any]:
+        now = time.time()
+        oldest = self.outbox.oldest_age(now)
+        expires = self.auth.expires_at
+        problems = []
+        if not self.auth.authorized:
+            problems.append("trakt_not_authorized")
+        if self.auth.needs_auth:
+            problems.append("trakt_needs_auth")
+        if self.client.last_error and not self.dry_run:
+            problems.append("trakt_unreachable")
+        if oldest is not None and oldest > OUTBOX_AGING:
+            problems.append("outbox_aging")
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "version": __version__,
+            "uptime_s": round(now - self.started, 1),
+            "queue_depth": self.queue.qsize(),
+            "sessions": self.rules.session_count,
+            "outbox": {"pending": self.outbox.pending(),
+                       "oldest_age_s": None if oldest is None else round(oldest, 1)},
+            "trakt": {
+                "authorized": self.auth.authorized,
+                "dry_run": self.dry_run,
+                "needs_auth": self.auth.needs_auth,
+                "token_expires_in_s": int(expires - now) if expires else None,
+                "last_success_at": self.client.last_success_at,
+                "last_error": self.client.last_error,
+            },
+            "counts": self.counters.as_dict(),
+        }
+
+    # --- reload ----------------------------------------------------------------------
+
+    def reload(self, reason: str) -> bool:
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config_refused", reason=reason, problem=problem,
+                          note="keeping the previous settings")
+            return False
+        old = self.config
+        self.config = config
+        self.runtime.config = config
+        self.rules.update_settings(config.scrobble)
+        self.auth.update_from_config(config.trakt)
+        self.client.api_url = config.trakt.api_url
+        if config.logging != old.logging:
+            logs.configure(config.logging.level, config.logging.format)
+        if (config.server.host, config.server.port) != (old.server.host, old.server.port):
+            log.warning("config_needs_restart", key="server.host/server.port")
+        if config.state_dir != old.state_dir:
+            log.warning("config_needs_restart", key="state.dir")
+        self.sender.wake.set()
+        log.info("config_reloaded", reason=reason, dry_run=self.dry_run)
+        return True
+
+    async def _watch_config(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._reload.wait(), RELOAD_POLL)
+                self._reload.clear()
+                self._stamp = _stamp(self.config.path)
+                self.reload("SIGHUP")
+                continue
+            except TimeoutError:
+                pass
+            stamp = _stamp(self.config.path)
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                self.reload("file changed")
+
+    async def _refresh_tokens(self) -> None:
+        while True:
+            try:
+                await self.auth.refresh_ahead()
+            except Exception as exc:
+                log.error("trakt_refresh_error", error=repr(exc))
+            await asyncio.sleep(60)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # --- run ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+        app = make_app(self.runtime)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.server.host, self.config.server.port,
+                           reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("listen_failed", host=self.config.server.host,
+                      port=self.config.server.port, error=exc.strerror or str(exc))
+            await runner.cleanup()
+            self.outbox.close()
+            return 1
+        pending = self.outbox.pending()
+        log.info("listening", host=self.config.server.host, port=self.config.server.port,
+                 version=__version__, dry_run=self.dry_run, outbox_pending=pending)
+        tasks = [
+            asyncio.create_task(self.worker.run(), name="worker"),
+            asyncio.create_task(self.sender.run(), name="sender"),
+            asyncio.create_task(self._watch_config(), name="config-watch"),
+            asyncio.create_task(self._refresh_tokens(), name="token-refresh"),
+        ]
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self.notifier.notify("READY=1\nSTATUS=listening")
+
+        await self._stop.wait()
+
+        log.info("stopping")
+        self.notifier.notify("STOPPING=1")
+        await site.stop()  # stop accepting; requests in flight finish
+        for task in tasks:
+            if task.get_name() not in ("sender",):
+                task.cancel()
+        await asyncio.gather(*[t for t in tasks if t.get_name() != "sender"],
+                             return_exceptions=True)
+        self.worker.drain()
+        sender = next(t for t in tasks if t.get_name() == "sender")
+        # Give an in-flight Trakt call a few seconds; what is left stays in the outbox.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle_sender(), SHUTDOWN_GRACE)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await runner.cleanup()
+        await self.client.close()
+        left = self.outbox.pending()
+        self.outbox.close()
+        self.notifier.close()
+        log.info("stopped", outbox_pending=left)
+        return 0
+
+    async def _idle_sender(self) -> None:
+        """Wait until the outbox holds nothing deliverable right now."""
+        while True:
+            entry = self.outbox.head()
+            if entry is None or entry.next_attempt_at > time.time() or self.auth.needs_auth:
+                return
+            await asyncio.sleep(0.05)
+
+
+def run_daemon(config: Config, force_dry_run: bool) -> int:
+    async def main() -> int:
+        daemon = Daemon(config, force_dry_run)
+        return await daemon.run()
+
+    return asyncio.run(main())

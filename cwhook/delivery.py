@@ -1,0 +1,269 @@
+"""Delivering outbox entries to Trakt: matching fallbacks, late stops, dry-run.
+
+The sender takes the oldest outbox entry, turns it into Trakt calls and removes
+it once Trakt accepted it or refused it for good. Transient trouble (outage,
+rate limit, a refresh that could not be done yet) leaves it in the outbox with
+a growing delay, so a Trakt outage of hours loses nothing.
+
+Matching: an item is named by its best form first (``trakt_bodies.item_forms``);
+on a 404 the next form is tried, then ``/search/{id_type}/{id}``, then a title
+search. What matched is cached per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cwhook import logs
+from cwhook import trakt_bodies as tb
+from cwhook.event import Event
+from cwhook.outbox import Entry, Outbox
+from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
+
+log = logs.get("cwhook.delivery")
+
+LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
+DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
+MAX_DEFER = 300.0
+MATCH_CACHE_SIZE = 1000
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    queued: int = 0
+    ignored: int = 0
+    sent: int = 0
+    suppressed: int = 0
+    failed: int = 0
+    would_send: int = 0  # dry-run: logged instead of sent
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    watchlist_autoremove_movies: bool = False
+
+
+@dataclass
+class Outcome:
+    result: str  # sent, stale, late_history, dry_run, ...
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Call = Callable[[tb.Body], Awaitable[Response]]
+
+
+def _sync_not_found(resp: Response) -> bool:
+    """/sync answers 200/201 with a not_found section instead of a 404."""
+    data = resp.data
+    if not isinstance(data, dict):
+        return False
+    missing = data.get("not_found")
+    return isinstance(missing, dict) and any(
+        isinstance(v, list) and v for v in missing.values()
+    )
+
+
+class Sender:
+    def __init__(
+        self,
+        client: TraktClient,
+        outbox: Outbox,
+        counters: Counters,
+        options: Callable[[], Options],
+        needs_auth: Callable[[], str | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.outbox = outbox
+        self.counters = counters
+        self.options = options
+        self.needs_auth = needs_auth
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self._cache: OrderedDict[str, tb.Body] = OrderedDict()
+
+    # --- the loop ---------------------------------------------------------------
+
+    async def _sleep(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        self.wake.clear()
+
+    async def run(self) -> None:
+        while True:
+            entry = self.outbox.head()
+            now = self.clock()
+            if entry is None:
+                await self._sleep(None)
+                continue
+            if self.needs_auth() and not self.options().dry_run:
+                await self._sleep(30.0)
+                continue
+            if entry.next_attempt_at > now:
+                await self._sleep(entry.next_attempt_at - now)
+                continue
+            await self.deliver_one(entry)
+
+    async def deliver_one(self, entry: Entry) -> None:
+        ctx = {"entry": entry.id, "verb": entry.verb, "item": entry.event.label(),
+               "session": entry.event.session_key, "attempt": entry.attempts + 1}
+        try:
+            outcome = await self.deliver(entry, self.clock())
+        except (FinalError, NotFound) as exc:
+            self.outbox.remove(entry.id)
+            self.counters.failed += 1
+            loud = exc.status in (420, 423)
+            (log.error if loud else log.warning)("trakt_failed", error=str(exc), final=True, **ctx)
+            return
+        except TraktError as exc:  # transient, rate limited, or a 401 a refresh could not cure
+            delay = min(MAX_DEFER, 5.0 * 2 ** min(entry.attempts, 10))
+            self.outbox.reschedule(entry.id, self.clock() + delay, str(exc))
+            log.warning("trakt_deferred", error=str(exc), retry_in_s=delay,
+                        needs_auth=isinstance(exc, AuthError), **ctx)
+            return
+        except Exception as exc:  # a bug must not kill the worker nor lose the entry
+            log.exception("delivery_error", error=repr(exc), **ctx)
+            if entry.attempts >= 20:
+                self.outbox.remove(entry.id)
+                self.counters.failed += 1
+            else:
+                self.outbox.reschedule(entry.id, self.clock() + MAX_DEFER, repr(exc))
+            return
+        self.outbox.remove(entry.id)
+        if outcome.result == "dry_run":
+            self.counters.would_send += 1
+        elif outcome.result != "stale":
+            self.counters.sent += 1
+        log.info("trakt_" + outcome.result, **ctx, **outcome.detail)
+
+    # --- one entry ------------------------------------------------------------------
+
+    async def deliver(self, entry: Entry, now: float) -> Outcome:
+        event, verb = entry.event, entry.verb
+        age = now - entry.created_at
+        if verb in ("start", "pause"):
+            runtime = event.duration_s or DEFAULT_RUNTIME
+            remaining = runtime * max(0.0, 1.0 - entry.progress / 100.0)
+            if age > max(remaining, 60.0):
+                return Outcome("stale", {"age_s": round(age, 1)})
+        if verb in ("start", "pause", "stop"):
+            if verb == "stop" and age > LATE_STOP_AFTER:
+                when = entry.created_at
+                return await self._with_item(
+                    event, tb.item_forms(event),
+                    lambda form: self._post("/sync/history", tb.history_body(form, when), True),
+                    "late_history")
+            path = f"/scrobble/{verb}"
+            outcome = await self._with_item(
+                event, tb.item_forms(event),
+                lambda form: self._post(path, tb.scrobble_body(form, entry.progress)), "sent")
+            if (verb == "stop" and event.kind == "movie"
+                    and self.options().watchlist_autoremove_movies):
+                self.outbox.add("watchlist_remove", event, entry.progress, now)
+                self.wake.set()
+            return outcome
+        if verb == "rate":
+            rating = event.rating
+            path = "/sync/ratings" if rating is not None else "/sync/ratings/remove"
+            return await self._with_item(
+                event, tb.rating_forms(event),
+                lambda form: self._post(path, tb.ratings_body(form, rating, entry.created_at), True),
+                "sent")
+        if verb == "watchlist_remove":
+            return await self._with_item(
+                event, tb.item_forms(event),
+                lambda form: self._post("/sync/watchlist/remove", tb.watchlist_remove_body(form),
+                                        True),
+                "sent")
+        raise FinalError(0, f"unknown outbox verb {verb!r}")
+
+    async def _post(self, path: str, body: tb.Body, sync: bool = False) -> Response:
+        if self.options().dry_run or not self.client.tokens()[1]:
+            log.info("trakt_would_send", method="POST", path=path, body=body)
+            return Response(0, None)
+        resp = await self.client.request("POST", path, body)
+        if sync and _sync_not_found(resp):
+            raise NotFound(404, "listed under not_found")
+        return resp
+
+    async def _with_item(self, event: Event, forms: list[tb.Body], call: Call,
+                         result: str) -> Outcome:
+        """Try each way of naming the item until Trakt knows it."""
+        dry = self.options().dry_run or not self.client.tokens()[1]
+        key = event.identity
+        tried: list[str] = []
+        cached = self._cache.get(key)
+        candidates = ([cached] if cached else []) + [f for f in forms if f != cached]
+        for form in candidates:
+            found = await self._attempt(call, form, tried)
+            if found is not None:
+                return self._matched(key, form, found, result, dry)
+        if dry:
+            return Outcome("dry_run", {"note": "no item form to send"})
+        for path, rtype in tb.id_searches(event):
+            searched = await self._search(event, path, rtype, tried)
+            if searched is not None and searched not in candidates:
+                found = await self._attempt(call, searched, tried)
+                if found is not None:
+                    return self._matched(key, searched, found, result, dry)
+        text = tb.text_search(event)
+        if text is not None:
+            searched = await self._search(event, text[0], text[1], tried)
+            if searched is not None and searched not in candidates:
+                found = await self._attempt(call, searched, tried)
+                if found is not None:
+                    return self._matched(key, searched, found, result, dry)
+        raise NotFound(404, "no match on Trakt; tried " + "; ".join(tried or ["nothing to try"]))
+
+    async def _attempt(self, call: Call, form: tb.Body, tried: list[str]) -> Response | None:
+        try:
+            return await call(form)
+        except NotFound:
+            tried.append(_describe(form))
+            return None
+
+    async def _search(self, event: Event, path: str, rtype: str, tried: list[str]) -> tb.Body | None:
+        try:
+            resp = await self.client.request("GET", path)
+        except NotFound:
+            tried.append(f"GET {path}")
+            return None
+        form = tb.form_from_search(event, resp.data, rtype)
+        if form is None:
+            tried.append(f"GET {path} (no usable result)")
+        return form
+
+    def _matched(self, key: str, form: tb.Body, resp: Response, result: str,
+                 dry: bool) -> Outcome:
+        self._cache[key] = form
+        self._cache.move_to_end(key)
+        while len(self._cache) > MATCH_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        if dry:
+            return Outcome("dry_run")
+        detail: dict[str, Any] = {"status": resp.status}
+        if isinstance(resp.data, dict) and "action" in resp.data:
+            detail["trakt_action"] = resp.data["action"]
+        if resp.status == 409:
+            detail["note"] = "already scrobbled (409)"
+        return Outcome(result, detail)
+
+
+def _describe(form: tb.Body) -> str:
+    parts = []
+    for key in ("movie", "show", "episode"):
+        value = form.get(key)
+        if isinstance(value, dict):
+            parts.append(f"{key} {value.get('ids') or value.get('title') or value}")
+    return ", ".join(parts) or str(form)

@@ -1,0 +1,340 @@
+"""The scrobble rules: a pure state machine from playback events to Trakt actions.
+
+Theory of operation
+-------------------
+Media servers report playback loosely: Plex sends play/pause/resume/stop and its
+own "scrobble" at 90 %; Jellyfin sends start/stop and a stream of progress
+reports whose ``IsPaused`` flag is the only sign of a pause; Emby sends
+start/pause/unpause/stop. Offsets can be stale or zero, clients flap between
+pause and resume, autoplay starts the next item at the credits, and several
+devices of one user may report the same item. Trakt, on its side, wants one
+start when watching begins, a pause to save progress, and exactly one stop at
+or above 80 % to mark an item watched.
+
+``Rules`` sits between the two. It owns no clock and does no I/O: the worker
+calls ``handle(event, now)`` for every event and ``tick(now)`` whenever
+``next_deadline()`` passes, and gets back ``Decision`` objects. A decision
+names the event, a reason code (logged on one line) and, when something must
+go to Trakt, a ``Send`` (start, pause, stop or rate with a progress percent).
+
+State is kept per viewing session (source + user + player + item, see
+``Event.session_key``), bounded in number (least recently seen evicted first)
+and dropped after ``idle_seconds`` without events. Besides sessions, a small
+registry remembers which user watched which item in the last hour.
+
+Rules, in the order they apply to one event (numbers are the spec's, §5):
+
+* Rule 7, duplicates: the same action with the same progress on the same
+  session within one second is dropped (``duplicate``). Webhooks get retried
+  and Jellyfin reports progress often.
+* Jellyfin progress: a progress report whose paused flag differs from the
+  session's turns into a pause (flag set) or a resume/start (flag cleared);
+  otherwise it only records the position (``progress_noted``).
+* Rule 1, unknown progress: use the session's last known progress; a start
+  with none at all starts at 0; a pause/stop with none is dropped
+  (``no_progress``) because Trakt needs a percent.
+* Rule 2, regress clamp: a pause/stop more than ``regress_tolerance_percent``
+  below the session's last progress is raised to it (note ``regress_clamped``).
+  A start below 5 % on a finished (watched) session begins a new viewing.
+* Rule 6, one watched stop per viewing: once a session sent a watched stop,
+  its later starts, pauses, stops and scrobbles are dropped
+  (``already_watched``); a watched stop for the same user and item from
+  another session within an hour is dropped too, unless that session's viewing
+  started below 5 %.
+* Rule 4, start near the end: a start at or above ``suppress_start_at`` is
+  dropped (``suppressed_near_end``).
+* Rule 3, pause debounce: a pause is held for ``pause_debounce_seconds``
+  (``debounced``). A resume in that window cancels both (``pause_cancelled``,
+  nothing sent); a stop supersedes it (note ``pause_superseded``); otherwise
+  ``tick`` sends it when the window ends (``sent``, note ``debounce_elapsed``).
+* Rule 5, thresholds: a stop below ``stop_pause_threshold`` is sent as a pause
+  (``demoted_to_pause``); at or above it, as a stop (``sent``, watched). A pause
+  at or above ``force_stop_at`` is sent at once as a stop (``promoted_to_stop``).
+  A Plex scrobble is a stop at max(progress, 90) whatever the threshold.
+* Rule 8, Trakt's floor: progress is always within 0..100 and a stop below
+  1 % is never sent (``below_minimum``; Trakt would answer 422).
+* Ratings (``rate``) pass through, an identical rating for the same user and
+  item within ``RATING_WINDOW`` seconds is sent once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cwhook.config import ScrobbleConfig
+from cwhook.event import Event
+
+Verb = Literal["start", "pause", "stop", "rate"]
+
+NEW_VIEWING_BELOW = 5.0
+WATCHED_WINDOW = 3600.0
+DUPLICATE_WINDOW = 1.0
+DUPLICATE_PROGRESS = 0.01
+SCROBBLE_MIN = 90.0
+STOP_FLOOR = 1.0
+RATING_WINDOW = 600.0
+
+
+@dataclass(frozen=True)
+class Send:
+    """One call to make to Trakt."""
+
+    verb: Verb
+    event: Event
+    progress: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    event: Event
+    reason: str
+    send: Send | None = None
+    progress: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Pending:
+    event: Event
+    progress: float
+    deadline: float
+
+
+@dataclass
+class _Session:
+    last_progress: float | None = None
+    last_seen: float = 0.0
+    paused: bool | None = None
+    watched: bool = False
+    fresh: bool = False  # this viewing started below NEW_VIEWING_BELOW
+    pending: _Pending | None = None
+    last_raw: tuple[str, float | None, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Rules:
+    def __init__(
+        self,
+        settings: ScrobbleConfig,
+        max_sessions: int = 2000,
+        idle_seconds: float = 6 * 3600.0,
+    ) -> None:
+        self.settings = settings
+        self.max_sessions = max_sessions
+        self.idle_seconds = idle_seconds
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._watched: dict[tuple[str, str], float] = {}
+        self._ratings: dict[tuple[str, str], tuple[int | None, float]] = {}
+
+    # --- public interface ------------------------------------------------------
+
+    def update_settings(self, settings: ScrobbleConfig) -> None:
+        self.settings = settings
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [s.pending.deadline for s in self._sessions.values() if s.pending]
+        return min(deadlines) if deadlines else None
+
+    def tick(self, now: float) -> list[Decision]:
+        """Send held pauses whose window ended; forget idle sessions."""
+        out: list[Decision] = []
+        for session in self._sessions.values():
+            pending = session.pending
+            if pending is not None and pending.deadline <= now:
+                session.pending = None
+                out.append(self._send_pause(pending.event, pending.progress, "sent",
+                                            ("debounce_elapsed",)))
+        for key in [k for k, s in self._sessions.items() if now - s.last_seen > self.idle_seconds]:
+            del self._sessions[key]
+        for wkey in [k for k, t in self._watched.items() if now - t > WATCHED_WINDOW]:
+            del self._watched[wkey]
+        for rkey in [k for k, (_, t) in self._ratings.items() if now - t > RATING_WINDOW]:
+            del self._ratings[rkey]
+        return out
+
+    def flush_pending(self) -> list[Decision]:
+        """Shutdown: send every held pause now rather than lose it."""
+        out: list[Decision] = []
+        for session in self._sessions.values():
+            if session.pending is not None:
+                p, session.pending = session.pending, None
+                out.append(self._send_pause(p.event, p.progress, "sent", ("shutdown",)))
+        return out
+
+    def handle(self, event: Event, now: float) -> list[Decision]:
+        if event.action == "rate":
+            return [self._rate(event, now)]
+        out: list[Decision] = []
+        session = self._session(event.session_key, now, out)
+        session.notes = []
+        out.append(self._handle(session, event, now))
+        return out
+
+    # --- the rules ---------------------------------------------------------------
+
+    def _handle(self, s: _Session, event: Event, now: float) -> Decision:
+        action: str = event.action
+        if action == "progress":
+            paused = bool(event.paused)
+            if s.paused is not None and paused == s.paused:
+                if event.progress is not None and not s.watched:
+                    s.last_progress = event.progress
+                return Decision(event, "progress_noted", progress=event.progress)
+            action = "pause" if paused else "start"
+
+        # Rule 7: exact duplicates.
+        raw = (action, event.progress, now)
+        if s.last_raw is not None:
+            last_action, last_progress, last_time = s.last_raw
+            same_progress = (last_progress is None and event.progress is None) or (
+                last_progress is not None and event.progress is not None
+                and abs(last_progress - event.progress) <= DUPLICATE_PROGRESS
+            )
+            if last_action == action and same_progress and now - last_time <= DUPLICATE_WINDOW:
+                return Decision(event, "duplicate", progress=event.progress)
+        s.last_raw = raw
+
+        # Rule 1: unknown progress.
+        progress = event.progress
+        if progress is None and s.last_progress is not None:
+            progress = s.last_progress
+            s.notes.append("progress_from_session")
+
+        if action == "start":
+            s.paused = False
+            return self._start(s, event, 0.0 if progress is None else progress, now)
+
+        s.paused = action == "pause"
+        if action == "scrobble":
+            # Plex's own watched mark: authoritative at max(progress, 90).
+            progress = max(progress if progress is not None else 0.0, SCROBBLE_MIN)
+        if progress is None:
+            return Decision(event, "no_progress")
+        progress = self._clamp_regress(s, progress)
+
+        if s.watched:
+            self._drop_pending(s)
+            return Decision(event, "already_watched", progress=progress, notes=tuple(s.notes))
+        if action == "pause":
+            return self._pause(s, event, progress, now)
+        if action == "scrobble":
+            self._drop_pending(s)
+            return self._watched_stop(s, event, progress, now, "sent")
+        return self._stop(s, event, progress, now)
+
+    def _start(self, s: _Session, event: Event, progress: float, now: float) -> Decision:
+        finished = s.watched or (
+            s.last_progress is not None and s.last_progress >= self.settings.stop_pause_threshold
+        )
+        if progress < NEW_VIEWING_BELOW and finished:
+            # Rule 2's exception: starting a finished item from the top is a new viewing.
+            s.watched = False
+            s.last_progress = None
+            s.fresh = True
+            self._watched.pop((event.user_key, event.identity), None)
+            s.notes.append("new_viewing")
+        if s.watched:
+            return Decision(event, "already_watched", progress=progress, notes=tuple(s.notes))
+        if s.pending is not None:
+            # Rule 3: a resume inside the debounce window cancels the pause and itself.
+            s.pending = None
+            s.last_progress = progress
+            return Decision(event, "pause_cancelled", progress=progress, notes=tuple(s.notes))
+        if s.last_progress is None and progress < NEW_VIEWING_BELOW:
+            s.fresh = True
+        if progress >= self.settings.suppress_start_at:
+            return Decision(event, "suppressed_near_end", progress=progress, notes=tuple(s.notes))
+        s.last_progress = progress
+        return Decision(event, "sent", Send("start", event, _bound(progress)), progress,
+                        tuple(s.notes))
+
+    def _pause(self, s: _Session, event: Event, progress: float, now: float) -> Decision:
+        if progress >= self.settings.force_stop_at:
+            self._drop_pending(s)
+            return self._watched_stop(s, event, progress, now, "promoted_to_stop")
+        s.last_progress = progress
+        if self.settings.pause_debounce_seconds <= 0:
+            return self._send_pause(event, progress, "sent", tuple(s.notes))
+        if s.pending is not None:
+            s.pending.event, s.pending.progress = event, progress
+        else:
+            s.pending = _Pending(event, progress, now + self.settings.pause_debounce_seconds)
+        return Decision(event, "debounced", progress=progress, notes=tuple(s.notes))
+
+    def _stop(self, s: _Session, event: Event, progress: float, now: float) -> Decision:
+        self._drop_pending(s)
+        if progress < STOP_FLOOR:
+            return Decision(event, "below_minimum", progress=progress, notes=tuple(s.notes))
+        if progress < self.settings.stop_pause_threshold:
+            s.last_progress = progress
+            return self._send_pause(event, progress, "demoted_to_pause", tuple(s.notes))
+        return self._watched_stop(s, event, progress, now, "sent")
+
+    def _watched_stop(
+        self, s: _Session, event: Event, progress: float, now: float, reason: str
+    ) -> Decision:
+        key = (event.user_key, event.identity)
+        seen = self._watched.get(key)
+        s.last_progress = progress
+        if seen is not None and now - seen <= WATCHED_WINDOW and not s.fresh:
+            s.watched = True
+            return Decision(event, "already_watched", progress=progress,
+                            notes=(*s.notes, "watched_elsewhere"))
+        s.watched = True
+        self._watched[key] = now
+        progress = max(STOP_FLOOR, _bound(progress))
+        return Decision(event, reason, Send("stop", event, progress), progress, tuple(s.notes))
+
+    def _rate(self, event: Event, now: float) -> Decision:
+        key = (event.user_key, event.identity)
+        last = self._ratings.get(key)
+        if last is not None and last[0] == event.rating and now - last[1] <= RATING_WINDOW:
+            return Decision(event, "duplicate")
+        self._ratings[key] = (event.rating, now)
+        return Decision(event, "sent", Send("rate", event, 0.0))
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _clamp_regress(self, s: _Session, progress: float) -> float:
+        last = s.last_progress
+        if last is not None and progress < last - self.settings.regress_tolerance_percent:
+            s.notes.append("regress_clamped")
+            return last
+        return _bound(progress)
+
+    def _drop_pending(self, s: _Session) -> None:
+        if s.pending is not None:
+            s.pending = None
+            s.notes.append("pause_superseded")
+
+    def _send_pause(
+        self, event: Event, progress: float, reason: str, notes: tuple[str, ...]
+    ) -> Decision:
+        progress = _bound(progress)
+        return Decision(event, reason, Send("pause", event, progress), progress, notes)
+
+    def _session(self, key: str, now: float, out: list[Decision]) -> _Session:
+        session = self._sessions.get(key)
+        if session is None:
+            session = _Session()
+            self._sessions[key] = session
+            while len(self._sessions) > self.max_sessions:
+                _, evicted = self._sessions.popitem(last=False)
+                if evicted.pending is not None:
+                    p = evicted.pending
+                    out.append(self._send_pause(p.event, p.progress, "sent", ("evicted",)))
+        else:
+            self._sessions.move_to_end(key)
+        session.last_seen = now
+        return session
+
+
+def _bound(progress: float) -> float:
+    return max(0.0, min(100.0, progress))
+

@@ -1,0 +1,46 @@
+"""systemd's notify protocol: a datagram to $NOTIFY_SOCKET (no dependency needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class Notifier:
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self._sock: socket.socket | None = None
+        if self.address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def notify(self, message: str) -> bool:
+        if self._sock is None:
+            return False
+        target = self.address
+        if target.startswith("@"):  # abstract namespace
+            target = "\0" + target[1:]
+        try:
+            self._sock.sendto(message.encode(), target)
+        except OSError:
+            return False
+        return True
+
+    def watchdog_interval(self) -> float | None:
+        """Half of WatchdogSec when systemd asks for pings (WATCHDOG_USEC), else None."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return max(0.5, int(usec) / 1_000_000 / 2)
+        except ValueError:
+            return None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

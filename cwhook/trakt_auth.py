@@ -1,0 +1,207 @@
+"""Trakt OAuth: the device-code login (`cwhook auth`) and token refresh.
+
+Refresh tokens are single-use: each refresh returns a new pair and invalidates
+the old one. So only one refresh runs at a time, and the new pair is written to
+the YAML file (in place, comments kept) before it is used; if the write fails
+the new pair is still used in memory and the error is logged loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from cwhook import __version__, logs
+from cwhook.config import TraktConfig
+from cwhook.configfile import update_file
+
+log = logs.get("cwhook.trakt_auth")
+
+REDIRECT_URI = "urn:ietf:wg:oauth:2.0:oob"
+REFRESH_MARGIN = 3600.0  # refresh this long before expiry (tokens live 24 h or 7 days)
+TIMEOUT = aiohttp.ClientTimeout(total=20)
+
+
+def _headers() -> dict[str, str]:
+    return {"Content-Type": "application/json", "User-Agent": f"cwhook/{__version__}"}
+
+
+def token_changes(data: dict[str, Any], now: float) -> dict[tuple[str, ...], str | int]:
+    """The YAML changes for a token response (expires_at from created_at + expires_in)."""
+    created = data.get("created_at")
+    created_at = float(created) if isinstance(created, (int, float)) else now
+    expires_in = data.get("expires_in")
+    lifetime = float(expires_in) if isinstance(expires_in, (int, float)) else 86400.0
+    return {
+        ("trakt", "access_token"): str(data["access_token"]),
+        ("trakt", "refresh_token"): str(data.get("refresh_token") or ""),
+        ("trakt", "expires_at"): int(created_at + lifetime),
+    }
+
+
+@dataclass
+class _Tokens:
+    client_id: str
+    client_secret: str
+    access_token: str
+    refresh_token: str
+    expires_at: int
+    oauth_url: str
+
+
+class TraktAuth:
+    """Holds the current tokens; refreshes them one at a time and writes them back."""
+
+    def __init__(self, config_path: Path, trakt: TraktConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config_path = config_path
+        self.clock = clock
+        self._t = _Tokens(trakt.client_id, trakt.client_secret, trakt.access_token,
+                          trakt.refresh_token, trakt.expires_at, trakt.oauth_url)
+        self._lock = asyncio.Lock()
+        self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
+
+    @property
+    def authorized(self) -> bool:
+        return bool(self._t.access_token)
+
+    @property
+    def expires_at(self) -> int:
+        return self._t.expires_at
+
+    def tokens(self) -> tuple[str, str]:
+        return self._t.client_id, self._t.access_token
+
+    def update_from_config(self, trakt: TraktConfig) -> None:
+        """A reload: new tokens written by `cwhook auth` clear the needs-auth state."""
+        if trakt.access_token != self._t.access_token or trakt.refresh_token != self._t.refresh_token:
+            self.needs_auth = None
+        self._t = _Tokens(trakt.client_id, trakt.client_secret, trakt.access_token,
+                          trakt.refresh_token, trakt.expires_at, trakt.oauth_url)
+
+    def due(self, now: float) -> bool:
+        t = self._t
+        return bool(t.access_token and t.refresh_token and t.expires_at
+                    and now >= t.expires_at - REFRESH_MARGIN and not self.needs_auth)
+
+    async def refresh_ahead(self) -> None:
+        if self.due(self.clock()):
+            await self.refresh(self._t.access_token)
+
+    async def refresh(self, rejected_token: str) -> bool:
+        """Renew the access token; True if a usable new one is in place."""
+        async with self._lock:
+            t = self._t
+            if t.access_token != rejected_token and t.access_token:
+                return True  # another refresh already replaced it
+            if self.needs_auth:
+                return False
+            if not (t.refresh_token and t.client_id and t.client_secret):
+                self.needs_auth = "no refresh token or client secret: run `cwhook auth`"
+                log.error("trakt_needs_auth", reason=self.needs_auth)
+                return False
+            body = {
+                "refresh_token": t.refresh_token,
+                "client_id": t.client_id,
+                "client_secret": t.client_secret,
+                "redirect_uri": REDIRECT_URI,
+                "grant_type": "refresh_token",
+            }
+            try:
+                async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.post(
+                    t.oauth_url + "/oauth/token", json=body, headers=_headers()
+                ) as resp:
+                    status = resp.status
+                    data = await resp.json(content_type=None) if status == 200 else None
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                log.warning("trakt_refresh_failed", error=f"{type(exc).__name__}: {exc}",
+                            transient=True)
+                return False
+            if status == 200 and isinstance(data, dict) and data.get("access_token"):
+                changes = token_changes(data, self.clock())
+                try:
+                    await asyncio.to_thread(update_file, self.config_path, changes)
+                except Exception as exc:  # the pair must still be used: the old one is dead
+                    log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path))
+                t.access_token = str(changes[("trakt", "access_token")])
+                t.refresh_token = str(changes[("trakt", "refresh_token")])
+                t.expires_at = int(changes[("trakt", "expires_at")])
+                log.info("trakt_token_refreshed", expires_at=t.expires_at)
+                return True
+            if 400 <= status < 500:
+                self.needs_auth = f"token refresh refused ({status}): run `cwhook auth`"
+                log.error("trakt_needs_auth", reason=self.needs_auth, status=status)
+                return False
+            log.warning("trakt_refresh_failed", status=status, transient=True)
+            return False
+
+
+# --- the device flow --------------------------------------------------------------
+
+DEVICE_FINAL = {
+    404: "the device code is invalid",
+    409: "the device code was already used",
+    410: "the code expired before it was entered; run `cwhook auth` again",
+    418: "the request was denied on trakt.tv",
+}
+
+
+class DeviceFlowError(Exception):
+    pass
+
+
+async def device_login(
+    trakt: TraktConfig,
+    out: TextIO,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+    clock: Callable[[], float] = time.time,
+) -> dict[tuple[str, ...], str | int]:
+    """Run the device flow; return the YAML changes holding the new tokens."""
+    base = trakt.oauth_url
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        async with http.post(base + "/oauth/device/code", json={"client_id": trakt.client_id},
+                             headers=_headers()) as resp:
+            if resp.status != 200:
+                raise DeviceFlowError(
+                    f"Trakt refused the device code request ({resp.status}); "
+                    "check trakt.client_id")
+            code = await resp.json(content_type=None)
+        try:
+            device_code = str(code["device_code"])
+            user_code = str(code["user_code"])
+            url = str(code["verification_url"])
+            interval = float(code.get("interval") or 5)
+            expires_in = float(code.get("expires_in") or 600)
+        except (KeyError, TypeError, ValueError):
+            raise DeviceFlowError("Trakt's device code answer was not understood") from None
+        out.write(f"Open {url} and enter the code {user_code}\n")
+        out.write(f"(waiting up to {int(expires_in // 60)} minutes; Ctrl-C to give up)\n")
+        out.flush()
+        deadline = clock() + expires_in
+        body = {"code": device_code, "client_id": trakt.client_id,
+                "client_secret": trakt.client_secret}
+        while clock() < deadline:
+            await sleep(interval)
+            async with http.post(base + "/oauth/device/token", json=body,
+                                 headers=_headers()) as resp:
+                status = resp.status
+                data = await resp.json(content_type=None) if status == 200 else None
+            if status == 200 and isinstance(data, dict) and data.get("access_token"):
+                return token_changes(data, clock())
+            if status == 400:
+                continue  # pending: the user has not entered the code yet
+            if status == 429:
+                interval += 1  # slow down
+                continue
+            if status in DEVICE_FINAL:
+                raise DeviceFlowError(DEVICE_FINAL[status])
+            if status >= 500:
+                continue
+            raise DeviceFlowError(f"unexpected answer from Trakt: {status}")
+        raise DeviceFlowError(DEVICE_FINAL[410])
