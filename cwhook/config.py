@@ -262,7 +262,8 @@ def _check_section(
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(f"{_where(path, lines)}: must be a section of keys (key: value)")
+        where = _where(path, lines) if path else "top level (line 1)"
+        problems.append(f"{where}: must be a section of keys (key: value)")
         data = {}
     for key in data:
         if str(key) not in schema:

@@ -21,7 +21,7 @@ import yaml
 Scalar = str | int | float | bool
 Path = tuple[str, ...]
 
-_PLAIN_SAFE = re.compile(r"^[A-Za-z0-9_./@+\-][A-Za-z0-9_./@+\-:= ]*$")
+_PLAIN_SAFE = re.compile(r"^[A-Za-z0-9_./+][A-Za-z0-9_./@+\-:= ]*$")
 _RESERVED = {"", "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n"}
 
 
@@ -45,9 +45,16 @@ def format_scalar(value: Scalar, style: str | None = None) -> str:
         and not value.endswith((" ", ":"))
         and ": " not in value
         and " #" not in value
-        and yaml.safe_load(value) == value
+        and _loads_back(value)
     )
     return value if plain_ok else json.dumps(value, ensure_ascii=False)
+
+
+def _loads_back(value: str) -> bool:
+    try:
+        return bool(yaml.safe_load(value) == value)
+    except yaml.YAMLError:
+        return False
 
 
 @dataclass

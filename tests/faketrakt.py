@@ -1,0 +1,440 @@
+"""A fake Trakt API and OAuth server on loopback, behaving as reference/trakt-api.md says.
+
+* Every API call must carry Content-Type: application/json (412), trakt-api-version: 2
+  and trakt-api-key = the client id (403); POSTs need a valid, unexpired bearer
+  token (401).
+* POST /scrobble/start|pause|stop: the item is matched by ids (movies: trakt,
+  slug, imdb, tmdb; episodes: trakt, tvdb - as in Trakt's contract; shows:
+  trakt, slug, tvdb, imdb, tmdb); unknown items get 404. A stop below 1 % is a
+  422; 1-79 % answers action "pause"; 80 % and more answers "scrobble" and is
+  recorded in the history, and the same item scrobbled again within an hour
+  gets 409 with watched_at/expires_at.
+* More than one POST per second per token gets 429 with Retry-After.
+* /sync/ratings, /sync/ratings/remove, /sync/watchlist/remove, /sync/history and
+  the searches work on the same catalogue.
+* OAuth: refresh tokens are single-use; a used or unknown one gets 400
+  invalid_grant. The device flow answers scripted statuses.
+* Fault injection: ``outage_until`` (503), ``script`` (statuses for the next
+  requests), ``delay`` (slow answers), ``drop`` (close the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MOVIE_KEYS = ("trakt", "slug", "imdb", "tmdb")
+EPISODE_KEYS = ("trakt", "tvdb")
+SHOW_KEYS = ("trakt", "slug", "tvdb", "imdb", "tmdb")
+
+
+@dataclass
+class Movie:
+    title: str
+    year: int
+    ids: dict[str, Any]
+
+
+@dataclass
+class Show:
+    title: str
+    year: int
+    ids: dict[str, Any]
+    episodes: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def default_catalogue() -> tuple[list[Movie], list[Show]]:
+    movies = [
+        Movie("Guardians of the Galaxy", 2014,
+              {"trakt": 28, "slug": "guardians-of-the-galaxy-2014", "imdb": "tt2015381", "tmdb": 118340}),
+        Movie("Big Trouble in Little China", 1986, {"trakt": 1001, "imdb": "tt0090728", "tmdb": 6978}),
+        Movie("The Menu", 2022, {"trakt": 1002, "imdb": "tt9764362", "tmdb": 593643}),
+        Movie("2 Fast 2 Furious", 2003, {"trakt": 1003, "imdb": "tt0322259", "tmdb": 584}),
+        Movie("Barry Lyndon", 1975, {"trakt": 1004, "imdb": "tt0072684", "tmdb": 3175}),
+        Movie("The Harder They Fall", 1956, {"trakt": 1005, "imdb": "tt0049291", "tmdb": 43195}),
+    ]
+    shows = [
+        Show("Breaking Bad", 2008,
+             {"trakt": 1, "slug": "breaking-bad", "tvdb": 81189, "imdb": "tt0903747", "tmdb": 1396},
+             {(1, 1): {"trakt": 16, "tvdb": 349232, "imdb": "tt0959621", "tmdb": 62085}}),
+        Show("Futurama", 1999, {"trakt": 2, "tvdb": 73871, "imdb": "tt0149460", "tmdb": 615},
+             {(2, 15): {"trakt": 50, "tvdb": 76546, "imdb": "tt0584424", "tmdb": 8203}}),
+        Show("Baki Hanma", 2021, {"trakt": 3, "tvdb": 398109, "tmdb": 117987},
+             {(1, 1): {"trakt": 60, "tvdb": 8530933, "imdb": "tt14765720", "tmdb": 3087250}}),
+        Show("长风渡", 2023, {"trakt": 4, "tmdb": 209867},
+             {(1, 11): {"trakt": 70, "tmdb": 4533239}}),
+    ]
+    return movies, shows
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+    status: int = 0
+    answer: Any = None
+
+
+class FakeTrakt:
+    def __init__(self, client_id: str = "test-client-id", client_secret: str = "test-secret") -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.movies, self.shows = default_catalogue()
+        self.access_tokens: dict[str, float] = {}  # token -> expires at (unix)
+        self.refresh_tokens: set[str] = set()
+        self.used_refresh_tokens: set[str] = set()
+        self.token_lifetime = 86400
+        self.calls: list[Call] = []
+        self.history: list[tuple[str, float]] = []  # (item key, watched_at)
+        self.last_post: dict[str, float] = {}
+        self.rate_limit = True
+        self.outage_until = 0.0
+        self.script: list[int] = []
+        self.delay = 0.0
+        self.drop = 0
+        self.device_script: list[int] = []
+        self.device_polls = 0
+        self.refresh_count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.lock = threading.Lock()
+
+    # --- set-up helpers -------------------------------------------------------------
+
+    def issue_tokens(self, lifetime: int | None = None) -> tuple[str, str, int]:
+        access, refresh = secrets.token_hex(16), secrets.token_hex(16)
+        expires = int(time.time()) + (lifetime if lifetime is not None else self.token_lifetime)
+        self.access_tokens[access] = expires
+        self.refresh_tokens.add(refresh)
+        return access, refresh, expires
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def posts(self, prefix: str = "/") -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.method == "POST" and c.path.startswith(prefix)]
+
+    def scrobbles(self, status: int | None = None) -> list[Call]:
+        return [c for c in self.posts("/scrobble/") if status is None or c.status == status]
+
+    def watched_stops(self) -> list[Call]:
+        """Stops that Trakt recorded as watched (201 scrobble)."""
+        return [c for c in self.scrobbles(201) if isinstance(c.answer, dict)
+                and c.answer.get("action") == "scrobble"]
+
+    # --- matching ----------------------------------------------------------------------
+
+    @staticmethod
+    def _ids_match(want: Any, have: dict[str, Any], keys: tuple[str, ...]) -> bool:
+        if not isinstance(want, dict):
+            return False
+        return any(k in want and str(want[k]) == str(have.get(k)) for k in keys if k in have)
+
+    def find_movie(self, item: Any) -> Movie | None:
+        ids = item.get("ids") if isinstance(item, dict) else None
+        return next((m for m in self.movies if self._ids_match(ids, m.ids, MOVIE_KEYS)), None)
+
+    def find_show(self, item: Any) -> Show | None:
+        ids = item.get("ids") if isinstance(item, dict) else None
+        return next((s for s in self.shows if self._ids_match(ids, s.ids, SHOW_KEYS)), None)
+
+    def find_episode(self, body: dict[str, Any]) -> tuple[Show, tuple[int, int], dict[str, Any]] | None:
+        episode = body.get("episode")
+        if not isinstance(episode, dict):
+            return None
+        if "show" in body:
+            show = self.find_show(body["show"])
+            key = (episode.get("season"), episode.get("number"))
+            if show is not None and key in show.episodes:
+                return show, key, show.episodes[key]  # type: ignore[index]
+            return None
+        for show in self.shows:
+            for key, ids in show.episodes.items():
+                if self._ids_match(episode.get("ids"), ids, EPISODE_KEYS):
+                    return show, key, ids
+        return None
+
+    def resolve(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """(history key, answer fragment) for a scrobble-style body, or None."""
+        if "movie" in body:
+            movie = self.find_movie(body["movie"])
+            if movie is None:
+                return None
+            return f"movie:{movie.ids['trakt']}", {"movie": {"title": movie.title, "year": movie.year,
+                                                            "ids": movie.ids}}
+        found = self.find_episode(body)
+        if found is None:
+            return None
+        show, (season, number), ids = found
+        return f"episode:{ids['trakt']}", {
+            "episode": {"season": season, "number": number, "ids": ids},
+            "show": {"title": show.title, "year": show.year, "ids": show.ids},
+        }
+
+    # --- handlers -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            body = await request.json() if request.can_read_body else None
+        except ValueError:
+            body = None
+        call = Call(request.method, request.path, request.query_string, dict(request.headers), body,
+                    time.time())
+        with self.lock:
+            self.calls.append(call)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.drop > 0:
+            self.drop -= 1
+            assert request.transport is not None
+            request.transport.close()
+            call.status = -1
+            raise web.HTTPInternalServerError()
+        if time.time() < self.outage_until:
+            call.status = 503
+            return web.json_response({"error": "outage"}, status=503)
+        if self.script:
+            status = self.script.pop(0)
+            call.status = status
+            headers = {"Retry-After": "1"} if status == 429 else None
+            return web.json_response({"error": "scripted"}, status=status, headers=headers)
+        request["call"] = call
+        response = await handler(request)
+        call.status = response.status
+        if isinstance(response, web.Response) and response.body is not None:
+            import json
+
+            try:
+                call.answer = json.loads(bytes(response.body))  # type: ignore[arg-type]
+            except (ValueError, TypeError):
+                call.answer = None
+        return response
+
+    def _check_api(self, request: web.Request, need_auth: bool) -> web.Response | None:
+        if request.method == "POST" and not request.headers.get("Content-Type", "").startswith(
+                "application/json"):
+            return web.json_response({"error": "use application/json"}, status=412)
+        if request.headers.get("trakt-api-version") != "2":
+            return web.json_response({"error": "trakt-api-version must be 2"}, status=400)
+        if request.headers.get("trakt-api-key") != self.client_id:
+            return web.json_response({"error": "invalid api key"}, status=403)
+        if not request.headers.get("User-Agent", "").startswith("cwhook/"):
+            return web.json_response({"error": "user agent"}, status=400)
+        if need_auth:
+            auth = request.headers.get("Authorization", "")
+            token = auth.removeprefix("Bearer ")
+            expires = self.access_tokens.get(token)
+            if not auth.startswith("Bearer ") or expires is None or expires < time.time():
+                return web.json_response({"error": "invalid_token"}, status=401)
+            if self.rate_limit:
+                last = self.last_post.get(token, 0.0)
+                now = time.monotonic()
+                if now - last < 1.0:
+                    return web.json_response(
+                        {"error": "rate limit"}, status=429,
+                        headers={"Retry-After": "1",
+                                 "X-Ratelimit": '{"name":"AUTHED_API_POST_LIMIT","period":1,"limit":1}'})
+                self.last_post[token] = now
+        return None
+
+    async def scrobble(self, request: web.Request) -> web.Response:
+        refused = self._check_api(request, need_auth=True)
+        if refused is not None:
+            return refused
+        action = request.match_info["action"]
+        body = request["call"].body
+        if not isinstance(body, dict) or not isinstance(body.get("progress"), (int, float)):
+            return web.json_response({"error": "progress missing"}, status=422)
+        progress = float(body["progress"])
+        resolved = self.resolve(body)
+        if resolved is None:
+            return web.json_response({"error": "not found"}, status=404)
+        key, item = resolved
+        answer_action = action
+        if action == "stop":
+            if progress < 1:
+                return web.json_response({"error": "progress below 1"}, status=422)
+            if progress >= 80:
+                now = time.time()
+                recent = [t for k, t in self.history if k == key and now - t < 3600]
+                if recent:
+                    watched = recent[-1]
+                    return web.json_response({
+                        "watched_at": _iso(watched), "expires_at": _iso(watched + 3600)}, status=409)
+                self.history.append((key, now))
+                answer_action = "scrobble"
+            else:
+                answer_action = "pause"
+        return web.json_response({"id": len(self.history) or 0, "action": answer_action,
+                                  "progress": progress, "sharing": {"twitter": False}, **item},
+                                 status=201)
+
+    async def sync(self, request: web.Request) -> web.Response:
+        refused = self._check_api(request, need_auth=True)
+        if refused is not None:
+            return refused
+        body = request["call"].body
+        if not isinstance(body, dict):
+            return web.json_response({"error": "bad body"}, status=400)
+        added: dict[str, int] = {"movies": 0, "shows": 0, "seasons": 0, "episodes": 0}
+        not_found: dict[str, list[Any]] = {"movies": [], "shows": [], "seasons": [], "episodes": []}
+        for kind in ("movies", "shows", "episodes"):
+            for item in body.get(kind, []) or []:
+                ok = {"movies": self.find_movie, "shows": self.find_show}.get(kind)
+                if kind == "episodes":
+                    found = self.find_episode({"episode": item}) is not None
+                else:
+                    assert ok is not None
+                    found = ok(item) is not None
+                if found:
+                    added[kind] += 1
+                    if request.path == "/sync/history":
+                        self.history.append((f"{kind}:{item.get('ids')}", time.time()))
+                else:
+                    not_found[kind].append(item)
+        key = "deleted" if request.path.endswith("/remove") else "added"
+        status = 200 if request.path.endswith("/remove") else 201
+        return web.json_response({key: added, "not_found": not_found}, status=status)
+
+    async def search_id(self, request: web.Request) -> web.Response:
+        refused = self._check_api(request, need_auth=False)
+        if refused is not None:
+            return refused
+        id_type, value = request.match_info["id_type"], request.match_info["id"]
+        kind = request.query.get("type", "")
+        results: list[dict[str, Any]] = []
+        if kind in ("", "movie"):
+            for m in self.movies:
+                if str(m.ids.get(id_type)) == value:
+                    results.append({"type": "movie", "score": None, "movie": {"title": m.title,
+                                    "year": m.year, "ids": m.ids}})
+        for show in self.shows:
+            if kind in ("", "show") and str(show.ids.get(id_type)) == value:
+                results.append({"type": "show", "score": None, "show": {"title": show.title,
+                                "year": show.year, "ids": show.ids}})
+            if kind in ("", "episode"):
+                for (season, number), ids in show.episodes.items():
+                    if str(ids.get(id_type)) == value:
+                        results.append({"type": "episode", "score": None,
+                                        "episode": {"season": season, "number": number, "ids": ids},
+                                        "show": {"title": show.title, "year": show.year, "ids": show.ids}})
+        return web.json_response(results)
+
+    async def search_text(self, request: web.Request) -> web.Response:
+        refused = self._check_api(request, need_auth=False)
+        if refused is not None:
+            return refused
+        kind = request.match_info["kind"]
+        query = request.query.get("query", "").replace("\\", "").casefold()
+        years = request.query.get("years")
+        results: list[dict[str, Any]] = []
+        pool: list[Any] = self.movies if kind == "movie" else self.shows
+        for item in pool:
+            if item.title.casefold() == query and (not years or str(item.year) == years):
+                results.append({"type": kind, "score": 1000.0,
+                                kind: {"title": item.title, "year": item.year, "ids": item.ids}})
+        return web.json_response(results)
+
+    # --- OAuth ----------------------------------------------------------------------------------
+
+    def _token_answer(self) -> dict[str, Any]:
+        access, refresh, _ = self.issue_tokens()
+        return {"access_token": access, "token_type": "bearer", "expires_in": self.token_lifetime,
+                "refresh_token": refresh, "scope": "public", "created_at": int(time.time())}
+
+    async def oauth_token(self, request: web.Request) -> web.Response:
+        body = request["call"].body or {}
+        if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if body.get("grant_type") != "refresh_token":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        token = body.get("refresh_token")
+        if token not in self.refresh_tokens:
+            return web.json_response({"error": "invalid_grant",
+                                      "error_description": "refresh token used or unknown"}, status=400)
+        self.refresh_tokens.discard(token)
+        self.used_refresh_tokens.add(token)
+        self.refresh_count += 1
+        return web.json_response(self._token_answer())
+
+    async def device_code(self, request: web.Request) -> web.Response:
+        body = request["call"].body or {}
+        if body.get("client_id") != self.client_id:
+            return web.json_response({"error": "invalid client"}, status=403)
+        return web.json_response({"device_code": "dev-code-1", "user_code": "5055CC52",
+                                  "verification_url": "https://trakt.tv/activate",
+                                  "expires_in": 600, "interval": 1})
+
+    async def device_token(self, request: web.Request) -> web.Response:
+        body = request["call"].body or {}
+        if body.get("code") != "dev-code-1" or body.get("client_secret") != self.client_secret:
+            return web.json_response({}, status=404)
+        self.device_polls += 1
+        if self.device_script:
+            status = self.device_script.pop(0)
+            if status != 200:
+                return web.json_response({}, status=status)
+        return web.json_response(self._token_answer())
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_post("/scrobble/{action:start|pause|stop}", self.scrobble)
+        for path in ("/sync/history", "/sync/ratings", "/sync/ratings/remove", "/sync/watchlist/remove"):
+            app.router.add_post(path, self.sync)
+        app.router.add_get("/search/{id_type:trakt|imdb|tmdb|tvdb}/{id}", self.search_id)
+        app.router.add_get("/search/{kind:movie|show}", self.search_text)
+        app.router.add_post("/oauth/token", self.oauth_token)
+        app.router.add_post("/oauth/device/code", self.device_code)
+        app.router.add_post("/oauth/device/token", self.device_token)
+        return app
+
+    def start(self) -> FakeTrakt:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            server = site._server
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
