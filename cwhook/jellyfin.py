@@ -13,6 +13,12 @@ from cwhook.event import BadPayload, Ignored, ParseResult
 from cwhook.mediabrowser import MediaBrowserItem, provider_ids, to_event
 from cwhook.payload import as_bool, as_int, as_str, decode_body, get_ci
 
+def _text(data: dict[str, object], key: str) -> str | None:
+    """The plugin escapes quotes before serialising; undo the stray backslashes."""
+    value = as_str(get_ci(data, key))
+    return value.replace('\\"', '"') if value else value
+
+
 EVENTS = {"PlaybackStart": "start", "PlaybackStop": "stop", "PlaybackProgress": "progress"}
 
 
@@ -30,12 +36,12 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         source="jellyfin",
         action=action,  # type: ignore[arg-type]
         item_type=as_str(get_ci(data, "ItemType")),
-        name=as_str(get_ci(data, "Name")),
+        name=_text(data, "Name"),
         # For episodes the plugin overwrites Year with the series' year.
         year=None if is_episode else year,
         show_year=year if is_episode else None,
         ids=provider_ids(data, flat_prefix="Provider_"),
-        series_name=as_str(get_ci(data, "SeriesName")),
+        series_name=_text(data, "SeriesName"),
         season=as_int(get_ci(data, "SeasonNumber")),
         episode=as_int(get_ci(data, "EpisodeNumber")),
         runtime_ticks=get_ci(data, "RunTimeTicks"),
