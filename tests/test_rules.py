@@ -1,0 +1,374 @@
+"""The scrobble rules: one scenario per rule, and hypothesis-driven invariants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cwhook.config import ScrobbleConfig
+from cwhook.event import Event, Ids
+from cwhook.rules import Decision, Rules
+
+MOVIE = Event(source="plex", action="start", kind="movie", title="Guardians of the Galaxy", year=2014,
+              ids=Ids(imdb="tt2015381"), user_name="alice", user_id="1", player_id="tv",
+              item_key="42", duration_s=7200.0)
+CFG = ScrobbleConfig()
+
+
+def ev(action: str, progress: float | None, **kw: Any) -> Event:
+    return replace(MOVIE, action=action, progress=progress, **kw)  # type: ignore[arg-type]
+
+
+class Run:
+    def __init__(self, cfg: ScrobbleConfig = CFG) -> None:
+        self.rules = Rules(cfg)
+        self.log: list[Decision] = []
+
+    def __call__(self, action: str, progress: float | None, at: float, **kw: Any) -> list[Decision]:
+        out = self.rules.tick(at) + self.rules.handle(ev(action, progress, **kw), at)
+        self.log += out
+        return out
+
+    def tick(self, at: float) -> list[Decision]:
+        out = self.rules.tick(at)
+        self.log += out
+        return out
+
+    def sends(self) -> list[tuple[str, float]]:
+        return [(d.send.verb, d.send.progress) for d in self.log if d.send]
+
+    def reasons(self) -> list[str]:
+        return [d.reason for d in self.log]
+
+
+def test_plain_viewing() -> None:
+    r = Run()
+    r("start", 0.5, 0)
+    r("pause", 30, 100)
+    r.tick(106)
+    r("start", 30, 200)
+    r("stop", 97, 300)
+    assert r.sends() == [("start", 0.5), ("pause", 30), ("start", 30), ("stop", 97)]
+    assert r.reasons() == ["sent", "debounced", "sent", "sent", "sent"]
+
+
+def test_pause_debounce_resume_cancels_both() -> None:
+    r = Run()
+    r("start", 10, 0)
+    r("pause", 20, 10)
+    r("start", 20, 12)  # within 5 s
+    r.tick(100)
+    assert r.sends() == [("start", 10)]
+    assert r.reasons() == ["sent", "debounced", "pause_cancelled"]
+
+
+def test_pause_sent_when_window_ends_and_next_deadline() -> None:
+    r = Run()
+    r("start", 10, 0)
+    r("pause", 20, 10)
+    assert r.rules.next_deadline() == 15
+    assert r.tick(14.9) == []
+    out = r.tick(15)
+    assert [(d.reason, d.send.verb if d.send else None, d.notes) for d in out] == [
+        ("sent", "pause", ("debounce_elapsed",))]
+    assert r.rules.next_deadline() is None
+
+
+def test_flapping_pauses_are_absorbed_and_last_progress_wins() -> None:
+    r = Run()
+    r("start", 10, 0)
+    for i in range(10):
+        r("pause", 20 + i, 10 + i * 0.4)
+        r("start", 20 + i, 10.2 + i * 0.4)
+    r("pause", 40, 20)
+    r("pause", 41, 22)
+    r.tick(30)
+    assert r.sends() == [("start", 10), ("pause", 41)]
+
+
+def test_stop_supersedes_held_pause() -> None:
+    r = Run()
+    r("start", 10, 0)
+    r("pause", 50, 10)
+    out = r("stop", 50, 11)
+    assert out[-1].reason == "demoted_to_pause" and "pause_superseded" in out[-1].notes
+    r.tick(100)
+    assert r.sends() == [("start", 10), ("pause", 50)]
+
+
+def test_start_near_end_suppressed() -> None:
+    r = Run()
+    out = r("start", 99.2, 0)
+    assert out[-1].reason == "suppressed_near_end" and out[-1].send is None
+    r2 = Run(replace(CFG, suppress_start_at=90))
+    assert r2("start", 90, 0)[-1].reason == "suppressed_near_end"
+    assert r2("start", 89.9, 5, player_id="other")[-1].reason == "sent"
+
+
+def test_stop_below_threshold_demoted_to_pause() -> None:
+    r = Run()
+    r("start", 1, 0)
+    out = r("stop", 79.9, 100)
+    assert out[-1].reason == "demoted_to_pause" and out[-1].send is not None
+    assert out[-1].send.verb == "pause"
+    assert r("stop", 80, 200)[-1].reason == "sent"
+    assert r.sends()[-1] == ("stop", 80)
+
+
+def test_pause_at_credits_promoted_to_stop_immediately() -> None:
+    r = Run()
+    r("start", 50, 0)
+    out = r("pause", 96, 100)
+    assert out[-1].reason == "promoted_to_stop" and r.sends()[-1] == ("stop", 96)
+    assert r.rules.next_deadline() is None
+
+
+def test_plex_scrobble_is_stop_at_least_90() -> None:
+    r = Run()
+    r("start", 10, 0)
+    out = r("scrobble", None, 100)
+    # unknown progress: the session's last known (10) is below 90, so 90
+    assert out[-1].reason == "sent" and r.sends()[-1] == ("stop", 90)
+    r2 = Run()
+    r2("scrobble", 93.5, 0)
+    assert r2.sends() == [("stop", 93.5)]
+
+
+def test_one_watched_stop_per_viewing() -> None:
+    r = Run()
+    r("start", 10, 0)
+    r("scrobble", 90, 100)  # Plex's mark at 90 %
+    r("stop", 98, 200)  # then the real stop
+    r("pause", 99, 210)
+    r("scrobble", 99, 220)
+    assert [s for s in r.sends() if s[0] == "stop"] == [("stop", 90)]
+    assert r.reasons()[-3:] == ["already_watched", "already_watched", "already_watched"]
+
+
+def test_same_item_same_user_other_player_within_an_hour() -> None:
+    r = Run()
+    r("stop", 95, 0)
+    # the same user, another device, reports the same item finished
+    assert r("stop", 96, 60, player_id="phone")[-1].reason == "already_watched"
+    # ...unless that device started a new viewing from the beginning
+    r("start", 1, 100, player_id="tablet")
+    assert r("stop", 97, 200, player_id="tablet")[-1].reason == "sent"
+    # another user is not affected
+    assert r("stop", 97, 300, player_id="tv", user_id="2", user_name="bob")[-1].reason == "sent"
+    # after an hour it may be scrobbled again
+    assert r("stop", 96, 3700, player_id="laptop")[-1].reason == "already_watched"  # tablet at 200
+    assert r("stop", 96, 3900, player_id="laptop2")[-1].reason == "sent"
+
+
+def test_rewatch_from_start_is_a_new_viewing() -> None:
+    r = Run()
+    r("start", 0, 0)
+    r("stop", 96, 100)
+    out = r("start", 0.5, 200)
+    assert out[-1].reason == "sent" and "new_viewing" in out[-1].notes
+    r("stop", 97, 300)
+    assert [s for s in r.sends() if s[0] == "stop"] == [("stop", 96), ("stop", 97)]
+
+
+def test_regress_clamp_on_stale_offsets() -> None:
+    r = Run()
+    r("start", 10, 0)
+    r("pause", 92, 100)
+    r.tick(200)
+    out = r("stop", 0.0, 300)  # a zero offset on stop must not undo the watch
+    assert out[-1].reason == "sent" and "regress_clamped" in out[-1].notes
+    assert r.sends()[-1] == ("stop", 92)
+
+
+def test_regress_within_tolerance_is_kept() -> None:
+    r = Run()
+    r("start", 50, 0)
+    r("pause", 46, 100)
+    r.tick(200)
+    assert r.sends()[-1] == ("pause", 46)
+
+
+def test_unknown_progress_uses_session_or_is_dropped() -> None:
+    r = Run()
+    assert r("stop", None, 0)[-1].reason == "no_progress"
+    assert r("pause", None, 1)[-1].reason == "no_progress"
+    out = r("start", None, 2)
+    assert out[-1].reason == "sent" and r.sends() == [("start", 0)]
+    r("start", 85, 50)
+    out = r("stop", None, 100)
+    assert out[-1].reason == "sent" and "progress_from_session" in out[-1].notes
+    assert r.sends()[-1] == ("stop", 85)
+
+
+def test_exact_duplicates_dropped() -> None:
+    r = Run()
+    r("start", 10, 0)
+    assert r("start", 10, 0.5)[-1].reason == "duplicate"
+    assert r("start", 10, 2.0)[-1].reason == "sent"  # outside the 1 s window
+    r("pause", 40, 10)
+    assert r("pause", 40, 10.2)[-1].reason == "duplicate"
+
+
+def test_stop_below_one_percent_never_sent() -> None:
+    r = Run()
+    assert r("stop", 0.5, 0)[-1].reason == "below_minimum"
+    assert r.sends() == []
+
+
+def test_jellyfin_progress_flag_changes() -> None:
+    r = Run()
+    jf: dict[str, Any] = {"source": "jellyfin"}
+    r("start", 5, 0, **jf)
+    assert r("progress", 10, 10, paused=False, **jf)[-1].reason == "progress_noted"
+    assert r("progress", 20, 20, paused=True, **jf)[-1].reason == "debounced"
+    assert r("progress", 20, 21, paused=True, **jf)[-1].reason == "progress_noted"
+    r.tick(30)
+    assert r("progress", 20, 40, paused=False, **jf)[-1].reason == "sent"
+    r("progress", 60, 100, paused=False, **jf)
+    r("stop", None, 120, **jf)  # stop at 0 ticks = unknown: the last progress report counts
+    assert r.sends() == [("start", 5), ("pause", 20), ("start", 20), ("pause", 60)]
+
+
+def test_jellyfin_progress_for_unknown_session_starts_it() -> None:
+    r = Run()
+    assert r("progress", 30, 0, paused=False, source="jellyfin")[-1].reason == "sent"
+    assert r.sends() == [("start", 30)]
+
+
+def test_debounce_zero_sends_at_once() -> None:
+    r = Run(replace(CFG, pause_debounce_seconds=0))
+    r("start", 10, 0)
+    assert r("pause", 30, 5)[-1].reason == "sent"
+    assert r.rules.next_deadline() is None
+
+
+def test_ratings_pass_and_dedupe() -> None:
+    r = Run()
+    assert r("rate", None, 0, rating=8)[-1].reason == "sent"
+    assert r("rate", None, 10, rating=8)[-1].reason == "duplicate"
+    assert r("rate", None, 20, rating=9)[-1].reason == "sent"
+    assert r("rate", None, 30, rating=None)[-1].reason == "sent"
+    assert r("rate", None, 1000, rating=None)[-1].reason == "sent"
+
+
+def test_sessions_bounded_and_expire() -> None:
+    rules = Rules(CFG, max_sessions=3, idle_seconds=100)
+    for i in range(5):
+        rules.handle(ev("start", 1, player_id=f"p{i}"), i)
+    assert rules.session_count == 3
+    rules.tick(500)
+    assert rules.session_count == 0
+
+
+def test_eviction_sends_held_pause() -> None:
+    rules = Rules(CFG, max_sessions=1)
+    rules.handle(ev("start", 1, player_id="a"), 0)
+    rules.handle(ev("pause", 30, player_id="a"), 1)
+    out = rules.handle(ev("start", 1, player_id="b"), 2)
+    assert [(d.reason, d.send.verb if d.send else None, d.notes) for d in out][0] == (
+        "sent", "pause", ("evicted",))
+
+
+def test_flush_pending_on_shutdown() -> None:
+    rules = Rules(CFG)
+    rules.handle(ev("start", 1), 0)
+    rules.handle(ev("pause", 30), 1)
+    out = rules.flush_pending()
+    assert [(d.send.verb, d.send.progress) for d in out if d.send] == [("pause", 30)]
+    assert rules.next_deadline() is None
+
+
+# --- invariants over random sequences --------------------------------------------------
+
+ACTIONS = ["start", "pause", "stop", "scrobble", "progress"]
+step = st.tuples(
+    st.sampled_from(ACTIONS),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=100, allow_nan=False)),
+    st.floats(min_value=0, max_value=30, allow_nan=False),  # seconds since the previous event
+    st.sampled_from(["tv", "phone"]),
+    st.booleans(),  # paused flag for progress
+)
+settings_st = st.builds(
+    ScrobbleConfig,
+    pause_debounce_seconds=st.sampled_from([0, 1, 5, 20]),
+    suppress_start_at=st.floats(min_value=50, max_value=100),
+    regress_tolerance_percent=st.floats(min_value=0, max_value=20),
+    stop_pause_threshold=st.floats(min_value=80, max_value=100),
+    force_stop_at=st.floats(min_value=80, max_value=100),
+).filter(lambda c: c.force_stop_at >= c.stop_pause_threshold)
+
+
+@settings(max_examples=400, deadline=None)
+@given(cfg=settings_st, steps=st.lists(step, max_size=40))
+def test_invariants(cfg: ScrobbleConfig, steps: list[tuple[str, float | None, float, str, bool]]) -> None:
+    rules = Rules(cfg)
+    now = 0.0
+    decisions: list[tuple[float, Decision]] = []
+    held: dict[str, int] = {}  # session -> held pauses not yet resolved
+    for action, progress, gap, player, paused in steps:
+        now += gap
+        for d in rules.tick(now):
+            decisions.append((now, d))
+        for d in rules.handle(ev(action, progress, player_id=player, paused=paused), now):
+            decisions.append((now, d))
+    for d in rules.flush_pending():
+        decisions.append((now, d))
+
+    stops_per_viewing: dict[str, int] = {}
+    for _, d in decisions:
+        key = d.event.session_key
+        if d.send is not None:
+            assert 0 <= d.send.progress <= 100
+            if d.send.verb == "stop":
+                assert d.send.progress >= 1, "a stop below 1 % reaches Trakt"
+                stops_per_viewing[key] = stops_per_viewing.get(key, 0) + 1
+            if d.send.verb == "start":
+                assert d.send.progress < cfg.suppress_start_at
+        if d.reason == "debounced":
+            held[key] = 1
+        if d.send is not None and d.send.verb in ("pause", "stop"):
+            held[key] = 0
+        if d.reason in ("pause_cancelled", "already_watched") or "pause_superseded" in d.notes:
+            held[key] = 0
+        if d.reason == "new_viewing" or "new_viewing" in d.notes:
+            stops_per_viewing[key] = 0
+        assert stops_per_viewing.get(key, 0) <= 1, "two watched stops in one viewing"
+    # every held pause was sent or cancelled (flush_pending ran at the end)
+    assert rules.next_deadline() is None
+    assert all(v == 0 for v in held.values()), held
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(step, max_size=30))
+def test_watched_at_most_once_per_hour_without_new_viewing(
+        steps: list[tuple[str, float | None, float, str, bool]]) -> None:
+    """Across all devices of one user: a second watched stop within an hour needs a fresh start."""
+    rules = Rules(CFG)
+    now = 0.0
+    last_stop: float | None = None
+    fresh_since_stop: set[str] = set()
+    for action, progress, gap, player, paused in steps:
+        now += gap
+        out = rules.tick(now) + rules.handle(ev(action, progress, player_id=player, paused=paused), now)
+        for d in out:
+            if "new_viewing" in d.notes or (d.reason == "sent" and d.send and d.send.verb == "start"
+                                            and d.send.progress < 5):
+                fresh_since_stop.add(d.event.session_key)
+            if d.send is not None and d.send.verb == "stop":
+                if last_stop is not None and now - last_stop <= 3600:
+                    assert d.event.session_key in fresh_since_stop
+                last_stop = now
+                fresh_since_stop.discard(d.event.session_key)
+
+
+@pytest.mark.parametrize("debounce", [1, 5])
+def test_pause_resolution_timing(debounce: int) -> None:
+    r = Run(replace(CFG, pause_debounce_seconds=debounce))
+    r("start", 10, 0)
+    r("pause", 20, 100)
+    assert r.tick(100 + debounce - 0.01) == []
+    assert r.tick(100 + debounce)[0].send is not None
