@@ -236,8 +236,7 @@ class Rules:
             # Rule 2's exception: starting a finished item from the top is a new viewing.
             s.watched = False
             s.last_progress = None
-            s.fresh = True
-            self._watched.pop((event.user_key, event.identity), None)
+            s.fresh = True  # lets this session's own stop pass the one-hour registry
             s.notes.append("new_viewing")
         if s.watched:
             return Decision(event, "already_watched", progress=progress, notes=tuple(s.notes))
