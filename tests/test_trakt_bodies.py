@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from cwhook import plex
+from cwhook import trakt_bodies as tb
+from cwhook.event import Event, Ids
+from tests.conftest import FIXTURES, fixture_bytes
+
+MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
+              ids=Ids(trakt=28, imdb="tt2015381", tmdb=118340, tvdb=999))
+EPISODE = Event(source="jellyfin", action="start", kind="episode", title="Pilot",
+                ids=Ids(tvdb=349232), show_title="Breaking Bad", show_year=2008,
+                show_ids=Ids(trakt=1, tvdb=81189), season=1, number=1)
+
+
+def trakt_example(name: str) -> dict:
+    return json.loads((FIXTURES / "trakt" / name).read_text())
+
+
+def test_movie_body_matches_trakt_docs_shape() -> None:
+    doc = trakt_example("scrobble_start_movie.request.json")
+    body = tb.scrobble_body(tb.item_forms(MOVIE)[0], 1.25)
+    assert body == {"movie": {"title": "Guardians of the Galaxy", "year": 2014,
+                              "ids": {"trakt": 28, "imdb": "tt2015381", "tmdb": 118340}},
+                    "progress": 1.25}
+    assert set(body) == set(doc) and set(body["movie"]) == set(doc["movie"])
+
+
+def test_episode_forms_by_ids_then_by_show() -> None:
+    forms = tb.item_forms(EPISODE)
+    assert forms == [
+        {"episode": {"ids": {"tvdb": 349232}}},
+        {"show": {"title": "Breaking Bad", "year": 2008, "ids": {"trakt": 1, "tvdb": 81189}},
+         "episode": {"season": 1, "number": 1}},
+    ]
+    by_show = tb.scrobble_body(forms[1], 10)
+    assert by_show == trakt_example("scrobble_start_episode_by_show.request.json")
+
+
+def test_episode_without_ids_or_numbers() -> None:
+    assert tb.item_forms(replace(EPISODE, ids=Ids())) == tb.item_forms(EPISODE)[1:]
+    assert tb.item_forms(replace(EPISODE, season=None)) == tb.item_forms(EPISODE)[:1]
+    assert tb.item_forms(replace(EPISODE, ids=Ids(), show_title=None, show_ids=Ids())) == []
+
+
+def test_progress_rounded_and_clamped() -> None:
+    assert tb.scrobble_body({}, 33.33333)["progress"] == 33.33
+    assert tb.scrobble_body({}, 120)["progress"] == 100
+    assert tb.scrobble_body({}, -1)["progress"] == 0
+
+
+def test_history_body_has_real_watched_at() -> None:
+    body = tb.history_body(tb.item_forms(MOVIE)[0], 1700000000.25)
+    assert body["movies"][0]["watched_at"] == "2023-11-14T22:13:20.250Z"
+    ep = tb.history_body(tb.item_forms(EPISODE)[1], 0)
+    assert ep == {"shows": [{"title": "Breaking Bad", "year": 2008, "ids": {"trakt": 1, "tvdb": 81189},
+                             "seasons": [{"number": 1, "episodes": [
+                                 {"number": 1, "watched_at": "1970-01-01T00:00:00.000Z"}]}]}]}
+    assert tb.history_body(tb.item_forms(EPISODE)[0], 0) == {
+        "episodes": [{"ids": {"tvdb": 349232}, "watched_at": "1970-01-01T00:00:00.000Z"}]}
+
+
+def test_ratings_bodies_for_all_kinds() -> None:
+    rated = replace(MOVIE, action="rate", rating=9)
+    assert tb.ratings_body(tb.rating_forms(rated)[0], 9) == {"movies": [
+        {"title": "Guardians of the Galaxy", "year": 2014,
+         "ids": {"trakt": 28, "imdb": "tt2015381", "tmdb": 118340}, "rating": 9}]}
+    assert tb.ratings_body(tb.rating_forms(rated)[0], None) == {"movies": [
+        {"title": "Guardians of the Galaxy", "year": 2014,
+         "ids": {"trakt": 28, "imdb": "tt2015381", "tmdb": 118340}}]}
+    show = Event(source="plex", action="rate", kind="show", title="Futurama", ids=Ids(tvdb=73871))
+    assert tb.ratings_body(tb.rating_forms(show)[0], 8) == {"shows": [
+        {"title": "Futurama", "ids": {"tvdb": 73871}, "rating": 8}]}
+    season = Event(source="plex", action="rate", kind="season", title="Season 2", show_title="Futurama",
+                   show_ids=Ids(tvdb=73871), season=2)
+    assert tb.ratings_body(tb.rating_forms(season)[0], 7) == {"shows": [
+        {"title": "Futurama", "ids": {"tvdb": 73871}, "seasons": [{"number": 2, "rating": 7}]}]}
+    assert tb.ratings_body(tb.rating_forms(EPISODE)[0], 15)["episodes"][0]["rating"] == 10
+
+
+def test_rated_at_from_real_plex_sample() -> None:
+    ev = plex.parse("application/json", fixture_bytes("plex_media.rate_movie.json"))
+    assert isinstance(ev, Event)
+    body = tb.ratings_body(tb.rating_forms(ev)[0], ev.rating, 1700000000)
+    assert body == {"movies": [{"title": "The Harder They Fall", "year": 1956, "rating": 10,
+                                "rated_at": "2023-11-14T22:13:20.000Z"}]}
+
+
+def test_searches() -> None:
+    assert tb.id_searches(MOVIE) == [("/search/imdb/tt2015381?type=movie", "movie"),
+                                     ("/search/tmdb/118340?type=movie", "movie"),
+                                     ("/search/trakt/28?type=movie", "movie")]
+    assert tb.id_searches(EPISODE) == [("/search/tvdb/349232?type=episode", "episode"),
+                                       ("/search/tvdb/81189?type=show", "show"),
+                                       ("/search/trakt/1?type=show", "show")]
+    assert tb.text_search(MOVIE) == ("/search/movie?query=Guardians+of+the+Galaxy&years=2014", "movie")
+    assert tb.text_search(replace(EPISODE, show_title="Marvel's Agents: S.H.I.E.L.D.", show_year=None)) == (
+        "/search/show?query=Marvel%27s+Agents%5C%3A+S.H.I.E.L.D.", "show")
+
+
+def test_form_from_search() -> None:
+    results = [{"type": "show", "show": {"ids": {"trakt": 5}}},
+               {"type": "movie", "movie": {"ids": {"trakt": 28}}}]
+    assert tb.form_from_search(MOVIE, results, "movie") == {"movie": {"ids": {"trakt": 28}}}
+    assert tb.form_from_search(EPISODE, results, "show") == {
+        "show": {"ids": {"trakt": 5}}, "episode": {"season": 1, "number": 1}}
+    assert tb.form_from_search(EPISODE, [], "episode") is None
+    assert tb.form_from_search(EPISODE, {"x": 1}, "episode") is None
+    assert tb.form_from_search(EPISODE, [{"type": "episode", "episode": {"ids": {"trakt": "x"}}}],
+                               "episode") is None
