@@ -210,6 +210,7 @@ class TraktClient:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0
+            self.last_error = str(exc)
             log.warning("trakt_retry", path=path, error=str(exc), attempt=state.attempt_number,
                         wait_s=round(wait, 2))
 

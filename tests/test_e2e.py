@@ -1,0 +1,289 @@
+"""The whole daemon: a real `cwhook run` process, real HTTP, the fake Trakt on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, fixture_json, wait_for
+from tests.faketrakt import FakeTrakt
+
+pytestmark = pytest.mark.slow
+
+
+def authorized(fake: FakeTrakt, **kw: object) -> dict[str, object]:
+    access, refresh, expires = fake.issue_tokens()
+    return {"trakt_url": fake.url, "access_token": access, "refresh_token": refresh,
+            "expires_at": expires, **kw}
+
+
+def plex_body(event: str, offset_ms: int | None, name: str = "plex_media.scrobble_movie.json",
+              **meta: object) -> bytes:
+    data = fixture_json(name)
+    data["event"] = event
+    if offset_ms is None:
+        data["Metadata"].pop("viewOffset", None)
+    else:
+        data["Metadata"]["viewOffset"] = offset_ms
+    data["Metadata"].update(meta)
+    return json.dumps(data).encode()
+
+
+def multipart(payload: bytes, thumb: bytes = b"\xff\xd8\xff" + b"\0" * 20000) -> tuple[bytes, str]:
+    b = "plexboundary123"
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"payload\"\r\nContent-Type: application/json"
+            f"\r\n\r\n").encode() + payload + (
+        f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"thumb\"; filename=\"thumb.jpg\"\r\n"
+        f"Content-Type: image/jpeg\r\n\r\n").encode() + thumb + f"\r\n--{b}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={b}"
+
+
+def test_plex_viewing_scrobbled_exactly_once(daemon_factory: Callable[..., Daemon],
+                                             fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt))
+    duration = 5940000
+    body, ctype = multipart(plex_body("media.play", 30000))
+    status, answer = d.post("plex", body, ctype)
+    assert status == 202 and answer["event"]["action"] == "start"
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    assert d.post("plex", plex_body("media.stop", int(duration * 0.97)))[0] == 202
+    wait_for(lambda: len(fake_trakt.scrobbles()) >= 2)
+    time.sleep(1.5)  # nothing more may arrive
+    calls = fake_trakt.scrobbles()
+    assert [(c.path, c.answer["action"]) for c in calls] == [("/scrobble/start", "start"),
+                                                             ("/scrobble/stop", "scrobble")]
+    assert calls[1].body["progress"] == 90
+    health = d.health()
+    assert health["counts"]["sent"] == 2 and health["counts"]["suppressed"] == 1
+    assert health["outbox"]["pending"] == 0 and health["status"] == "ok"
+    decisions = [e for e in d.log_events() if e.get("event") == "decision"]
+    assert [e["reason"] for e in decisions] == ["sent", "sent", "already_watched"]
+    assert d.stop() == 0
+
+
+def test_jellyfin_and_emby_samples(daemon_factory: Callable[..., Daemon], fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt))
+    assert d.post("jellyfin", fixture_bytes("jellyfin_PlaybackStop_movie.json"), "text/plain")[0] == 202
+    assert d.post("emby", fixture_bytes(
+        "reconstructed/emby_playback.stop_episode.RECONSTRUCTED.json"))[0] == 202
+    wait_for(lambda: len(fake_trakt.watched_stops()) == 2)
+    bodies = [c.body for c in fake_trakt.watched_stops()]
+    assert bodies[0]["movie"]["ids"] == {"imdb": "tt9764362", "tmdb": 593643}
+    assert bodies[1]["episode"]["ids"]["tvdb"] == 349232
+    assert d.stop() == 0
+
+
+def test_watched_scrobble_survives_outage_and_429_storm(daemon_factory: Callable[..., Daemon],
+                                                        fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt))
+    fake_trakt.outage_until = time.time() + 4
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: fake_trakt.watched_stops(), timeout=40)
+    assert [c.status for c in fake_trakt.scrobbles()][-1] == 201
+    assert any(c.status == 503 for c in fake_trakt.scrobbles())
+    fake_trakt.script = [429, 429, 429]
+    assert d.post("emby", fixture_bytes("emby_playback.stop_movie.json").replace(
+        b'"PlayedToCompletion":false', b'"PlayedToCompletion":true'))[0] == 202
+    wait_for(lambda: len(fake_trakt.watched_stops()) == 2, timeout=30)
+    statuses = [c.status for c in fake_trakt.scrobbles()]
+    assert statuses.count(429) == 3 and statuses[-1] == 201
+    assert len(fake_trakt.watched_stops()) == 2
+    assert d.health()["outbox"]["pending"] == 0
+    assert d.stop() == 0
+
+
+def test_kill_9_during_outage_then_delivered_once(daemon_factory: Callable[..., Daemon],
+                                                  fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt))
+    fake_trakt.outage_until = time.time() + 3600
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: fake_trakt.scrobbles(503))
+    assert d.health()["outbox"]["pending"] == 1
+    assert d.health()["status"] == "degraded"
+    d.stop(signal.SIGKILL)
+    fake_trakt.outage_until = 0
+    d.start()
+    wait_for(lambda: fake_trakt.watched_stops(), timeout=20)
+    time.sleep(1.5)
+    assert len(fake_trakt.watched_stops()) == 1
+    assert d.health()["outbox"]["pending"] == 0
+    assert d.stop() == 0
+
+
+def test_burst_is_paced_at_one_post_per_second(daemon_factory: Callable[..., Daemon],
+                                               fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt))
+    samples = ["plex_media.scrobble_movie.json", "plex_media.scrobble_episode.json",
+               "plex_media.stop_movie_legacy-imdb-agent.json"]
+    for i, name in enumerate(samples * 2):
+        body = plex_body("media.play", 1000, name, ratingKey=f"k{i}")
+        assert d.post("plex", body)[0] == 202
+    wait_for(lambda: len(fake_trakt.scrobbles()) >= 6, timeout=20)
+    calls = fake_trakt.scrobbles()
+    assert all(c.status == 201 for c in calls), [c.status for c in calls]
+    gaps = [b.at - a.at for a, b in zip(calls, calls[1:], strict=False)]
+    assert min(gaps) >= 1.0
+    assert d.stop() == 0
+
+
+def test_sigterm_drains_queue_and_held_pause_into_outbox(daemon_factory: Callable[..., Daemon],
+                                                         fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt), extra_scrobble="  pause_debounce_seconds: 30\n".replace(
+        "30", "30"))
+    # pause_debounce_seconds appears twice otherwise: rewrite the file with a long debounce
+    text = d.config_path.read_text().replace("pause_debounce_seconds: 1\n", "")
+    d.config_path.write_text(text)
+    d.stop()
+    d.start()
+    fake_trakt.outage_until = time.time() + 3600
+    assert d.post("plex", plex_body("media.play", 600000))[0] == 202
+    assert d.post("plex", plex_body("media.pause", 1200000))[0] == 202  # held for 30 s
+    started = time.time()
+    assert d.stop() == 0
+    assert time.time() - started < 15
+    stopped = [e for e in d.log_events() if e.get("event") == "stopped"][-1]
+    assert stopped["outbox_pending"] == 2  # the start and the held pause, kept for later
+    fake_trakt.outage_until = 0
+    d.start()
+    wait_for(lambda: len(fake_trakt.scrobbles(201)) == 2, timeout=20)
+    assert [c.path for c in fake_trakt.scrobbles(201)] == ["/scrobble/start", "/scrobble/pause"]
+    assert d.stop() == 0
+
+
+def test_rotated_token_takes_effect_and_old_one_gets_401(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    body = plex_body("media.play", 1000)
+    assert d.post("plex", body)[0] == 202
+    out = subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "-c", str(d.config_path), "plex"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    new = yaml.safe_load(d.config_path.read_text())["webhooks"]["plex"]["token"]
+    assert new != TOKENS["plex"] and new in out.stdout
+    started = time.time()
+    wait_for(lambda: d.post("plex", body, token=new)[0] == 202, timeout=5)
+    assert time.time() - started < 5
+    assert d.post("plex", body)[0] == 401
+    assert d.post("emby", fixture_bytes("emby_playback.stop_movie.json"))[0] == 202  # untouched
+    assert d.stop() == 0
+
+
+def test_invalid_edit_refused_and_old_settings_kept(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    text = d.config_path.read_text()
+    d.config_path.write_text(text.replace("pause_debounce_seconds: 1", "pause_debounce_seconds: -4"))
+    wait_for(lambda: any(e.get("event") == "config_refused" for e in d.log_events()), timeout=6)
+    refused = [e for e in d.log_events() if e.get("event") == "config_refused"][0]
+    assert refused["problem"].startswith("scrobble.pause_debounce_seconds (line 13):")
+    assert d.post("plex", plex_body("media.play", 1000))[0] == 202
+    # SIGHUP re-reads too: fix the file and ask for it
+    d.config_path.write_text(text.replace("level: debug", "level: info"))
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(e.get("event") == "config_reloaded" for e in d.log_events()), timeout=6)
+    assert d.stop() == 0
+
+
+def test_dry_run_until_authorized(daemon_factory: Callable[..., Daemon], fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(trakt_url=fake_trakt.url)  # no access token
+    assert d.health()["trakt"]["dry_run"] is True
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: any(e.get("event") == "trakt_would_send" for e in d.log_events()))
+    would = [e for e in d.log_events() if e.get("event") == "trakt_would_send"][0]
+    assert would["path"] == "/scrobble/stop" and would["body"]["progress"] == 90
+    assert fake_trakt.calls == []
+    assert d.health()["counts"]["would_send"] == 1
+    assert d.stop() == 0
+
+
+def test_dry_run_flag(daemon_factory: Callable[..., Daemon], fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(args=("--dry-run",), **authorized(fake_trakt))
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: d.health()["counts"]["would_send"] == 1)
+    assert fake_trakt.calls == []
+    assert d.stop() == 0
+
+
+def test_expired_token_refreshed_by_the_daemon(daemon_factory: Callable[..., Daemon],
+                                               fake_trakt: FakeTrakt) -> None:
+    access, refresh, _ = fake_trakt.issue_tokens(lifetime=-5)
+    d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token=refresh,
+                       expires_at=int(time.time()) + 7 * 86400)  # the file claims it is still valid
+    before = d.config_path.read_text().splitlines()
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: fake_trakt.watched_stops(), timeout=15)
+    after = d.config_path.read_text().splitlines()
+    changed = [a.split(":")[0].strip() for a, b in zip(before, after, strict=True) if a != b]
+    assert changed == ["access_token", "refresh_token", "expires_at"]
+    data = yaml.safe_load("\n".join(after))
+    assert data["trakt"]["refresh_token"] not in (refresh, "")
+    assert fake_trakt.refresh_count == 1
+    assert d.stop() == 0
+
+
+def test_failed_refresh_shows_in_healthz(daemon_factory: Callable[..., Daemon],
+                                         fake_trakt: FakeTrakt) -> None:
+    access, _, _ = fake_trakt.issue_tokens(lifetime=-5)
+    d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token="used-up",
+                       expires_at=int(time.time()) + 86400)
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: d.health()["trakt"]["needs_auth"], timeout=10)
+    health = d.health()
+    assert health["status"] == "degraded" and "trakt_needs_auth" in health["problems"]
+    assert health["outbox"]["pending"] == 1
+    time.sleep(1)
+    assert len(fake_trakt.posts("/oauth/token")) == 1  # no hammering
+    assert d.stop() == 0
+
+
+def test_sd_notify_ready_watchdog_stopping(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    d = daemon_factory(start=False, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    d.start(wait=False)
+    messages: list[str] = []
+    deadline = time.time() + 10
+    while time.time() < deadline and not any("WATCHDOG=1" in m for m in messages):
+        messages.append(sock.recv(4096).decode())
+    assert any(m.startswith("READY=1") for m in messages)
+    d.health()  # READY came once listening
+    assert d.stop() == 0
+    while not any("STOPPING=1" in m for m in messages):
+        messages.append(sock.recv(4096).decode())
+    sock.close()
+
+
+def test_first_run_from_empty_directory(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "cwhook", "run"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        cfg = tmp_path / "cwhook.yml"
+        wait_for(lambda: (tmp_path / "state" / "outbox.sqlite3").exists() or proc.poll() is not None,
+                 timeout=15)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert cfg.exists() and (cfg.stat().st_mode & 0o777) == 0o600
+    data = yaml.safe_load(cfg.read_text())
+    for server, endpoint in [("plex", "plextrakt"), ("jellyfin", "jellyfintrakt"), ("emby", "embytrakt")]:
+        token = data["webhooks"][server]["token"]
+        assert len(token) >= 32
+        assert f"/webhook/{endpoint}?{token}" in out
+    assert "dry-run" in out and "cwhook auth" in out
+    # the file is the documented example, with tokens filled in
+    example = (ROOT / "config.example.yml").read_text().splitlines()
+    mine = cfg.read_text().splitlines()
+    assert [a for a, b in zip(example, mine, strict=True) if a != b] == ['    token: ""'] * 3
+    assert proc.returncode == 0 or "listen_failed" in err
