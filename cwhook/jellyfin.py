@@ -13,6 +13,7 @@ from cwhook.event import BadPayload, Ignored, ParseResult
 from cwhook.mediabrowser import MediaBrowserItem, provider_ids, to_event
 from cwhook.payload import as_bool, as_int, as_str, decode_body, get_ci
 
+
 def _text(data: dict[str, object], key: str) -> str | None:
     """The plugin escapes quotes before serialising; undo the stray backslashes."""
     value = as_str(get_ci(data, key))

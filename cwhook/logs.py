@@ -12,6 +12,20 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "error": logging.ERROR}
 
 
+class _Stderr:
+    """Writes each line to whatever sys.stderr is at that moment (tests swap it)."""
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_factory(*_: Any) -> _Stderr:
+    return _Stderr()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """(Re)configure logging; safe to call again on reload."""
     out = stream or sys.stderr
@@ -30,7 +44,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory,
         cache_logger_on_first_use=False,
     )
     # aiohttp and asyncio log through the standard library: send their warnings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def test_auth_device_flow_pending_slow_down_success(tmp_path: Path, fake_trakt: 
     assert "https://trakt.tv/activate" in out.stdout and "5055CC52" in out.stdout
     assert fake_trakt.device_polls == 5
     polls = [c.at for c in fake_trakt.posts("/oauth/device/token")]
-    gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert gaps[3] >= 1.9  # the interval grew after 429 (slow down)
     after = path.read_text().splitlines()
     changed = [a.split(":")[0].strip() for a, b in zip(before, after, strict=True) if a != b]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import socket
@@ -130,7 +131,7 @@ def test_burst_is_paced_at_one_post_per_second(daemon_factory: Callable[..., Dae
     wait_for(lambda: len(fake_trakt.scrobbles()) >= 6, timeout=20)
     calls = fake_trakt.scrobbles()
     assert all(c.status == 201 for c in calls), [c.status for c in calls]
-    gaps = [b.at - a.at for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(calls)]
     assert min(gaps) >= 1.0
     assert d.stop() == 0
 
@@ -181,7 +182,7 @@ def test_invalid_edit_refused_and_old_settings_kept(daemon_factory: Callable[...
     text = d.config_path.read_text()
     d.config_path.write_text(text.replace("pause_debounce_seconds: 1", "pause_debounce_seconds: -4"))
     wait_for(lambda: any(e.get("event") == "config_refused" for e in d.log_events()), timeout=6)
-    refused = [e for e in d.log_events() if e.get("event") == "config_refused"][0]
+    refused = next(e for e in d.log_events() if e.get("event") == "config_refused")
     assert refused["problem"].startswith("scrobble.pause_debounce_seconds (line 13):")
     assert d.post("plex", plex_body("media.play", 1000))[0] == 202
     # SIGHUP re-reads too: fix the file and ask for it
@@ -197,7 +198,7 @@ def test_dry_run_until_authorized(daemon_factory: Callable[..., Daemon], fake_tr
     assert d.health()["trakt"]["dry_run"] is True
     assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
     wait_for(lambda: any(e.get("event") == "trakt_would_send" for e in d.log_events()))
-    would = [e for e in d.log_events() if e.get("event") == "trakt_would_send"][0]
+    would = next(e for e in d.log_events() if e.get("event") == "trakt_would_send")
     assert would["path"] == "/scrobble/stop" and would["body"]["progress"] == 90
     assert fake_trakt.calls == []
     assert d.health()["counts"]["would_send"] == 1

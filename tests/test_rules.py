@@ -269,7 +269,7 @@ def test_eviction_sends_held_pause() -> None:
     rules.handle(ev("start", 1, player_id="a"), 0)
     rules.handle(ev("pause", 30, player_id="a"), 1)
     out = rules.handle(ev("start", 1, player_id="b"), 2)
-    assert [(d.reason, d.send.verb if d.send else None, d.notes) for d in out][0] == (
+    assert next((d.reason, d.send.verb if d.send else None, d.notes) for d in out) == (
         "sent", "pause", ("evicted",))
 
 
