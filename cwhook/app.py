@@ -17,12 +17,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import structlog
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from cwhook import emby, filters, jellyfin, logs, plex
 from cwhook.config import Config
 from cwhook.delivery import Counters
 from cwhook.event import BadPayload, Event, Ignored, ParseResult
+from cwhook.multipart import PartScanner
 
 log = logs.get("cwhook.http")
 
@@ -94,34 +95,19 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
 
 
 async def _read_multipart(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
+    scanner = PartScanner(request.headers.get("Content-Type", ""), field)
     total = 0
-    try:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if not isinstance(part, BodyPartReader):
-                raise BadPayload("nested multipart is not supported")
-            wanted = part.name == field
-            chunks: list[bytes] = []
-            while True:
-                chunk = await part.read_chunk(CHUNK)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > limit:
-                    raise TooLarge()
-                if wanted:
-                    chunks.append(chunk)
-            if wanted:
-                # The rest (Plex's thumbnail) is never read into memory.
-                return "application/json", b"".join(chunks)
-    except (TooLarge, BadPayload):
-        raise
-    except Exception as exc:  # aiohttp raises assorted errors on broken multipart
-        raise BadPayload(f"broken multipart body: {type(exc).__name__}: {exc}") from None
-    raise BadPayload(f"multipart body has no '{field}' part")
+    while True:
+        chunk = await request.content.read(CHUNK)
+        if not chunk:
+            return "application/json", scanner.finish()
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge()
+        found = scanner.feed(chunk)
+        if found is not None:
+            # The rest of the body (Plex's thumbnail) is never read into memory.
+            return "application/json", found
 
 
 def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Response]]:

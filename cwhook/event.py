@@ -33,7 +33,16 @@ class Ids:
     trakt: int | None = None
 
     def as_dict(self) -> dict[str, str | int]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out: dict[str, str | int] = {}
+        if self.imdb is not None:
+            out["imdb"] = self.imdb
+        if self.tmdb is not None:
+            out["tmdb"] = self.tmdb
+        if self.tvdb is not None:
+            out["tvdb"] = self.tvdb
+        if self.trakt is not None:
+            out["trakt"] = self.trakt
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.as_dict())

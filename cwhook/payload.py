@@ -15,21 +15,6 @@ from urllib.parse import parse_qsl
 
 from cwhook.event import BadPayload
 
-MAX_DEPTH = 64
-
-
-def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return True
-
 
 def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
     """Parse JSON that must be an object; BadPayload says what was wrong."""
@@ -48,8 +33,6 @@ def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
         raise BadPayload(f"{what} is not JSON: {msg}{pos}") from None
     if not isinstance(data, dict):
         raise BadPayload(f"{what} is JSON but not an object (got {type(data).__name__})")
-    if not _depth_ok(data):
-        raise BadPayload(f"{what} is nested too deeply")
     return data
 
 

@@ -75,6 +75,7 @@ DUPLICATE_PROGRESS = 0.01
 SCROBBLE_MIN = 90.0
 STOP_FLOOR = 1.0
 RATING_WINDOW = 600.0
+SWEEP_INTERVAL = 30.0  # idle sessions and old marks are forgotten at most this often
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class Rules:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._watched: dict[tuple[str, str], float] = {}
         self._ratings: dict[tuple[str, str], tuple[int | None, float]] = {}
+        self._holding: set[str] = set()  # sessions that may hold a pause (checked lazily)
+        self._next_sweep = 0.0
 
     # --- public interface ------------------------------------------------------
 
@@ -138,20 +141,34 @@ class Rules:
         return len(self._sessions)
 
     def next_deadline(self) -> float | None:
-        deadlines = [s.pending.deadline for s in self._sessions.values() if s.pending]
+        deadlines = []
+        for key in list(self._holding):
+            session = self._sessions.get(key)
+            if session is None or session.pending is None:
+                self._holding.discard(key)
+            else:
+                deadlines.append(session.pending.deadline)
         return min(deadlines) if deadlines else None
 
     def tick(self, now: float) -> list[Decision]:
         """Send held pauses whose window ended; forget idle sessions."""
         out: list[Decision] = []
-        for session in self._sessions.values():
-            pending = session.pending
-            if pending is not None and pending.deadline <= now:
+        for key in list(self._holding):
+            session = self._sessions.get(key)
+            pending = session.pending if session is not None else None
+            if session is None or pending is None:
+                self._holding.discard(key)
+            elif pending.deadline <= now:
                 session.pending = None
+                self._holding.discard(key)
                 out.append(self._send_pause(pending.event, pending.progress, "sent",
                                             ("debounce_elapsed",)))
+        if now < self._next_sweep:
+            return out
+        self._next_sweep = now + SWEEP_INTERVAL
         for key in [k for k, s in self._sessions.items() if now - s.last_seen > self.idle_seconds]:
-            del self._sessions[key]
+            if self._sessions[key].pending is None:
+                del self._sessions[key]
         for wkey in [k for k, t in self._watched.items() if now - t > WATCHED_WINDOW]:
             del self._watched[wkey]
         for rkey in [k for k, (_, t) in self._ratings.items() if now - t > RATING_WINDOW]:
@@ -264,6 +281,7 @@ class Rules:
             s.pending.event, s.pending.progress = event, progress
         else:
             s.pending = _Pending(event, progress, now + self.settings.pause_debounce_seconds)
+            self._holding.add(event.session_key)
         return Decision(event, "debounced", progress=progress, notes=tuple(s.notes))
 
     def _stop(self, s: _Session, event: Event, progress: float, now: float) -> Decision:

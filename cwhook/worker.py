@@ -76,12 +76,17 @@ class Worker:
         while True:
             deadline = self.rules.next_deadline()
             timeout = MAX_IDLE_WAIT if deadline is None else max(0.0, deadline - self.clock())
+            event: Event | None = None
             try:
-                event: Event | None = await asyncio.wait_for(self.queue.get(), min(timeout,
-                                                                                   MAX_IDLE_WAIT))
+                async with asyncio.timeout(min(timeout, MAX_IDLE_WAIT)):
+                    event = await self.queue.get()
             except TimeoutError:
-                event = None
+                pass
             self.step(event)
+            # Take everything already queued in one go: the HTTP side can queue many
+            # events per loop iteration, and the worker must keep up with it.
+            for _ in range(self.queue.qsize()):
+                self.step(self.queue.get_nowait())
 
     def drain(self) -> None:
         """Shutdown: everything queued goes through the rules; held pauses are kept."""

@@ -253,7 +253,7 @@ BAD = [
     (b'"str"', "not an object"),
     (b"\xff\xfe{}", "not UTF-8"),
     (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
-    (b'{"a":' * 100 + b"1" + b"}" * 100, "nested too deeply"),
+    (b'{"a":' * 100 + b"1" + b"}" * 100, "no '"),  # deep but harmless: just not a payload
     (b"{\"event\": ", "not JSON"),
 ]
 

@@ -1,0 +1,275 @@
+"""Benchmark: cwhook against a bare aiohttp baseline, measured in the same run.
+
+    python bench/run.py [--seconds 8] [--connections 32]
+
+1. Starts `cwhook run --dry-run` and bench/bare.py (reads the body, answers 202) on free
+   loopback ports, and drives both with the same Plex multipart request (JSON payload plus a
+   20 KB thumbnail) from a load generator: wrk when installed, else an aiohttp client in a
+   separate process. Prints requests/s of both, their ratio, p99 latency, and the daemon's RSS
+   when idle and after the run.
+2. Starts the daemon against the fake Trakt (tests/faketrakt.py) and measures the time from a
+   `media.scrobble` POST to the fake receiving /scrobble/stop, median over 200 events. Trakt
+   allows one POST per second, so this run sets CWHOOK_POST_INTERVAL=0 to measure the pipeline
+   itself rather than the pacing.
+Everything runs on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOKEN = "bench-plex-token-0123456789abcdef"
+BOUNDARY = "benchboundary7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PAYLOADS = {
+    "large": "plex_media.scrobble_movie.json",  # 15 KB of JSON: a movie with its whole cast
+    "small": "plex_media.pause_episode_legacy-tvdb-agent.json",  # 1.7 KB: a typical episode
+}
+
+
+def request_body(size: str = "large", rating_key: str = "26697", event: str = "media.play") -> tuple[bytes, str]:
+    payload = json.loads((ROOT / "tests/fixtures" / PAYLOADS[size]).read_bytes())
+    payload["Metadata"].setdefault("duration", 1320000)
+    payload["event"] = event
+    payload["Metadata"]["viewOffset"] = 60000
+    payload["Metadata"]["ratingKey"] = rating_key
+    thumb = b"\xff\xd8\xff\xe0" + bytes(random.Random(7).getrandbits(8) for _ in range(20000))
+    body = (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"payload\"\r\n"
+        "Content-Type: application/json\r\n\r\n".encode()
+        + json.dumps(payload).encode()
+        + f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"thumb\"; filename=\"thumb.jpg\"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + thumb
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def config(port: int, state: Path, trakt_url: str = "http://127.0.0.1:9", access: str = "",
+           refresh: str = "", debounce: int = 5) -> str:
+    return f"""server:
+  host: 127.0.0.1
+  port: {port}
+webhooks:
+  plex:
+    token: {TOKEN}
+scrobble:
+  pause_debounce_seconds: {debounce}
+trakt:
+  api_url: {trakt_url}
+  oauth_url: {trakt_url}
+  client_id: test-client-id
+  client_secret: test-secret
+  access_token: "{access}"
+  refresh_token: "{refresh}"
+  expires_at: {int(time.time()) + 86400 if access else 0}
+state:
+  dir: {state}
+logging:
+  level: info
+  format: json
+"""
+
+
+def wait_up(port: int, timeout: float = 15) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server on port {port} did not come up")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- load generation ---------------------------------------------------------------------------
+
+
+async def _client_load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
+    import aiohttp
+
+    body, ctype = request_body(size)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers={"Content-Type": ctype}) as resp:
+                await resp.read()
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*[worker(session) for _ in range(connections)])
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(latencies) / elapsed, "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+            "requests": len(latencies), "statuses": statuses, "tool": "aiohttp-client"}
+
+
+def _wrk_load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
+    body, ctype = request_body(size)
+    escaped = "".join(f"\\{b}" for b in body)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{ctype}"\nwrk.body = "{escaped}"\n')
+        fh.write("done = function(summary, latency, requests)\n"
+                 "  io.write(string.format('JSON {\"requests\": %d, \"p99_us\": %d, \"non2xx\": %d}\\n',"
+                 " summary.requests, latency:percentile(99), summary.errors.status))\nend\n")
+        script = fh.name
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "-s", script, url],
+                         capture_output=True, text=True, timeout=seconds + 30)
+    os.unlink(script)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("JSON "))
+    data = json.loads(line[5:])
+    rps = next(float(x.split()[1]) for x in out.stdout.splitlines() if x.startswith("Requests/sec"))
+    return {"rps": rps, "p99_ms": data["p99_us"] / 1000, "requests": data["requests"],
+            "non2xx": data["non2xx"], "tool": "wrk"}
+
+
+def load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
+    if shutil.which("wrk"):
+        return _wrk_load(url, seconds, connections, size)
+    out = subprocess.run([sys.executable, __file__, "--loadgen", url, str(seconds), str(connections), size],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    return dict(json.loads(out.stdout))
+
+
+# --- the runs --------------------------------------------------------------------------------------
+
+
+def throughput(seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    bare_port, daemon_port = free_port(), free_port()
+    bare = subprocess.Popen([sys.executable, str(ROOT / "bench/bare.py"), str(bare_port)])
+    cfg = tmp / "bench.yml"
+    cfg.write_text(config(daemon_port, tmp / "state"))
+    daemon = subprocess.Popen([sys.executable, "-m", "cwhook", "run", "--dry-run", "-c", str(cfg)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    try:
+        wait_up(bare_port)
+        wait_up(daemon_port)
+        time.sleep(1)
+        results["daemon_idle_rss_mb"] = rss_mb(daemon.pid)
+        for size in PAYLOADS:
+            bare_r = load(f"http://127.0.0.1:{bare_port}/webhook/plextrakt?{TOKEN}", seconds, connections, size)
+            daemon_r = load(f"http://127.0.0.1:{daemon_port}/webhook/plextrakt?{TOKEN}", seconds,
+                            connections, size)
+            results[size] = {"bare": bare_r, "daemon": daemon_r, "ratio": daemon_r["rps"] / bare_r["rps"]}
+        results["daemon_rss_after_mb"] = rss_mb(daemon.pid)
+        results["bare_rss_after_mb"] = rss_mb(bare.pid)
+    finally:
+        bare.terminate()
+        daemon.terminate()
+        bare.wait(10)
+        daemon.wait(20)
+    return results
+
+
+def scrobble_latency(events: int, tmp: Path) -> dict[str, Any]:
+    from tests.faketrakt import FakeTrakt
+
+    fake = FakeTrakt().start()
+    fake.rate_limit = False
+    access, refresh, _ = fake.issue_tokens()
+    port = free_port()
+    cfg = tmp / "latency.yml"
+    cfg.write_text(config(port, tmp / "state2", fake.url, access, refresh))
+    env = dict(os.environ, CWHOOK_POST_INTERVAL="0")
+    daemon = subprocess.Popen([sys.executable, "-m", "cwhook", "run", "-c", str(cfg)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp)
+    samples: list[float] = []
+    try:
+        wait_up(port)
+        payload = json.loads((ROOT / "tests/fixtures/plex_media.scrobble_movie.json").read_bytes())
+        for i in range(events):
+            payload["Player"]["uuid"] = f"player-{i}"
+            payload["Account"]["id"] = 1000 + i  # a different user each time: every one is a real watch
+            payload["Account"]["title"] = f"user{i}"
+            body = json.dumps(payload).encode()
+            before = len(fake.posts("/scrobble/stop"))
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/webhook/plextrakt?{TOKEN}", data=body,
+                                         method="POST", headers={"Content-Type": "application/json"})
+            started = time.time()
+            urllib.request.urlopen(req, timeout=10).read()
+            deadline = started + 10
+            while len(fake.posts("/scrobble/stop")) == before and time.time() < deadline:
+                time.sleep(0.0005)
+            calls = fake.posts("/scrobble/stop")
+            if len(calls) > before:
+                samples.append((calls[-1].at - started) * 1000)
+        fake.history.clear()
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+        fake.stop()
+    return {"events": events, "delivered": len(samples), "median_ms": statistics.median(samples),
+            "p90_ms": sorted(samples)[int(len(samples) * 0.9) - 1]}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
+        print(json.dumps(asyncio.run(_client_load(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]),
+                                                  sys.argv[5]))))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--events", type=int, default=200)
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="cwhook-bench-") as tmp:
+        t = throughput(args.seconds, args.connections, Path(tmp))
+        lat = scrobble_latency(args.events, Path(tmp))
+    print(f"machine: {os.cpu_count()} cores, {sys.version.split()[0]}, load generator "
+          f"{t['large']['bare']['tool']}, {args.connections} connections, {args.seconds:g} s per run")
+    for size in PAYLOADS:
+        r = t[size]
+        print(f"[{size} payload + 20 KB thumbnail] baseline {r['bare']['rps']:.0f} req/s "
+              f"(p99 {r['bare']['p99_ms']:.1f} ms), cwhook {r['daemon']['rps']:.0f} req/s "
+              f"(p99 {r['daemon']['p99_ms']:.1f} ms): ratio {r['ratio']:.2f}")
+    print(f"cwhook RSS: idle {t['daemon_idle_rss_mb']:.1f} MB, after the run {t['daemon_rss_after_mb']:.1f} MB "
+          f"(baseline after the run {t['bare_rss_after_mb']:.1f} MB)")
+    print(f"media.scrobble POST -> /scrobble/stop on the fake: median {lat['median_ms']:.1f} ms, "
+          f"p90 {lat['p90_ms']:.1f} ms over {lat['delivered']}/{lat['events']} events")
+    print(f"benchmark took {time.time() - started:.0f} s")
+    print("JSON " + json.dumps({"throughput": t, "latency": lat}))
+
+
+if __name__ == "__main__":
+    main()
