@@ -174,7 +174,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
 
         app = make_app(self.runtime)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
         await runner.setup()
         site = web.TCPSite(runner, self.config.server.host, self.config.server.port,
                            reuse_address=True)

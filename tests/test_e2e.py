@@ -288,3 +288,14 @@ def test_first_run_from_empty_directory(tmp_path: Path) -> None:
     mine = cfg.read_text().splitlines()
     assert [a for a, b in zip(example, mine, strict=True) if a != b] == ['    token: ""'] * 3
     assert proc.returncode == 0 or "listen_failed" in err
+
+
+def test_sigterm_with_a_stuck_client_still_exits_quickly(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    stuck = socket.create_connection(("127.0.0.1", d.port))
+    stuck.sendall(b"POST /webhook/plextrakt?x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+    time.sleep(0.2)
+    started = time.time()
+    assert d.stop() == 0
+    assert time.time() - started < 10
+    stuck.close()
