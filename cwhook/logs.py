@@ -16,8 +16,7 @@ class _Stderr:
     """Writes each line to whatever sys.stderr is at that moment (tests swap it)."""
 
     def msg(self, message: str) -> None:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+        sys.stderr.write(message + "\n")  # stderr is line-buffered: one write, one line
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
