@@ -8,6 +8,7 @@ and the event put on the worker's queue. Nothing here waits on Trakt.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import itertools
 import time
@@ -38,6 +39,8 @@ ROUTES = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
 CHUNK = 65536
 RETRY_AFTER_BUSY = "5"
 _request_ids = itertools.count(1)
+# What the handler found out, for the middleware's one log line per request.
+_request_notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("request_notes")
 
 
 class TooLarge(Exception):
@@ -118,7 +121,7 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         config = rt.config
         hook = config.webhook(server)
         rt.counters.received += 1
-        notes: dict[str, Any] = request["log"]
+        notes = _request_notes.get()
         notes["server"] = server
         if not hook.enabled:
             notes["outcome"] = "disabled"
@@ -170,7 +173,8 @@ async def access_log(
     started = time.monotonic()
     path = request.path + ("?<redacted>" if request.rel_url.raw_query_string else "")
     structlog.contextvars.bind_contextvars(request_id=next(_request_ids))
-    request["log"] = {}
+    notes: dict[str, Any] = {}
+    _request_notes.set(notes)
     try:
         try:
             response = await handler(request)
@@ -183,7 +187,7 @@ async def access_log(
         level = log.debug if request.path == "/healthz" else log.info
         level("request", method=request.method, path=path, status=response.status,
               ms=round((time.monotonic() - started) * 1000, 1), remote=request.remote,
-              **request["log"])
+              **notes)
         return response
     finally:
         structlog.contextvars.unbind_contextvars("request_id")

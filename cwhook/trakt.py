@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from cwhook import __version__, logs
@@ -90,14 +90,15 @@ class RetryPolicy:
 
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=policy.initial, max=policy.maximum,
-                                      jitter=policy.jitter)
+    """tenacity wait: Retry-After for 429, else exponential back-off with jitter."""
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimited):
             return min(MAX_RETRY_AFTER, max(exc.retry_after, 1.0))
-        return float(backoff(state))
+        exponent = min(state.attempt_number - 1, 30)
+        backoff = min(policy.maximum, policy.initial * 2.0**exponent)
+        return backoff + random.uniform(0, policy.jitter)
 
     return wait
 

@@ -110,6 +110,7 @@ class FakeTrakt:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.lock = threading.Lock()
+        self._current: Call | None = None  # the call being handled (handlers never await first)
 
     # --- set-up helpers -------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class FakeTrakt:
             call.status = status
             headers = {"Retry-After": "1"} if status == 429 else None
             return web.json_response({"error": "scripted"}, status=status, headers=headers)
-        request["call"] = call
+        self._current = call
         response = await handler(request)
         call.status = response.status
         if isinstance(response, web.Response) and response.body is not None:
@@ -257,7 +258,7 @@ class FakeTrakt:
         if refused is not None:
             return refused
         action = request.match_info["action"]
-        body = request["call"].body
+        body = self._current.body
         if not isinstance(body, dict) or not isinstance(body.get("progress"), (int, float)):
             return web.json_response({"error": "progress missing"}, status=422)
         progress = float(body["progress"])
@@ -288,7 +289,7 @@ class FakeTrakt:
         refused = self._check_api(request, need_auth=True)
         if refused is not None:
             return refused
-        body = request["call"].body
+        body = self._current.body
         if not isinstance(body, dict):
             return web.json_response({"error": "bad body"}, status=400)
         added: dict[str, int] = {"movies": 0, "shows": 0, "seasons": 0, "episodes": 0}
@@ -358,7 +359,7 @@ class FakeTrakt:
                 "refresh_token": refresh, "scope": "public", "created_at": int(time.time())}
 
     async def oauth_token(self, request: web.Request) -> web.Response:
-        body = request["call"].body or {}
+        body = self._current.body or {}
         if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
             return web.json_response({"error": "invalid_client"}, status=401)
         if body.get("grant_type") != "refresh_token":
@@ -373,7 +374,7 @@ class FakeTrakt:
         return web.json_response(self._token_answer())
 
     async def device_code(self, request: web.Request) -> web.Response:
-        body = request["call"].body or {}
+        body = self._current.body or {}
         if body.get("client_id") != self.client_id:
             return web.json_response({"error": "invalid client"}, status=403)
         return web.json_response({"device_code": "dev-code-1", "user_code": "5055CC52",
@@ -381,7 +382,7 @@ class FakeTrakt:
                                   "expires_in": 600, "interval": 1})
 
     async def device_token(self, request: web.Request) -> web.Response:
-        body = request["call"].body or {}
+        body = self._current.body or {}
         if body.get("code") != "dev-code-1" or body.get("client_secret") != self.client_secret:
             return web.json_response({}, status=404)
         self.device_polls += 1
