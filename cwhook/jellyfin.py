@@ -20,7 +20,7 @@ def _text(data: dict[str, object], key: str) -> str | None:
     return value.replace('\\"', '"') if value else value
 
 
-EVENTS = {"PlaybackStart": "start", "PlaybackStop": "stop", "PlaybackProgress": "progress"}
+EVENTS = {"playbackstart": "start", "playbackstop": "stop", "playbackprogress": "progress"}
 
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
@@ -28,7 +28,7 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
     kind = as_str(get_ci(data, "NotificationType"))
     if kind is None:
         raise BadPayload("no 'NotificationType' in the Jellyfin payload")
-    action = EVENTS.get(kind)
+    action = EVENTS.get(kind.lower())
     if action is None:
         return Ignored("event_not_handled", f"Jellyfin notification {kind} is not a playback event")
     year = as_int(get_ci(data, "Year"))

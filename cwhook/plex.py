@@ -110,7 +110,7 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         show_title = as_str(metadata.get("grandparentTitle"))
         season = as_int(metadata.get("parentIndex"))
         number = as_int(metadata.get("index"))
-        show_ids = legacy_show_ids
+        show_ids = legacy_show_ids or parse_legacy_guid(as_str(metadata.get("grandparentGuid")))[0]
         season = season if season is not None else legacy_season
         number = number if number is not None else legacy_number
         if not ids and not (show_title and season is not None and number is not None):

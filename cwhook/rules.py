@@ -42,7 +42,9 @@ Rules, in the order they apply to one event (numbers are the spec's, §5):
   another session within an hour is dropped too, unless that session's viewing
   started below 5 %.
 * Rule 4, start near the end: a start at or above ``suppress_start_at`` is
-  dropped (``suppressed_near_end``).
+  dropped (``suppressed_near_end``). When that was the session's first sign of
+  life (resumed at the credits), its later pauses and stops are dropped the
+  same way: nothing was watched in it. A Plex scrobble still counts.
 * Rule 3, pause debounce: a pause is held for ``pause_debounce_seconds``
   (``debounced``). A resume in that window cancels both (``pause_cancelled``,
   nothing sent); a stop supersedes it (note ``pause_superseded``); otherwise
@@ -110,6 +112,7 @@ class _Session:
     paused: bool | None = None
     watched: bool = False
     fresh: bool = False  # this viewing started below NEW_VIEWING_BELOW
+    near_end_only: bool = False  # the session only ever started at the credits
     pending: _Pending | None = None
     last_raw: tuple[str, float | None, float] | None = None
     notes: list[str] = field(default_factory=list)
@@ -238,6 +241,10 @@ class Rules:
         if s.watched:
             self._drop_pending(s)
             return Decision(event, "already_watched", progress=progress, notes=tuple(s.notes))
+        if s.near_end_only and action != "scrobble":
+            # Resumed at the credits and closed: nothing was watched in this session.
+            return Decision(event, "suppressed_near_end", progress=progress,
+                            notes=(*s.notes, "started_near_end"))
         if action == "pause":
             return self._pause(s, event, progress, now)
         if action == "scrobble":
@@ -265,7 +272,10 @@ class Rules:
         if s.last_progress is None and progress < NEW_VIEWING_BELOW:
             s.fresh = True
         if progress >= self.settings.suppress_start_at:
+            if s.last_progress is None:
+                s.near_end_only = True
             return Decision(event, "suppressed_near_end", progress=progress, notes=tuple(s.notes))
+        s.near_end_only = False
         s.last_progress = progress
         return Decision(event, "sent", Send("start", event, _bound(progress)), progress,
                         tuple(s.notes))

@@ -310,3 +310,19 @@ def test_wrong_types_never_crash(parser: str) -> None:
             if isinstance(result, Event):
                 assert result.progress is None or 0 <= result.progress <= 100
                 json.dumps(result.summary())
+
+
+def test_plex_legacy_grandparent_guid_gives_show_ids() -> None:
+    data = fixture_json("plex_media.scrobble_episode.json")
+    data["Metadata"].pop("Guid")
+    data["Metadata"]["grandparentGuid"] = "com.plexapp.agents.thetvdb://398109?lang=en"
+    ev = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.ids == Ids() and ev.show_ids == Ids(tvdb=398109)
+    assert (ev.season, ev.number) == (1, 1)
+
+
+def test_jellyfin_notification_type_any_case() -> None:
+    body = {"NotificationType": "playbackstop", "ItemType": "Movie", "Name": "X", "Provider_imdb": "tt1",
+            "PlayedToCompletion": "True"}
+    ev = jellyfin.parse("text/plain", json.dumps(body).encode())
+    assert isinstance(ev, Event) and ev.action == "stop" and ev.progress == 100.0

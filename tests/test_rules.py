@@ -109,6 +109,18 @@ def test_start_near_end_suppressed() -> None:
     assert r2("start", 89.9, 5, player_id="other")[-1].reason == "sent"
 
 
+def test_resumed_at_the_credits_then_closed_sends_nothing() -> None:
+    r = Run()
+    r("start", 99.5, 0)
+    out = r("stop", 100, 30)
+    assert out[-1].reason == "suppressed_near_end" and "started_near_end" in out[-1].notes
+    assert r.sends() == []
+    # seeking back lifts it
+    r("start", 40, 60)
+    r("stop", 97, 120)
+    assert r.sends() == [("start", 40), ("stop", 97)]
+
+
 def test_stop_below_threshold_demoted_to_pause() -> None:
     r = Run()
     r("start", 1, 0)
