@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -89,7 +90,11 @@ def cmd_run(path: Path, dry_run: bool) -> int:
     out.flush()
     from cwhook.daemon import run_daemon
 
-    return run_daemon(config, dry_run)
+    try:
+        return run_daemon(config, dry_run)
+    except (sqlite3.Error, OSError) as exc:
+        _err(f"cannot open the outbox in {config.state_dir}: {exc} (check state.dir and its permissions)")
+        return 1
 
 
 def cmd_urls(path: Path) -> int:

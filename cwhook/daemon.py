@@ -87,7 +87,7 @@ class Daemon:
             problems.append("trakt_not_authorized")
         if self.auth.needs_auth:
             problems.append("trakt_needs_auth")
-        if self.client.last_error and not self.dry_run:
+        if self.client.unreachable and not self.dry_run:
             problems.append("trakt_unreachable")
         if oldest is not None and oldest > OUTBOX_AGING:
             problems.append("outbox_aging")
@@ -126,6 +126,9 @@ class Daemon:
         self.runtime.config = config
         self.rules.update_settings(config.scrobble)
         self.auth.update_from_config(config.trakt)
+        if (config.trakt.access_token, config.trakt.refresh_token) != (
+                old.trakt.access_token, old.trakt.refresh_token):
+            self.outbox.retry_now()  # new tokens (`cwhook auth`): deliver what waited at once
         self.client.api_url = config.trakt.api_url
         if config.logging != old.logging:
             logs.configure(config.logging.level, config.logging.format)

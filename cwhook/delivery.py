@@ -160,14 +160,15 @@ class Sender:
         if verb in ("start", "pause", "stop"):
             if verb == "stop" and age > LATE_STOP_AFTER:
                 when = entry.created_at
-                return await self._with_item(
+                outcome = await self._with_item(
                     event, tb.item_forms(event),
                     lambda form: self._post("/sync/history", tb.history_body(form, when), True),
                     "late_history")
-            path = f"/scrobble/{verb}"
-            outcome = await self._with_item(
-                event, tb.item_forms(event),
-                lambda form: self._post(path, tb.scrobble_body(form, entry.progress)), "sent")
+            else:
+                path = f"/scrobble/{verb}"
+                outcome = await self._with_item(
+                    event, tb.item_forms(event),
+                    lambda form: self._post(path, tb.scrobble_body(form, entry.progress)), "sent")
             if (verb == "stop" and event.kind == "movie"
                     and self.options().watchlist_autoremove_movies):
                 self.outbox.add("watchlist_remove", event, entry.progress, now)

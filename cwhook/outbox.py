@@ -87,6 +87,9 @@ class Outbox:
             (next_attempt_at, error, entry_id),
         )
 
+    def retry_now(self) -> None:
+        self._db.execute("UPDATE outbox SET next_attempt_at = 0")
+
     def remove(self, entry_id: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 

@@ -134,6 +134,7 @@ class TraktClient:
         self._interval = post_interval()
         self.last_success_at: float | None = None
         self.last_error: str | None = None
+        self.unreachable = False  # the last call ended in an outage, a rate limit or a network error
 
     async def close(self) -> None:
         if self._session is not None:
@@ -210,9 +211,11 @@ class TraktClient:
                 continue
             except TraktError as exc:
                 self.last_error = str(exc)
+                self.unreachable = isinstance(exc, TransientError)
                 raise
             self.last_success_at = time.time()
             self.last_error = None
+            self.unreachable = False
             return response
 
     async def _retrying(self, method: str, path: str, body: Any) -> Response:
@@ -222,6 +225,7 @@ class TraktClient:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0
             self.last_error = str(exc)
+            self.unreachable = True
             log.warning("trakt_retry", path=path, error=str(exc), attempt=state.attempt_number,
                         wait_s=round(wait, 2))
 

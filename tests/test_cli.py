@@ -193,3 +193,11 @@ def test_auth_unreachable(tmp_path: Path) -> None:
     path.write_text(config_text(8787, tmp_path / "s", trakt_url="http://127.0.0.1:9"))
     out = cwhook("auth", "-c", str(path))
     assert out.returncode == 1 and "cannot reach Trakt" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unusable_state_dir_is_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(config_text(8787, Path("/proc/no-such-dir")))
+    out = cwhook("run", "-c", str(path))
+    assert out.returncode == 1
+    assert "cannot open the outbox in /proc/no-such-dir" in out.stderr and "Traceback" not in out.stderr

@@ -242,6 +242,14 @@ def test_failed_refresh_shows_in_healthz(daemon_factory: Callable[..., Daemon],
     assert health["outbox"]["pending"] == 1
     time.sleep(1)
     assert len(fake_trakt.posts("/oauth/token")) == 1  # no hammering
+    # `cwhook auth` (here: its result) writes a new pair; the daemon resumes within seconds
+    from cwhook.configfile import update_file
+
+    access, refresh, expires = fake_trakt.issue_tokens()
+    update_file(d.config_path, {("trakt", "access_token"): access, ("trakt", "refresh_token"): refresh,
+                                ("trakt", "expires_at"): expires})
+    wait_for(lambda: fake_trakt.watched_stops(), timeout=10)
+    wait_for(lambda: d.health()["status"] == "ok", timeout=5)
     assert d.stop() == 0
 
 
