@@ -101,6 +101,8 @@ class FakeTrakt:
         self.outage_until = 0.0
         self.script: list[int] = []
         self.delay = 0.0
+        self.slow_calls = 0  # this many next calls answer only after slow_delay seconds
+        self.slow_delay = 0.0
         self.drop = 0
         self.device_script: list[int] = []
         self.device_polls = 0
@@ -200,6 +202,9 @@ class FakeTrakt:
             self.calls.append(call)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.slow_calls > 0:
+            self.slow_calls -= 1
+            await asyncio.sleep(self.slow_delay)
         if self.drop > 0:
             self.drop -= 1
             assert request.transport is not None

@@ -40,7 +40,7 @@ logging:
 class Rig:
     def __init__(self, fake: FakeTrakt, tmp: Path, lifetime: int | None = None, access: str | None = None,
                  refresh: str | None = None, options: Options | None = None,
-                 policy: RetryPolicy = FAST) -> None:
+                 policy: RetryPolicy = FAST, timeout: float = 15.0) -> None:
         a, r, e = fake.issue_tokens(lifetime)
         self.access = access if access is not None else a
         self.refresh = refresh if refresh is not None else r
@@ -50,7 +50,7 @@ class Rig:
                             client_secret="test-secret", access_token=self.access,
                             refresh_token=self.refresh, expires_at=e)
         self.auth = TraktAuth(self.path, trakt)
-        self.client = TraktClient(fake.url, self.auth.tokens, self.auth.refresh, policy)
+        self.client = TraktClient(fake.url, self.auth.tokens, self.auth.refresh, policy, timeout=timeout)
         self.outbox = Outbox(tmp / "state" / "outbox.sqlite3")
         self.counters = Counters()
         self.opts = options or Options()
@@ -128,6 +128,18 @@ async def test_connection_drops_are_retried(rig: Rig, fake_trakt: FakeTrakt) -> 
     rig.add("stop", MOVIE, 90)
     await rig.drain()
     assert [c.status for c in fake_trakt.scrobbles()] == [-1, -1, 201]
+
+
+async def test_slow_answer_times_out_and_is_retried(fake_trakt: FakeTrakt, tmp_path: Path) -> None:
+    rig = Rig(fake_trakt, tmp_path, timeout=0.5)
+    fake_trakt.slow_calls, fake_trakt.slow_delay = 1, 2.0
+    rig.add("stop", MOVIE, 90)
+    started = time.time()
+    await rig.drain()
+    assert time.time() - started < 5
+    assert rig.outbox.pending() == 0 and len(fake_trakt.watched_stops()) == 1
+    assert len(fake_trakt.scrobbles()) == 2  # the slow one was abandoned, the retry went through
+    await rig.close()
 
 
 async def test_429_waits_retry_after(rig: Rig, fake_trakt: FakeTrakt) -> None:

@@ -307,3 +307,89 @@ def test_sigterm_with_a_stuck_client_still_exits_quickly(daemon_factory: Callabl
     assert d.stop() == 0
     assert time.time() - started < 10
     stuck.close()
+
+
+def test_refresh_ahead_of_expiry_on_startup(daemon_factory: Callable[..., Daemon],
+                                            fake_trakt: FakeTrakt) -> None:
+    access, refresh, _ = fake_trakt.issue_tokens(lifetime=600)  # 10 minutes left: inside the margin
+    d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token=refresh,
+                       expires_at=int(time.time()) + 600, start=False)
+    before = d.config_path.read_text().splitlines()
+    d.start()
+    wait_for(lambda: fake_trakt.refresh_count == 1, timeout=10)
+    wait_for(lambda: yaml.safe_load(d.config_path.read_text())["trakt"]["access_token"] != access)
+    after = d.config_path.read_text().splitlines()
+    assert [a.split(":")[0].strip() for a, b in zip(before, after, strict=True) if a != b] == [
+        "access_token", "refresh_token", "expires_at"]
+    trakt = yaml.safe_load("\n".join(after))["trakt"]
+    assert trakt["expires_at"] == pytest.approx(time.time() + fake_trakt.token_lifetime, abs=30)
+    wait_for(lambda: (d.health()["trakt"]["token_expires_in_s"] or 0) > 3600, timeout=6)
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: fake_trakt.watched_stops())
+    assert fake_trakt.watched_stops()[0].headers["Authorization"] == f"Bearer {trakt['access_token']}"
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("ratings", [True, False])
+def test_plex_ratings_on_and_off(daemon_factory: Callable[..., Daemon], fake_trakt: FakeTrakt,
+                                 ratings: bool) -> None:
+    d = daemon_factory(**authorized(fake_trakt, plex_extra=f"    ratings: {str(ratings).lower()}\n"))
+    status, answer = d.post("plex", fixture_bytes("plex_media.rate_movie.json"))
+    if not ratings:
+        assert (status, answer["reason"]) == (200, "ratings_disabled")
+        time.sleep(1)
+        assert fake_trakt.posts("/sync/ratings") == []
+    else:
+        assert status == 202 and answer["event"]["rating"] == 10
+        # a plex:// guid without ids: found by title and year, then rated
+        wait_for(lambda: [c for c in fake_trakt.posts("/sync/ratings") if c.status == 201
+                          and not c.answer["not_found"]["movies"]], timeout=10)
+        last = fake_trakt.posts("/sync/ratings")[-1]
+        assert last.body["movies"][0]["rating"] == 10 and last.body["movies"][0]["ids"] == {"trakt": 1005}
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("autoremove", [True, False])
+def test_watchlist_autoremove_on_and_off(daemon_factory: Callable[..., Daemon], fake_trakt: FakeTrakt,
+                                         autoremove: bool) -> None:
+    d = daemon_factory(**authorized(
+        fake_trakt, extra_scrobble=f"  watchlist_autoremove_movies: {str(autoremove).lower()}\n"))
+    assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
+    wait_for(lambda: fake_trakt.watched_stops())
+    time.sleep(2.2)  # the follow-up, if any, is paced 1 s behind the stop
+    removes = fake_trakt.posts("/sync/watchlist/remove")
+    if autoremove:
+        assert len(removes) == 1 and removes[0].body["movies"][0]["ids"]["imdb"] == "tt0090728"
+    else:
+        assert removes == []
+    assert d.stop() == 0
+
+
+def test_healthz_fields(daemon_factory: Callable[..., Daemon], fake_trakt: FakeTrakt) -> None:
+    d = daemon_factory(**authorized(fake_trakt))
+    health = d.health()
+    assert health["status"] == "ok" and health["problems"] == []
+    assert set(health) >= {"status", "version", "uptime_s", "queue_depth", "outbox", "trakt", "counts"}
+    assert set(health["outbox"]) == {"pending", "oldest_age_s"}
+    assert set(health["trakt"]) >= {"authorized", "dry_run", "token_expires_in_s", "last_success_at",
+                                    "last_error"}
+    assert set(health["counts"]) >= {"received", "queued", "ignored", "sent", "suppressed", "failed"}
+    assert health["trakt"]["authorized"] is True and health["trakt"]["dry_run"] is False
+    assert 86000 < health["trakt"]["token_expires_in_s"] <= 86400
+    text = json.dumps(health)
+    assert fake_trakt.access_tokens and not any(t in text for t in fake_trakt.access_tokens)
+    assert not any(t in text for t in TOKENS.values())
+    d.post("plex", plex_body("media.play", 1000))
+    d.post("plex", fixture_bytes("plex_media.play_clip_trailer.json"))
+    wait_for(lambda: d.health()["counts"]["sent"] == 1)
+    health = d.health()
+    assert health["counts"]["received"] == 2 and health["counts"]["queued"] == 1
+    assert health["counts"]["ignored"] == 1 and health["trakt"]["last_success_at"] is not None
+    # Trakt goes away: degraded while it retries, with the error shown
+    fake_trakt.outage_until = time.time() + 3600
+    d.post("plex", plex_body("media.scrobble", None))
+    wait_for(lambda: d.health()["status"] == "degraded", timeout=10)
+    health = d.health()
+    assert "trakt_unreachable" in health["problems"] and "503" in health["trakt"]["last_error"]
+    assert health["outbox"]["pending"] == 1 and health["outbox"]["oldest_age_s"] is not None
+    assert d.stop() == 0
