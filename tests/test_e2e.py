@@ -393,3 +393,16 @@ def test_healthz_fields(daemon_factory: Callable[..., Daemon], fake_trakt: FakeT
     assert "trakt_unreachable" in health["problems"] and "503" in health["trakt"]["last_error"]
     assert health["outbox"]["pending"] == 1 and health["outbox"]["oldest_age_s"] is not None
     assert d.stop() == 0
+
+
+def test_sigint_exits_zero_and_console_script_is_the_same_program(daemon_factory: Callable[..., Daemon]) -> None:
+    import shutil
+
+    d = daemon_factory()
+    assert d.stop(signal.SIGINT) == 0
+    script = shutil.which("cwhook")
+    assert script is not None
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    module = subprocess.run([sys.executable, "-m", "cwhook", "--version"], capture_output=True, text=True,
+                            timeout=30)
+    assert out.returncode == 0 and out.stdout == module.stdout
