@@ -27,6 +27,8 @@ def _stderr_factory(*_: Any) -> _Stderr:
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """(Re)configure logging; safe to call again on reload."""
+    global _generation
+    _generation += 1
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -53,5 +55,27 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     logging.getLogger("aiohttp.access").disabled = True
 
 
+_generation = 0  # bumped by every configure(): loggers re-bind once after it
+
+
+class _Logger:
+    """A module-level logger that binds once per configuration, not once per call.
+
+    structlog's lazy proxy binds on every call unless loggers are cached for good,
+    and cached loggers would keep an old level after a reload.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, attr)
+
+
 def get(name: str) -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)
