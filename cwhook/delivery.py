@@ -127,6 +127,9 @@ class Sender:
             (log.error if loud else log.warning)("trakt_failed", error=str(exc), final=True, **ctx)
             return
         except TraktError as exc:  # transient, rate limited, or a 401 a refresh could not cure
+            if exc.ambiguous and entry.verb == "stop" and not entry.extra.get("maybe_delivered"):
+                # Trakt may have recorded it: a late delivery must check the history first.
+                self.outbox.set_extra(entry.id, {**entry.extra, "maybe_delivered": True})
             delay = min(MAX_DEFER, 5.0 * 2 ** min(entry.attempts, 10))
             self.outbox.reschedule(entry.id, self.clock() + delay, str(exc))
             log.warning("trakt_deferred", error=str(exc), retry_in_s=delay,
@@ -160,6 +163,8 @@ class Sender:
         if verb in ("start", "pause", "stop"):
             if verb == "stop" and age > LATE_STOP_AFTER:
                 when = entry.created_at
+                if entry.extra.get("maybe_delivered") and await self._in_history(event, when):
+                    return Outcome("already_in_history")
                 outcome = await self._with_item(
                     event, tb.item_forms(event),
                     lambda form: self._post("/sync/history", tb.history_body(form, when), True),
@@ -188,6 +193,26 @@ class Sender:
                                         True),
                 "sent")
         raise FinalError(0, f"unknown outbox verb {verb!r}")
+
+    async def _in_history(self, event: Event, since: float) -> bool:
+        """Did an earlier, unanswered attempt of this watched stop reach Trakt's history?"""
+        if self.options().dry_run or not self.client.tokens()[1]:
+            return False
+        for path, rtype in tb.id_searches(event):
+            if rtype == "show":
+                continue
+            try:
+                resp = await self.client.request("GET", path)
+            except NotFound:
+                continue
+            found = tb.form_from_search(event, resp.data, rtype)
+            trakt_id = found[rtype]["ids"]["trakt"] if found else None
+            if trakt_id is None:
+                continue
+            start = tb.iso(since - 60)
+            resp = await self.client.request("GET", f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
+            return isinstance(resp.data, list) and bool(resp.data)
+        return False  # cannot tell: deliver (a duplicate is less bad than a loss)
 
     async def _post(self, path: str, body: tb.Body, sync: bool = False) -> Response:
         if self.options().dry_run or not self.client.tokens()[1]:

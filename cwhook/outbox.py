@@ -87,6 +87,9 @@ class Outbox:
             (next_attempt_at, error, entry_id),
         )
 
+    def set_extra(self, entry_id: int, extra: dict[str, Any]) -> None:
+        self._db.execute("UPDATE outbox SET extra = ? WHERE id = ?", (json.dumps(extra), entry_id))
+
     def retry_now(self) -> None:
         self._db.execute("UPDATE outbox SET next_attempt_at = 0")
 

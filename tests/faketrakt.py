@@ -247,7 +247,7 @@ class FakeTrakt:
             expires = self.access_tokens.get(token)
             if not auth.startswith("Bearer ") or expires is None or expires < time.time():
                 return web.json_response({"error": "invalid_token"}, status=401)
-            if self.rate_limit:
+            if self.rate_limit and request.method != "GET":
                 last = self.last_post.get(token, 0.0)
                 now = time.monotonic()
                 if now - last < 1.0:
@@ -301,21 +301,51 @@ class FakeTrakt:
         not_found: dict[str, list[Any]] = {"movies": [], "shows": [], "seasons": [], "episodes": []}
         for kind in ("movies", "shows", "episodes"):
             for item in body.get(kind, []) or []:
-                ok = {"movies": self.find_movie, "shows": self.find_show}.get(kind)
-                if kind == "episodes":
-                    found = self.find_episode({"episode": item}) is not None
-                else:
-                    assert ok is not None
-                    found = ok(item) is not None
-                if found:
+                keys = self._sync_keys(kind, item)
+                if keys:
                     added[kind] += 1
                     if request.path == "/sync/history":
-                        self.history.append((f"{kind}:{item.get('ids')}", time.time()))
+                        watched_at = _parse_iso(item.get("watched_at")) if kind != "shows" else None
+                        for key, when in keys:
+                            self.history.append((key, when or watched_at or time.time()))
                 else:
                     not_found[kind].append(item)
         key = "deleted" if request.path.endswith("/remove") else "added"
         status = 200 if request.path.endswith("/remove") else 201
         return web.json_response({key: added, "not_found": not_found}, status=status)
+
+    def _sync_keys(self, kind: str, item: Any) -> list[tuple[str, float | None]]:
+        """History keys (and nested watched_at) a /sync item stands for; [] when unknown."""
+        if not isinstance(item, dict):
+            return []
+        if kind == "movies":
+            movie = self.find_movie(item)
+            return [(f"movie:{movie.ids['trakt']}", None)] if movie else []
+        if kind == "episodes":
+            found = self.find_episode({"episode": item})
+            return [(f"episode:{found[2]['trakt']}", None)] if found else []
+        show = self.find_show(item)
+        if show is None:
+            return []
+        keys: list[tuple[str, float | None]] = []
+        for season in item.get("seasons", []) or []:
+            for ep in season.get("episodes", []) or []:
+                ids = show.episodes.get((season.get("number"), ep.get("number")))
+                if ids is None:
+                    return []
+                keys.append((f"episode:{ids['trakt']}", _parse_iso(ep.get("watched_at"))))
+        return keys or [(f"show:{show.ids['trakt']}", None)]
+
+    async def history_get(self, request: web.Request) -> web.Response:
+        refused = self._check_api(request, need_auth=True)
+        if refused is not None:
+            return refused
+        kind = request.match_info["kind"][:-1]  # movies -> movie
+        key = f"{kind}:{request.match_info['id']}"
+        since = _parse_iso(request.query.get("start_at")) or 0.0
+        entries = [{"id": i, "watched_at": _iso(t), "action": "scrobble", "type": kind}
+                   for i, (k, t) in enumerate(self.history) if k == key and t >= since]
+        return web.json_response(entries)
 
     async def search_id(self, request: web.Request) -> web.Response:
         refused = self._check_api(request, need_auth=False)
@@ -405,6 +435,7 @@ class FakeTrakt:
         for path in ("/sync/history", "/sync/ratings", "/sync/ratings/remove", "/sync/watchlist/remove"):
             app.router.add_post(path, self.sync)
         app.router.add_get("/search/{id_type:trakt|imdb|tmdb|tvdb}/{id}", self.search_id)
+        app.router.add_get("/sync/history/{kind:movies|episodes}/{id}", self.history_get)
         app.router.add_get("/search/{kind:movie|show}", self.search_text)
         app.router.add_post("/oauth/token", self.oauth_token)
         app.router.add_post("/oauth/device/code", self.device_code)
@@ -444,3 +475,14 @@ class FakeTrakt:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
+
+
+def _parse_iso(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    import calendar
+
+    try:
+        return calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None

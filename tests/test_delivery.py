@@ -290,6 +290,34 @@ async def test_stale_start_dropped_and_late_stop_goes_to_history(rig: Rig, fake_
     assert rig.counters.sent == 1
 
 
+async def test_late_stop_after_an_unanswered_attempt_checks_history_first(rig: Rig, fake_trakt: FakeTrakt) -> None:
+    rig.add("stop", MOVIE, 95)
+    entry = rig.outbox.head()
+    assert entry is not None
+    # one attempt gets no answer (dropped connection), the retries hit an outage
+    fake_trakt.drop = 1
+    fake_trakt.outage_until = time.time() + 3600
+    await rig.sender.deliver_one(entry)
+    entry = rig.outbox.head()
+    assert entry is not None and entry.extra == {"maybe_delivered": True}
+    # Trakt did record the unanswered one; twenty minutes later Trakt is back
+    rig.outbox._db.execute("UPDATE outbox SET created_at = created_at - 1200, next_attempt_at = 0")
+    fake_trakt.history.append(("movie:28", entry.created_at - 1200 + 1))
+    fake_trakt.outage_until = 0
+    await rig.drain()
+    assert fake_trakt.posts("/sync/history") == [] and rig.outbox.pending() == 0
+    gets = [c.path for c in fake_trakt.calls if c.method == "GET"]
+    assert gets == ["/search/imdb/tt2015381", "/sync/history/movies/28"]
+    assert len(fake_trakt.history) == 1
+
+
+async def test_late_stop_not_in_history_is_added(rig: Rig, fake_trakt: FakeTrakt) -> None:
+    rig.outbox.add("stop", MOVIE, 95, time.time() - 1200, {"maybe_delivered": True})
+    await rig.drain()
+    [history] = fake_trakt.posts("/sync/history")
+    assert history.status == 201 and [k for k, _ in fake_trakt.history] == ["movie:28"]
+
+
 async def test_recent_start_is_not_stale(rig: Rig, fake_trakt: FakeTrakt) -> None:
     rig.add("start", replace(MOVIE, action="start"), 10, at=time.time() - 600)
     await rig.drain()
