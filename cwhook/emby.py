@@ -6,9 +6,9 @@ extracts it); newer servers can send raw application/json instead.
 
 from __future__ import annotations
 
-from cwhook.event import BadPayload, Ignored, ParseResult
+from cwhook.event import Ignored, ParseResult
 from cwhook.mediabrowser import MediaBrowserItem, provider_ids, to_event
-from cwhook.payload import as_bool, as_dict, as_int, as_str, decode_body
+from cwhook.payload import as_bool, as_dict, as_int, as_str, decode_body, event_action, required_object
 
 EVENTS = {
     "playback.start": "start",
@@ -20,15 +20,10 @@ EVENTS = {
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
     data = decode_body(content_type, body, "data")
-    name = as_str(data.get("Event"))
-    if name is None:
-        raise BadPayload("no 'Event' in the Emby payload")
-    action = EVENTS.get(name.lower())
-    if action is None:
-        return Ignored("event_not_handled", f"Emby event {name} is not a playback event")
-    item_data = data.get("Item")
-    if not isinstance(item_data, dict):
-        raise BadPayload("no 'Item' object in the Emby payload")
+    action = event_action(data, "Event", EVENTS, "Emby")
+    if isinstance(action, Ignored):
+        return action
+    item_data = required_object(data, "Item", "Emby")
     user = as_dict(data.get("User"))
     session = as_dict(data.get("Session"))
     playback = as_dict(data.get("PlaybackInfo"))

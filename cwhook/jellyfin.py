@@ -9,9 +9,9 @@ turn a change of that flag into a pause or a resume.
 
 from __future__ import annotations
 
-from cwhook.event import BadPayload, Ignored, ParseResult
+from cwhook.event import Ignored, ParseResult
 from cwhook.mediabrowser import MediaBrowserItem, provider_ids, to_event
-from cwhook.payload import as_bool, as_int, as_str, decode_body, get_ci
+from cwhook.payload import as_bool, as_int, as_str, decode_body, event_action, get_ci
 
 
 def _text(data: dict[str, object], key: str) -> str | None:
@@ -25,12 +25,9 @@ EVENTS = {"playbackstart": "start", "playbackstop": "stop", "playbackprogress": 
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
     data = decode_body(content_type, body, "payload", flat_form=True)
-    kind = as_str(get_ci(data, "NotificationType"))
-    if kind is None:
-        raise BadPayload("no 'NotificationType' in the Jellyfin payload")
-    action = EVENTS.get(kind.lower())
-    if action is None:
-        return Ignored("event_not_handled", f"Jellyfin notification {kind} is not a playback event")
+    action = event_action(data, "NotificationType", EVENTS, "Jellyfin", "notification")
+    if isinstance(action, Ignored):
+        return action
     year = as_int(get_ci(data, "Year"))
     is_episode = (as_str(get_ci(data, "ItemType")) or "").lower() == "episode"
     item = MediaBrowserItem(

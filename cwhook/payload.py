@@ -13,7 +13,7 @@ import math
 from typing import Any
 from urllib.parse import parse_qsl
 
-from cwhook.event import BadPayload
+from cwhook.event import BadPayload, Ignored
 
 
 def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
@@ -64,6 +64,25 @@ def decode_body(
             return form
         raise BadPayload(f"form body has no '{field}' field")
     return loads_object(body)
+
+
+def event_action(data: dict[str, Any], key: str, events: dict[str, str], server: str,
+                 what: str = "event") -> str | Ignored:
+    """The action a payload's event name maps to, or why it is ignored."""
+    name = as_str(get_ci(data, key))
+    if name is None:
+        raise BadPayload(f"no '{key}' in the {server} payload")
+    action = events.get(name.lower())
+    if action is None:
+        return Ignored("event_not_handled", f"{server} {what} {name} is not a playback event")
+    return action
+
+
+def required_object(data: dict[str, Any], key: str, server: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise BadPayload(f"no '{key}' object in the {server} payload")
+    return value
 
 
 # --- loose values --------------------------------------------------------------

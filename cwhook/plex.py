@@ -10,8 +10,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cwhook.event import BadPayload, Event, Ids, Ignored, ParseResult, make_ids
-from cwhook.payload import as_dict, as_float, as_int, as_str, decode_body, percent
+from cwhook.event import Event, Ids, Ignored, ParseResult, make_ids
+from cwhook.payload import (
+    as_dict,
+    as_float,
+    as_int,
+    as_str,
+    decode_body,
+    event_action,
+    percent,
+    required_object,
+)
 
 EVENTS = {
     "media.play": "start",
@@ -77,15 +86,10 @@ def _rating(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
     data = decode_body(content_type, body, "payload")
-    event_name = as_str(data.get("event"))
-    if event_name is None:
-        raise BadPayload("no 'event' in the Plex payload")
-    action = EVENTS.get(event_name)
-    if action is None:
-        return Ignored("event_not_handled", f"Plex event {event_name} is not a playback event")
-    metadata = data.get("Metadata")
-    if not isinstance(metadata, dict):
-        raise BadPayload("no 'Metadata' object in the Plex payload")
+    action = event_action(data, "event", EVENTS, "Plex")
+    if isinstance(action, Ignored):
+        return action
+    metadata = required_object(data, "Metadata", "Plex")
     kind = as_str(metadata.get("type"))
     allowed = RATE_KINDS if action == "rate" else PLAYBACK_KINDS
     if kind not in allowed:
