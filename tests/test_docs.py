@@ -49,3 +49,38 @@ def test_every_curl_example(daemon_factory: Callable[..., Daemon]) -> None:
         json.loads(body)  # always JSON
         ran += 1
     assert ran >= 10
+
+
+def render_handlebars(template: str, data: dict[str, object]) -> str:
+    """Enough of Handlebars.Net for the recommended template: {{x}} and {{{x}}}, .NET bools."""
+
+    def value(match: re.Match[str]) -> str:
+        raw = data.get(match.group(2).strip(), "")
+        if isinstance(raw, bool):
+            return "True" if raw else "False"
+        return str(raw).replace('"', '\\\\"')
+
+    return re.sub(r"\{\{(\{?)([^{}]+)\}?\}\}", value, template)
+
+
+def test_recommended_jellyfin_template_is_understood() -> None:
+    from cwhook import jellyfin
+    from cwhook.event import Event
+    from tests.conftest import fixture_json
+
+    doc = (ROOT / "docs" / "jellyfin.md").read_text()
+    template = re.search(r"```handlebars\n(.*?)```", doc, re.S)
+    assert template is not None
+    assert template.group(1) == (ROOT / "docs" / "examples" / "jellyfin-template.handlebars").read_text()
+    for name, action in [("reconstructed/jellyfin_PlaybackProgress_episode_paused.RECONSTRUCTED.json", "progress"),
+                         ("reconstructed/jellyfin_PlaybackStop_episode.RECONSTRUCTED.json", "stop"),
+                         ("jellyfin_PlaybackStop_movie.json", "stop")]:
+        data = fixture_json(name)
+        body = render_handlebars(template.group(1), data)
+        json.loads(body)  # the template renders valid JSON
+        ev = jellyfin.parse("text/plain; charset=utf-8", body.encode())
+        send_all = jellyfin.parse("application/json", json.dumps(data).encode())
+        assert isinstance(ev, Event) and isinstance(send_all, Event) and ev.action == action
+        for field in ("kind", "title", "year", "ids", "show_title", "show_year", "season", "number", "progress",
+                      "paused", "user_name", "user_id", "player_id", "item_key"):
+            assert getattr(ev, field) == getattr(send_all, field), (name, field)
