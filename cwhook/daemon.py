@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import time
@@ -170,7 +171,32 @@ class Daemon:
 
     # --- run ---------------------------------------------------------------------------
 
+    def _lock_state_dir(self) -> int | None:
+        """One daemon per state dir: two would deliver the same outbox twice."""
+        path = self.config.state_dir / "daemon.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
     async def run(self) -> int:
+        lock_fd = self._lock_state_dir()
+        if lock_fd is None:
+            log.error("already_running", state_dir=str(self.config.state_dir),
+                      note="another cwhook uses this state dir; stop it or set state.dir")
+            self.outbox.close()
+            return 1
+        try:
+            return await self._run()
+        finally:
+            os.close(lock_fd)
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)

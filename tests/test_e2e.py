@@ -406,3 +406,15 @@ def test_sigint_exits_zero_and_console_script_is_the_same_program(daemon_factory
     module = subprocess.run([sys.executable, "-m", "cwhook", "--version"], capture_output=True, text=True,
                             timeout=30)
     assert out.returncode == 0 and out.stdout == module.stdout
+
+
+def test_second_daemon_on_the_same_state_dir_refuses(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    text = d.config_path.read_text()
+    other = d.config_path.with_name("other.yml")
+    other.write_text(text.replace(f"port: {d.port}", "port: 9"))  # same state.dir
+    out = subprocess.run([sys.executable, "-m", "cwhook", "run", "-c", str(other)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "already_running" in out.stderr
+    assert d.health()["status"] in ("ok", "degraded")
+    assert d.stop() == 0
