@@ -22,8 +22,8 @@ from aiohttp import web
 
 from cwhook import emby, filters, jellyfin, logs, plex
 from cwhook.config import Config
-from cwhook.delivery import Counters
 from cwhook.event import BadPayload, Event, Ignored, ParseResult
+from cwhook.health import Counters
 from cwhook.multipart import PartScanner
 
 log = logs.get("cwhook.http")

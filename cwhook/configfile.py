@@ -79,11 +79,11 @@ def update_file(path: Path, changes: Mapping[tuple[str, ...], Scalar]) -> None:
     """Set the given key paths in the YAML file on disk, keeping every other byte."""
     with locked(path):
         raw = path.read_bytes()
-        newline_bom = raw.startswith(b"\xef\xbb\xbf")
-        text = raw.decode("utf-8-sig" if newline_bom else "utf-8")
+        has_bom = raw.startswith(b"\xef\xbb\xbf")
+        text = raw.decode("utf-8-sig" if has_bom else "utf-8")
         edited = edit_yaml(text, changes)
         data = edited.encode("utf-8")
-        if newline_bom:
+        if has_bom:
             data = b"\xef\xbb\xbf" + data
         if data != raw:
             write_atomic(path, data)

@@ -8,17 +8,17 @@ import fcntl
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, logs
+from cwhook import __version__, health, logs
 from cwhook.app import Runtime, make_app
 from cwhook.config import Config, ConfigError, load_config
-from cwhook.delivery import Counters, Options, Sender
+from cwhook.delivery import Options, Sender
 from cwhook.event import Event
+from cwhook.health import Counters
 from cwhook.outbox import Outbox
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
@@ -31,7 +31,6 @@ log = logs.get("cwhook.daemon")
 QUEUE_SIZE = 1000
 RELOAD_POLL = 2.0
 SHUTDOWN_GRACE = 5.0
-OUTBOX_AGING = 900.0  # an outbox entry older than this makes /healthz "degraded"
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -42,15 +41,10 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
-@dataclass
-class _Flags:
-    force_dry_run: bool
-
-
 class Daemon:
     def __init__(self, config: Config, force_dry_run: bool = False) -> None:
         self.config = config
-        self.flags = _Flags(force_dry_run)
+        self.force_dry_run = force_dry_run
         self.started = time.time()
         self.counters = Counters()
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
@@ -72,7 +66,7 @@ class Daemon:
 
     @property
     def dry_run(self) -> bool:
-        return (self.flags.force_dry_run or self.config.scrobble.dry_run
+        return (self.force_dry_run or self.config.scrobble.dry_run
                 or not self.auth.authorized)
 
     def options(self) -> Options:
@@ -83,15 +77,8 @@ class Daemon:
         now = time.time()
         oldest = self.outbox.oldest_age(now)
         expires = self.auth.expires_at
-        problems = []
-        if not self.auth.authorized:
-            problems.append("trakt_not_authorized")
-        if self.auth.needs_auth:
-            problems.append("trakt_needs_auth")
-        if self.client.unreachable and not self.dry_run:
-            problems.append("trakt_unreachable")
-        if oldest is not None and oldest > OUTBOX_AGING:
-            problems.append("outbox_aging")
+        problems = health.problems(self.auth.authorized, self.auth.needs_auth, self.client.unreachable,
+                                   self.dry_run, oldest)
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,

@@ -23,6 +23,7 @@ from typing import Any
 from cwhook import logs
 from cwhook import trakt_bodies as tb
 from cwhook.event import Event
+from cwhook.health import Counters
 from cwhook.outbox import Entry, Outbox
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
 
@@ -32,20 +33,6 @@ LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = 300.0
 MATCH_CACHE_SIZE = 1000
-
-
-@dataclass
-class Counters:
-    received: int = 0
-    queued: int = 0
-    ignored: int = 0
-    sent: int = 0
-    suppressed: int = 0
-    failed: int = 0
-    would_send: int = 0  # dry-run: logged instead of sent
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 @dataclass

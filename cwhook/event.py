@@ -10,8 +10,6 @@ Source = Literal["plex", "jellyfin", "emby"]
 Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress"]
 Kind = Literal["movie", "episode", "show", "season"]
 
-ID_KEYS = ("imdb", "tmdb", "tvdb", "trakt")
-
 
 class BadPayload(Exception):
     """The request body is not understood (answered 400 with this detail)."""

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 from cwhook import logs
-from cwhook.delivery import Counters
 from cwhook.event import Event
+from cwhook.health import Counters
 from cwhook.outbox import Outbox
 from cwhook.rules import Decision, Rules
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from cwhook import logs
 from cwhook.app import Runtime, make_app
 from cwhook.config import parse_config
-from cwhook.delivery import Counters
 from cwhook.event import Event
+from cwhook.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
 
 PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt"}

@@ -11,8 +11,9 @@ import pytest
 
 from cwhook import emby, plex
 from cwhook.config import TraktConfig
-from cwhook.delivery import Counters, Options, Sender
+from cwhook.delivery import Options, Sender
 from cwhook.event import Event, Ids
+from cwhook.health import Counters
 from cwhook.outbox import Outbox
 from cwhook.trakt import RetryPolicy, TraktClient
 from cwhook.trakt_auth import TraktAuth

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from cwhook.health import OUTBOX_AGING, Counters, problems
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({}, []),
+    ({"authorized": False}, ["trakt_not_authorized"]),
+    ({"needs_auth": "run cwhook auth"}, ["trakt_needs_auth"]),
+    ({"unreachable": True}, ["trakt_unreachable"]),
+    ({"unreachable": True, "dry_run": True}, []),  # nothing is sent in dry-run: Trakt's state does not matter
+    ({"oldest_outbox_age": OUTBOX_AGING + 1}, ["outbox_aging"]),
+    ({"oldest_outbox_age": OUTBOX_AGING - 1}, []),
+    ({"authorized": False, "oldest_outbox_age": 10_000.0},
+     ["trakt_not_authorized", "outbox_aging"]),
+])
+def test_problems(kwargs: dict[str, object], expected: list[str]) -> None:
+    args: dict[str, object] = {"authorized": True, "needs_auth": None, "unreachable": False, "dry_run": False,
+                               "oldest_outbox_age": None, **kwargs}
+    assert problems(**args) == expected  # type: ignore[arg-type]
+
+
+def test_counters_as_dict() -> None:
+    c = Counters()
+    c.received += 2
+    c.failed += 1
+    assert c.as_dict() == {"received": 2, "queued": 0, "ignored": 0, "sent": 0, "suppressed": 0, "failed": 1,
+                           "would_send": 0}
