@@ -162,8 +162,11 @@ def _wrk_load(url: str, seconds: float, connections: int, size: str) -> dict[str
             "non2xx": data["non2xx"], "tool": "wrk"}
 
 
+USE_WRK = True
+
+
 def load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
-    if shutil.which("wrk"):
+    if USE_WRK and shutil.which("wrk"):
         return _wrk_load(url, seconds, connections, size)
     out = subprocess.run([sys.executable, __file__, "--loadgen", url, str(seconds), str(connections), size],
                          capture_output=True, text=True, timeout=seconds + 60)
@@ -251,7 +254,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp client even if wrk is installed")
     args = parser.parse_args()
+    global USE_WRK
+    USE_WRK = not args.no_wrk
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cwhook-bench-") as tmp:
         t = throughput(args.seconds, args.connections, Path(tmp))
