@@ -214,6 +214,17 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        crashed: list[str] = []
+
+        def supervise(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                crashed.append(task.get_name())
+                log.error("task_crashed", task=task.get_name(), error=repr(task.exception()),
+                          note="stopping so that systemd restarts the daemon")
+                self._stop.set()
+
+        for task in tasks:
+            task.add_done_callback(supervise)
         self.notifier.notify("READY=1\nSTATUS=listening")
 
         await self._stop.wait()
@@ -239,7 +250,7 @@ class Daemon:
         self.outbox.close()
         self.notifier.close()
         log.info("stopped", outbox_pending=left)
-        return 0
+        return 1 if crashed else 0
 
     async def _idle_sender(self) -> None:
         """Wait until the outbox holds nothing deliverable right now."""

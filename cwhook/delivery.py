@@ -89,6 +89,16 @@ class Sender:
 
     async def run(self) -> None:
         while True:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the outbox file became unreadable: retry, never die
+                log.error("sender_error", error=repr(exc))
+                await asyncio.sleep(5.0)
+
+    async def _run_once(self) -> None:
+        while True:
             entry = self.outbox.head()
             now = self.clock()
             if entry is None:

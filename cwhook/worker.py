@@ -54,7 +54,12 @@ class Worker:
                 fields["notes"] = list(d.notes)
             if d.send is not None:
                 fields["trakt"] = d.send.verb
-                self.outbox.add(d.send.verb, d.send.event, d.send.progress, self.clock())
+                try:
+                    self.outbox.add(d.send.verb, d.send.event, d.send.progress, self.clock())
+                except Exception as exc:  # disk full, state dir gone: say so loudly, keep running
+                    self.counters.failed += 1
+                    log.error("outbox_write_failed", error=repr(exc), **fields)
+                    continue
                 self.wake_sender()
             elif d.reason not in NOT_SUPPRESSED:
                 self.counters.suppressed += 1
