@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -45,6 +46,17 @@ _request_notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
 
 class TooLarge(Exception):
     pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body was complete."""
+
+
+async def _chunk(request: web.Request) -> bytes:
+    try:
+        return await request.content.read(CHUNK)
+    except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+        raise ClientGone(str(exc)) from None
 
 
 @dataclass
@@ -87,7 +99,7 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = await request.content.read(CHUNK)
+        chunk = await _chunk(request)
         if not chunk:
             break
         total += len(chunk)
@@ -101,7 +113,7 @@ async def _read_multipart(request: web.Request, field: str, limit: int) -> tuple
     scanner = PartScanner(request.headers.get("Content-Type", ""), field)
     total = 0
     while True:
-        chunk = await request.content.read(CHUNK)
+        chunk = await _chunk(request)
         if not chunk:
             return "application/json", scanner.finish()
         total += len(chunk)
@@ -135,6 +147,9 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         except TooLarge:
             notes["outcome"] = "too_large"
             return _json(413, {"error": "too_large"})
+        except ClientGone as exc:
+            notes.update(outcome="client_gone", detail=str(exc))
+            return _json(400, {"error": "bad_payload", "detail": "the request body was cut off"})
         except BadPayload as exc:
             notes.update(outcome="bad_payload", detail=str(exc))
             return _json(400, {"error": "bad_payload", "detail": str(exc)})

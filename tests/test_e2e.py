@@ -418,3 +418,18 @@ def test_second_daemon_on_the_same_state_dir_refuses(daemon_factory: Callable[..
     assert out.returncode == 1 and "already_running" in out.stderr
     assert d.health()["status"] in ("ok", "degraded")
     assert d.stop() == 0
+
+
+def test_client_that_hangs_up_mid_body_is_no_error(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    for head in [b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"event\"",
+                 b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                 b"--b\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{"]:
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(f"POST /webhook/plextrakt?{TOKENS['plex']} HTTP/1.1\r\nHost: x\r\n".encode() + head)
+        time.sleep(0.2)
+        s.close()
+    wait_for(lambda: len([e for e in d.log_events() if e.get("outcome") == "client_gone"]) == 2)
+    assert not [e for e in d.log_events() if e.get("level") == "error"]
+    assert d.post("plex", plex_body("media.play", 1000))[0] == 202
+    assert d.stop() == 0
