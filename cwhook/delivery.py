@@ -7,7 +7,8 @@ a growing delay, so a Trakt outage of hours loses nothing.
 
 Matching: an item is named by its best form first (``trakt_bodies.item_forms``);
 on a 404 the next form is tried, then ``/search/{id_type}/{id}``, then a title
-search. What matched is cached per item.
+search. What matched is remembered per item in the outbox file (bounded), so it
+survives restarts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,6 @@ log = logs.get("cwhook.delivery")
 LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = 300.0
-MATCH_CACHE_SIZE = 1000
 
 
 @dataclass
@@ -78,7 +77,6 @@ class Sender:
         self.needs_auth = needs_auth
         self.clock = clock
         self.wake = asyncio.Event()
-        self._cache: OrderedDict[str, tb.Body] = OrderedDict()
 
     # --- the loop ---------------------------------------------------------------
 
@@ -226,7 +224,7 @@ class Sender:
         dry = self.options().dry_run or not self.client.tokens()[1]
         key = event.identity
         tried: list[str] = []
-        cached = self._cache.get(key)
+        cached = None if dry else self.outbox.match_get(key)
         candidates = ([cached] if cached else []) + [f for f in forms if f != cached]
         for form in candidates:
             found = await self._attempt(call, form, tried)
@@ -234,16 +232,11 @@ class Sender:
                 return self._matched(key, form, found, result, dry)
         if dry:
             return Outcome("dry_run", {"note": "no item form to send"})
-        for path, rtype in tb.id_searches(event):
+        text = tb.text_search(event)
+        for path, rtype in tb.id_searches(event) + ([text] if text else []):
             searched = await self._search(event, path, rtype, tried)
             if searched is not None and searched not in candidates:
-                found = await self._attempt(call, searched, tried)
-                if found is not None:
-                    return self._matched(key, searched, found, result, dry)
-        text = tb.text_search(event)
-        if text is not None:
-            searched = await self._search(event, text[0], text[1], tried)
-            if searched is not None and searched not in candidates:
+                candidates.append(searched)
                 found = await self._attempt(call, searched, tried)
                 if found is not None:
                     return self._matched(key, searched, found, result, dry)
@@ -269,12 +262,9 @@ class Sender:
 
     def _matched(self, key: str, form: tb.Body, resp: Response, result: str,
                  dry: bool) -> Outcome:
-        self._cache[key] = form
-        self._cache.move_to_end(key)
-        while len(self._cache) > MATCH_CACHE_SIZE:
-            self._cache.popitem(last=False)
         if dry:
             return Outcome("dry_run")
+        self.outbox.match_put(key, form, self.clock())
         detail: dict[str, Any] = {"status": resp.status}
         if isinstance(resp.data, dict) and "action" in resp.data:
             detail["trakt_action"] = resp.data["action"]

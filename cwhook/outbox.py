@@ -30,6 +30,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+MATCHES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS matches (
+    identity TEXT PRIMARY KEY,
+    form TEXT NOT NULL,
+    used_at REAL NOT NULL
+)
+"""
+MAX_MATCHES = 5000
+
+
 @dataclass(frozen=True)
 class Entry:
     id: int
@@ -53,6 +63,7 @@ class Outbox:
         # power loss can lose the last commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(SCHEMA)
+        self._db.execute(MATCHES_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -95,6 +106,18 @@ class Outbox:
 
     def remove(self, entry_id: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+
+    # --- how Trakt knows each item (kept across restarts, bounded) ---------------------
+
+    def match_get(self, identity: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT form FROM matches WHERE identity = ?", (identity,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def match_put(self, identity: str, form: dict[str, Any], now: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO matches (identity, form, used_at) VALUES (?, ?, ?)",
+                         (identity, json.dumps(form), now))
+        self._db.execute("DELETE FROM matches WHERE identity NOT IN"
+                         " (SELECT identity FROM matches ORDER BY used_at DESC LIMIT ?)", (MAX_MATCHES,))
 
     def pending(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

@@ -243,6 +243,26 @@ async def test_episode_by_ids_then_show_then_search(rig: Rig, fake_trakt: FakeTr
     await rig.drain()
     assert fake_trakt.calls[-1].body["episode"] == {"ids": {"trakt": 70}}
     assert len(fake_trakt.calls) == 5
+    # remembered across a restart: a new sender on the same outbox file
+    fresh = Sender(rig.client, Outbox(rig.outbox.path), rig.counters, lambda: rig.opts, lambda: None)
+    fresh.outbox.add("stop", ev, 95, time.time())
+    entry = fresh.outbox.head()
+    assert entry is not None
+    await fresh.deliver_one(entry)
+    assert len(fake_trakt.calls) == 6 and fake_trakt.calls[-1].body["episode"] == {"ids": {"trakt": 70}}
+    fresh.outbox.close()
+
+
+def test_match_memory_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cwhook.outbox
+
+    monkeypatch.setattr(cwhook.outbox, "MAX_MATCHES", 3)
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    for i in range(5):
+        outbox.match_put(f"movie|imdb=tt{i}", {"movie": {"ids": {"trakt": i}}}, float(i))
+    assert [outbox.match_get(f"movie|imdb=tt{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    assert outbox.match_get("movie|imdb=tt4") == {"movie": {"ids": {"trakt": 4}}}
+    outbox.close()
 
 
 async def test_legacy_tvdb_show_form(rig: Rig, fake_trakt: FakeTrakt) -> None:
