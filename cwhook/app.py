@@ -12,7 +12,7 @@ import contextvars
 import hmac
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -52,11 +52,20 @@ class ClientGone(Exception):
     """The client closed the connection before its body was complete."""
 
 
-async def _chunk(request: web.Request) -> bytes:
-    try:
-        return await request.content.read(CHUNK)
-    except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
-        raise ClientGone(str(exc)) from None
+async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, never more than ``limit`` bytes in all."""
+    total = 0
+    while True:
+        try:
+            chunk = await request.content.read(CHUNK)
+        except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+            raise ClientGone(str(exc)) from None
+        if not chunk:
+            return
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge()
+        yield chunk
 
 
 @dataclass
@@ -94,35 +103,15 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge()
     ctype = request.headers.get("Content-Type", "")
-    if ctype.lower().startswith("multipart/"):
-        return await _read_multipart(request, field, limit)
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = await _chunk(request)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge()
-        chunks.append(chunk)
-    return ctype, b"".join(chunks)
-
-
-async def _read_multipart(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
-    scanner = PartScanner(request.headers.get("Content-Type", ""), field)
-    total = 0
-    while True:
-        chunk = await _chunk(request)
-        if not chunk:
-            return "application/json", scanner.finish()
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge()
+    if not ctype.lower().startswith("multipart/"):
+        return ctype, b"".join([chunk async for chunk in _chunks(request, limit)])
+    scanner = PartScanner(ctype, field)
+    async for chunk in _chunks(request, limit):
         found = scanner.feed(chunk)
         if found is not None:
             # The rest of the body (Plex's thumbnail) is never read into memory.
             return "application/json", found
+    return "application/json", scanner.finish()
 
 
 def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -78,6 +78,10 @@ class Sender:
         self.clock = clock
         self.wake = asyncio.Event()
 
+    def _dry(self) -> bool:
+        """Nothing is really sent: dry-run, or no access token yet."""
+        return self.options().dry_run or not self.client.tokens()[1]
+
     # --- the loop ---------------------------------------------------------------
 
     async def _sleep(self, timeout: float | None) -> None:
@@ -150,30 +154,21 @@ class Sender:
     async def deliver(self, entry: Entry, now: float) -> Outcome:
         event, verb = entry.event, entry.verb
         age = now - entry.created_at
+        if verb == "stop":
+            outcome = await self._watched_stop(entry, age)
+            if event.kind == "movie" and self.options().watchlist_autoremove_movies:
+                self.outbox.add("watchlist_remove", event, entry.progress, now)
+                self.wake.set()
+            return outcome
         if verb in ("start", "pause"):
             runtime = event.duration_s or DEFAULT_RUNTIME
             remaining = runtime * max(0.0, 1.0 - entry.progress / 100.0)
             if age > max(remaining, 60.0):
                 return Outcome("stale", {"age_s": round(age, 1)})
-        if verb in ("start", "pause", "stop"):
-            if verb == "stop" and age > LATE_STOP_AFTER:
-                when = entry.created_at
-                if entry.extra.get("maybe_delivered") and await self._in_history(event, when):
-                    return Outcome("already_in_history")
-                outcome = await self._with_item(
-                    event, tb.item_forms(event),
-                    lambda form: self._post("/sync/history", tb.history_body(form, when), True),
-                    "late_history")
-            else:
-                path = f"/scrobble/{verb}"
-                outcome = await self._with_item(
-                    event, tb.item_forms(event),
-                    lambda form: self._post(path, tb.scrobble_body(form, entry.progress)), "sent")
-            if (verb == "stop" and event.kind == "movie"
-                    and self.options().watchlist_autoremove_movies):
-                self.outbox.add("watchlist_remove", event, entry.progress, now)
-                self.wake.set()
-            return outcome
+            path = f"/scrobble/{verb}"
+            return await self._with_item(
+                event, tb.item_forms(event),
+                lambda form: self._post(path, tb.scrobble_body(form, entry.progress)), "sent")
         if verb == "rate":
             rating = event.rating
             path = "/sync/ratings" if rating is not None else "/sync/ratings/remove"
@@ -189,28 +184,37 @@ class Sender:
                 "sent")
         raise FinalError(0, f"unknown outbox verb {verb!r}")
 
+    async def _watched_stop(self, entry: Entry, age: float) -> Outcome:
+        """/scrobble/stop, or /sync/history with the real time once it is late."""
+        event, when = entry.event, entry.created_at
+        if age <= LATE_STOP_AFTER:
+            return await self._with_item(
+                event, tb.item_forms(event),
+                lambda form: self._post("/scrobble/stop", tb.scrobble_body(form, entry.progress)), "sent")
+        if entry.extra.get("maybe_delivered") and await self._in_history(event, when):
+            return Outcome("already_in_history")
+        return await self._with_item(
+            event, tb.item_forms(event),
+            lambda form: self._post("/sync/history", tb.history_body(form, when), True), "late_history")
+
     async def _in_history(self, event: Event, since: float) -> bool:
         """Did an earlier, unanswered attempt of this watched stop reach Trakt's history?"""
-        if self.options().dry_run or not self.client.tokens()[1]:
+        if self._dry():
             return False
         for path, rtype in tb.id_searches(event):
             if rtype == "show":
                 continue
-            try:
-                resp = await self.client.request("GET", path)
-            except NotFound:
+            found = await self._search(event, path, rtype, [])
+            if found is None:
                 continue
-            found = tb.form_from_search(event, resp.data, rtype)
-            trakt_id = found[rtype]["ids"]["trakt"] if found else None
-            if trakt_id is None:
-                continue
+            trakt_id = found[rtype]["ids"]["trakt"]
             start = tb.iso(since - 60)
             resp = await self.client.request("GET", f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
             return isinstance(resp.data, list) and bool(resp.data)
         return False  # cannot tell: deliver (a duplicate is less bad than a loss)
 
     async def _post(self, path: str, body: tb.Body, sync: bool = False) -> Response:
-        if self.options().dry_run or not self.client.tokens()[1]:
+        if self._dry():
             log.info("trakt_would_send", method="POST", path=path, body=body)
             return Response(0, None)
         resp = await self.client.request("POST", path, body)
@@ -221,7 +225,7 @@ class Sender:
     async def _with_item(self, event: Event, forms: list[tb.Body], call: Call,
                          result: str) -> Outcome:
         """Try each way of naming the item until Trakt knows it."""
-        dry = self.options().dry_run or not self.client.tokens()[1]
+        dry = self._dry()
         key = event.identity
         tried: list[str] = []
         cached = None if dry else self.outbox.match_get(key)

@@ -54,6 +54,11 @@ class _Tokens:
     expires_at: int
     oauth_url: str
 
+    @classmethod
+    def of(cls, trakt: TraktConfig) -> _Tokens:
+        return cls(trakt.client_id, trakt.client_secret, trakt.access_token, trakt.refresh_token,
+                   trakt.expires_at, trakt.oauth_url)
+
 
 class TraktAuth:
     """Holds the current tokens; refreshes them one at a time and writes them back."""
@@ -62,8 +67,7 @@ class TraktAuth:
                  clock: Callable[[], float] = time.time) -> None:
         self.config_path = config_path
         self.clock = clock
-        self._t = _Tokens(trakt.client_id, trakt.client_secret, trakt.access_token,
-                          trakt.refresh_token, trakt.expires_at, trakt.oauth_url)
+        self._t = _Tokens.of(trakt)
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
 
@@ -82,8 +86,7 @@ class TraktAuth:
         """A reload: new tokens written by `cwhook auth` clear the needs-auth state."""
         if trakt.access_token != self._t.access_token or trakt.refresh_token != self._t.refresh_token:
             self.needs_auth = None
-        self._t = _Tokens(trakt.client_id, trakt.client_secret, trakt.access_token,
-                          trakt.refresh_token, trakt.expires_at, trakt.oauth_url)
+        self._t = _Tokens.of(trakt)
 
     def due(self, now: float) -> bool:
         t = self._t
