@@ -26,6 +26,7 @@ from cwhook.config import Config
 from cwhook.event import BadPayload, Event, Ignored, ParseResult
 from cwhook.health import Counters
 from cwhook.multipart import PartScanner
+from cwhook.store import StoreUnavailable
 
 log = logs.get("cwhook.http")
 
@@ -39,6 +40,7 @@ ROUTES = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
           "emby": "/webhook/embytrakt"}
 CHUNK = 65536
 RETRY_AFTER_BUSY = "5"
+RETRY_AFTER_UNAVAILABLE = "10"
 _request_ids = itertools.count(1)
 # What the handler found out, for the middleware's one log line per request.
 _request_notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("request_notes")
@@ -68,14 +70,22 @@ async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
+class Busy(Exception):
+    """The worker is too far behind: answered 503 busy."""
+
+
 @dataclass
 class Runtime:
-    """What the HTTP side shares with the daemon (the daemon swaps ``config`` on reload)."""
+    """What the HTTP side shares with the daemon (the daemon swaps ``config`` on reload).
+
+    ``ingest`` commits an event to the store's inbox and queues it for the worker;
+    it raises ``Busy`` or ``StoreUnavailable``, and the 202 is sent only once it returned.
+    """
 
     config: Config
-    queue: asyncio.Queue[Event]
     counters: Counters
     health: Callable[[], dict[str, Any]]
+    ingest: Callable[[Event], Awaitable[None]]
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -154,10 +164,14 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         summary = result.summary()
         notes.update(action=result.action, item=result.label(), user=result.user_name)
         try:
-            rt.queue.put_nowait(result)
-        except asyncio.QueueFull:
+            await rt.ingest(result)
+        except Busy:
             notes["outcome"] = "busy"
             return _json(503, {"error": "busy"}, {"Retry-After": RETRY_AFTER_BUSY})
+        except StoreUnavailable as exc:
+            notes.update(outcome="unavailable", detail=str(exc))
+            return _json(503, {"error": "unavailable", "detail": str(exc)},
+                         {"Retry-After": RETRY_AFTER_UNAVAILABLE})
         rt.counters.queued += 1
         notes["outcome"] = "queued"
         return _json(202, {"status": "queued", "event": summary})

@@ -14,23 +14,26 @@ from typing import Any
 from aiohttp import web
 
 from cwhook import __version__, health, logs
-from cwhook.app import Runtime, make_app
+from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import Config, ConfigError, load_config
-from cwhook.delivery import Options, Sender
+from cwhook.delivery import Lane, Options
 from cwhook.event import Event
 from cwhook.health import Counters
-from cwhook.outbox import Outbox
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
+from cwhook.store import DEFAULT_ACCOUNT, Store, StoreThread, StoreUnavailable
+from cwhook.tokenjournal import TokenJournal
 from cwhook.trakt import TraktClient
 from cwhook.trakt_auth import TraktAuth
-from cwhook.worker import Worker
+from cwhook.worker import Item, Worker
 
 log = logs.get("cwhook.daemon")
 
 QUEUE_SIZE = 1000
 RELOAD_POLL = 2.0
 SHUTDOWN_GRACE = 5.0
+TOKEN_SAVE_RETRY = 60.0
+UNAVAILABLE_SHOWN_FOR = 60.0  # /healthz says store_unavailable this long after a failed commit
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -47,20 +50,45 @@ class Daemon:
         self.force_dry_run = force_dry_run
         self.started = time.time()
         self.counters = Counters()
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
+        # Bounded by admission (``_admit``), not by the queue: an event is committed
+        # to the inbox first and must then always find room.
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._admitting = 0
+        self._unavailable: tuple[float, str] | None = None
         self.rules = Rules(config.scrobble)
-        self.outbox = Outbox(config.state_dir / "outbox.sqlite3")
-        self.auth = TraktAuth(config.path, config.trakt)
+        self.db = StoreThread(Store(config.state_dir))
+        self.store = self.db.store
+        self.journal = TokenJournal(config.state_dir)
+        self.auth = TraktAuth(config.path, config.trakt, journal=self.journal)
         self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh)
-        self.sender = Sender(self.client, self.outbox, self.counters, self.options,
-                             lambda: self.auth.needs_auth)
-        self.worker = Worker(self.queue, self.rules, self.outbox, self.counters,
-                             self.sender.wake.set)
-        self.runtime = Runtime(config, self.queue, self.counters, self.health)
+        self.lane = Lane(DEFAULT_ACCOUNT, self.client, self.db, self.counters, self.options,
+                         lambda: self.auth.needs_auth)
+        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.lane.wake.set)
+        self.runtime = Runtime(config, self.counters, self.health, self.ingest)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+
+    # --- ingest -------------------------------------------------------------------
+
+    async def ingest(self, event: Event) -> None:
+        """Commit the event to the inbox, then queue it: the 202 is sent only after this.
+
+        Raises ``Busy`` when the worker is too far behind and ``StoreUnavailable``
+        when the event cannot be stored.
+        """
+        if self.queue.qsize() + self._admitting >= QUEUE_SIZE:
+            raise Busy()
+        self._admitting += 1
+        try:
+            await self.db.ingest(event, lambda seq, e: self.queue.put_nowait((seq, e)))
+        except StoreUnavailable as exc:
+            self._unavailable = (time.time(), str(exc))
+            log.error("inbox_write_failed", error=str(exc), note="answered 503; the client retries")
+            raise
+        finally:
+            self._admitting -= 1
 
     # --- state ---------------------------------------------------------------------
 
@@ -74,11 +102,19 @@ class Daemon:
                        watchlist_autoremove_movies=self.config.scrobble.watchlist_autoremove_movies)
 
     def health(self) -> dict[str, Any]:
+        """Built from memory only (the store's stats are cached): answers while SQLite is locked."""
         now = time.time()
-        oldest = self.outbox.oldest_age(now)
+        stats = self.store.stats
+        oldest = None if stats.oldest_created_at is None else max(0.0, now - stats.oldest_created_at)
         expires = self.auth.expires_at
         problems = health.problems(self.auth.authorized, self.auth.needs_auth, self.client.unreachable,
                                    self.dry_run, oldest)
+        if stats.set_aside:
+            problems.append("outbox_set_aside")
+        if self.auth.unsaved is not None:
+            problems.append("tokens_not_saved")
+        if self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR:
+            problems.append("store_unavailable")
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,
@@ -86,8 +122,10 @@ class Daemon:
             "uptime_s": round(now - self.started, 1),
             "queue_depth": self.queue.qsize(),
             "sessions": self.rules.session_count,
-            "outbox": {"pending": self.outbox.pending(),
-                       "oldest_age_s": None if oldest is None else round(oldest, 1)},
+            "outbox": {"pending": stats.pending,
+                       "oldest_age_s": None if oldest is None else round(oldest, 1),
+                       "set_aside": stats.set_aside},
+            "inbox": {"undecided": stats.inbox},
             "trakt": {
                 "authorized": self.auth.authorized,
                 "dry_run": self.dry_run,
@@ -116,7 +154,8 @@ class Daemon:
         self.auth.update_from_config(config.trakt)
         if (config.trakt.access_token, config.trakt.refresh_token) != (
                 old.trakt.access_token, old.trakt.refresh_token):
-            self.outbox.retry_now()  # new tokens (`cwhook auth`): deliver what waited at once
+            # New tokens (`cwhook auth`): deliver what waited at once.
+            asyncio.get_running_loop().create_task(self.db.call(self.store.retry_now))
         self.client.api_url = config.trakt.api_url
         if config.logging != old.logging:
             logs.configure(config.logging.level, config.logging.format)
@@ -124,7 +163,7 @@ class Daemon:
             log.warning("config_needs_restart", key="server.host/server.port")
         if config.state_dir != old.state_dir:
             log.warning("config_needs_restart", key="state.dir")
-        self.sender.wake.set()
+        self.lane.wake.set()
         log.info("config_reloaded", reason=reason, dry_run=self.dry_run)
         return True
 
@@ -146,10 +185,11 @@ class Daemon:
     async def _refresh_tokens(self) -> None:
         while True:
             try:
+                await self.auth.save_pending()
                 await self.auth.refresh_ahead()
             except Exception as exc:
                 log.error("trakt_refresh_error", error=repr(exc))
-            await asyncio.sleep(60)
+            await asyncio.sleep(TOKEN_SAVE_RETRY)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -176,7 +216,7 @@ class Daemon:
         if lock_fd is None:
             log.error("already_running", state_dir=str(self.config.state_dir),
                       note="another cwhook uses this state dir; stop it or set state.dir")
-            self.outbox.close()
+            self.db.close()
             return 1
         try:
             return await self._run()
@@ -189,6 +229,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
 
+        # Before anything is sent: a refreshed pair that never reached the file, then
+        # the events answered 202 whose decision a crash cut short.
+        self.auth.adopt_journal()
+        await self.worker.replay(await self.db.call(self.store.undecided))
+
         app = make_app(self.runtime)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
         await runner.setup()
@@ -200,14 +245,14 @@ class Daemon:
             log.error("listen_failed", host=self.config.server.host,
                       port=self.config.server.port, error=exc.strerror or str(exc))
             await runner.cleanup()
-            self.outbox.close()
+            self.db.close()
             return 1
-        pending = self.outbox.pending()
+        pending = self.store.stats.pending
         log.info("listening", host=self.config.server.host, port=self.config.server.port,
                  version=__version__, dry_run=self.dry_run, outbox_pending=pending)
         tasks = [
             asyncio.create_task(self.worker.run(), name="worker"),
-            asyncio.create_task(self.sender.run(), name="sender"),
+            asyncio.create_task(self.lane.run(), name="sender"),
             asyncio.create_task(self._watch_config(), name="config-watch"),
             asyncio.create_task(self._refresh_tokens(), name="token-refresh"),
         ]
@@ -237,7 +282,7 @@ class Daemon:
                 task.cancel()
         await asyncio.gather(*[t for t in tasks if t.get_name() != "sender"],
                              return_exceptions=True)
-        self.worker.drain()
+        await self.worker.drain()
         sender = next(t for t in tasks if t.get_name() == "sender")
         # Give an in-flight Trakt call a few seconds; what is left stays in the outbox.
         with contextlib.suppress(TimeoutError):
@@ -246,8 +291,8 @@ class Daemon:
         await asyncio.gather(sender, return_exceptions=True)
         await runner.cleanup()
         await self.client.close()
-        left = self.outbox.pending()
-        self.outbox.close()
+        left = self.store.stats.pending
+        self.db.close()
         self.notifier.close()
         log.info("stopped", outbox_pending=left)
         return 1 if crashed else 0
@@ -255,8 +300,11 @@ class Daemon:
     async def _idle_sender(self) -> None:
         """Wait until the outbox holds nothing deliverable right now."""
         while True:
-            entry = self.outbox.head()
-            if entry is None or entry.next_attempt_at > time.time() or self.auth.needs_auth:
+            if self.auth.needs_auth:
+                return
+            heads = await self.db.call(self.store.heads, DEFAULT_ACCOUNT, 64)
+            now = time.time()
+            if not self.lane.busy and all(e.next_attempt_at > now for e in heads):
                 return
             await asyncio.sleep(0.05)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from cwhook import logs
 from cwhook import trakt_bodies as tb
 from cwhook.event import Event
 from cwhook.health import Counters
-from cwhook.outbox import Entry, Outbox
+from cwhook.store import DEFAULT_ACCOUNT, Entry, NewEntry, StoreThread, StoreUnavailable
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
 
 log = logs.get("cwhook.delivery")
@@ -32,6 +33,7 @@ log = logs.get("cwhook.delivery")
 LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = 300.0
+LOCAL_RETRY = 30.0  # a failure that is not Trakt's: try again soon, set aside after 3
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Options:
 class Outcome:
     result: str  # sent, stale, late_history, dry_run, ...
     detail: dict[str, Any] = field(default_factory=dict)
+    follow_up: NewEntry | None = None  # added to the outbox as this entry is removed
 
 
 Call = Callable[[tb.Body], Awaitable[Response]]
@@ -60,23 +63,37 @@ def _sync_not_found(resp: Response) -> bool:
     )
 
 
-class Sender:
+MAX_INFLIGHT = 4  # entries of different sessions delivered at once (POSTs still paced)
+
+
+class Lane:
+    """Delivers one Trakt account's outbox entries.
+
+    Order is kept per viewing session: a session's next entry waits for its
+    current one, but an entry that is deferred, searching or failing never holds
+    back other sessions. Each entry is marked attempted on disk before its call.
+    """
+
     def __init__(
         self,
+        account: str,
         client: TraktClient,
-        outbox: Outbox,
+        db: StoreThread,
         counters: Counters,
         options: Callable[[], Options],
         needs_auth: Callable[[], str | None],
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.account = account
         self.client = client
-        self.outbox = outbox
+        self.db = db
+        self.store = db.store
         self.counters = counters
         self.options = options
         self.needs_auth = needs_auth
         self.clock = clock
         self.wake = asyncio.Event()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
 
     def _dry(self) -> bool:
         """Nothing is really sent: dry-run, or no access token yet."""
@@ -90,59 +107,89 @@ class Sender:
         self.wake.clear()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # e.g. the outbox file became unreadable: retry, never die
-                log.error("sender_error", error=repr(exc))
-                await asyncio.sleep(5.0)
+        try:
+            while True:
+                try:
+                    await self._run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # e.g. the state file became unreadable: retry, never die
+                    log.error("sender_error", error=repr(exc), account=self.account)
+                    await asyncio.sleep(5.0)
+        finally:
+            for task in self._inflight.values():
+                task.cancel()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._inflight)
 
     async def _run_once(self) -> None:
         while True:
-            entry = self.outbox.head()
-            now = self.clock()
-            if entry is None:
-                await self._sleep(None)
-                continue
             if self.needs_auth() and not self.options().dry_run:
                 await self._sleep(30.0)
                 continue
-            if entry.next_attempt_at > now:
-                await self._sleep(entry.next_attempt_at - now)
-                continue
-            await self.deliver_one(entry)
+            heads = await self.db.call(self.store.heads, self.account, 64)
+            now = self.clock()
+            sessions = {e.session for e in heads if e.id in self._inflight}
+            waits = []
+            for entry in heads:
+                if len(self._inflight) >= MAX_INFLIGHT:
+                    break
+                if entry.id in self._inflight or entry.session in sessions:
+                    continue
+                if entry.next_attempt_at > now:
+                    waits.append(entry.next_attempt_at - now)
+                    continue
+                sessions.add(entry.session)
+                task = asyncio.create_task(self.deliver_one(entry), name=f"deliver-{entry.id}")
+                self._inflight[entry.id] = task
+                task.add_done_callback(functools.partial(self._done, entry.id))
+            await self._sleep(min(waits) if waits and len(self._inflight) < MAX_INFLIGHT else None)
+
+    def _done(self, entry_id: int, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(entry_id, None)
+        self.wake.set()
 
     async def deliver_one(self, entry: Entry) -> None:
         ctx = {"entry": entry.id, "verb": entry.verb, "item": entry.event.label(),
                "session": entry.event.session_key, "attempt": entry.attempts + 1}
+        if self.account != DEFAULT_ACCOUNT:
+            ctx["account"] = self.account
         try:
+            if not self._dry():
+                # On disk before the call: after a crash, a late stop asks the history first.
+                await self.db.call(self.store.mark_attempted, entry.id)
             outcome = await self.deliver(entry, self.clock())
         except (FinalError, NotFound) as exc:
-            self.outbox.remove(entry.id)
+            await self.db.call(self.store.remove, entry.id)
             self.counters.failed += 1
             loud = exc.status in (420, 423)
             (log.error if loud else log.warning)("trakt_failed", error=str(exc), final=True, **ctx)
             return
+        except StoreUnavailable as exc:
+            log.error("store_write_failed", error=str(exc), retry_in_s=MAX_DEFER, **ctx)
+            await asyncio.sleep(MAX_DEFER)
+            return
         except TraktError as exc:  # transient, rate limited, or a 401 a refresh could not cure
-            if exc.ambiguous and entry.verb == "stop" and not entry.extra.get("maybe_delivered"):
-                # Trakt may have recorded it: a late delivery must check the history first.
-                self.outbox.set_extra(entry.id, {**entry.extra, "maybe_delivered": True})
             delay = min(MAX_DEFER, 5.0 * 2 ** min(entry.attempts, 10))
-            self.outbox.reschedule(entry.id, self.clock() + delay, str(exc))
+            await self.db.call(self.store.reschedule, entry.id, self.clock() + delay, str(exc))
             log.warning("trakt_deferred", error=str(exc), retry_in_s=delay,
                         needs_auth=isinstance(exc, AuthError), **ctx)
             return
-        except Exception as exc:  # a bug must not kill the worker nor lose the entry
-            log.exception("delivery_error", error=repr(exc), **ctx)
-            if entry.attempts >= 20:
-                self.outbox.remove(entry.id)
+        except Exception as exc:  # not Trakt's fault: a bug, a body that cannot be encoded...
+            aside = await self.db.call(self.store.reschedule, entry.id, self.clock() + LOCAL_RETRY,
+                                       f"{type(exc).__name__}: {exc}", True)
+            if aside:
                 self.counters.failed += 1
+                log.error("outbox_set_aside", error=repr(exc), attempts=entry.local_failures + 1,
+                          note="the rest of the outbox goes on; see /healthz", **ctx)
             else:
-                self.outbox.reschedule(entry.id, self.clock() + MAX_DEFER, repr(exc))
+                log.error("delivery_error", error=repr(exc), retry_in_s=LOCAL_RETRY, **ctx)
             return
-        self.outbox.remove(entry.id)
+        await self.db.call(self.store.remove, entry.id, outcome.follow_up)
+        if outcome.follow_up is not None:
+            self.wake.set()
         if outcome.result == "dry_run":
             self.counters.would_send += 1
         elif outcome.result != "stale":
@@ -157,8 +204,8 @@ class Sender:
         if verb == "stop":
             outcome = await self._watched_stop(entry, age)
             if event.kind == "movie" and self.options().watchlist_autoremove_movies:
-                self.outbox.add("watchlist_remove", event, entry.progress, now)
-                self.wake.set()
+                outcome.follow_up = NewEntry("watchlist_remove", event, entry.progress, now,
+                                             account=self.account)
             return outcome
         if verb in ("start", "pause"):
             runtime = event.duration_s or DEFAULT_RUNTIME
@@ -191,19 +238,22 @@ class Sender:
             return await self._with_item(
                 event, tb.item_forms(event),
                 lambda form: self._post("/scrobble/stop", tb.scrobble_body(form, entry.progress)), "sent")
-        if entry.extra.get("maybe_delivered") and await self._in_history(event, when):
+        if (entry.attempted or entry.extra.get("maybe_delivered")) and await self._in_history(event, when):
             return Outcome("already_in_history")
         return await self._with_item(
             event, tb.item_forms(event),
             lambda form: self._post("/sync/history", tb.history_body(form, when), True), "late_history")
 
     async def _in_history(self, event: Event, since: float) -> bool:
-        """Did an earlier, unanswered attempt of this watched stop reach Trakt's history?"""
+        """Did an earlier attempt of this watched stop (cut off by a crash or a lost
+        answer) reach Trakt's history? Asked before adding it there."""
         if self._dry():
             return False
-        for path, rtype in tb.id_searches(event):
-            if rtype == "show":
-                continue
+        text = tb.text_search(event)
+        searches = [s for s in tb.id_searches(event) if s[1] != "show"]
+        if event.kind == "movie" and text:
+            searches.append(text)
+        for path, rtype in searches:
             found = await self._search(event, path, rtype, [])
             if found is None:
                 continue
@@ -211,7 +261,9 @@ class Sender:
             start = tb.iso(since - 60)
             resp = await self.client.request("GET", f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
             return isinstance(resp.data, list) and bool(resp.data)
-        return False  # cannot tell: deliver (a duplicate is less bad than a loss)
+        log.warning("history_check_impossible", item=event.label(),
+                    note="no Trakt id found to check; adding the play (a duplicate is less bad than a loss)")
+        return False
 
     async def _post(self, path: str, body: tb.Body, sync: bool = False) -> Response:
         if self._dry():
@@ -228,12 +280,12 @@ class Sender:
         dry = self._dry()
         key = event.identity
         tried: list[str] = []
-        cached = None if dry else self.outbox.match_get(key)
+        cached = None if dry else await self.db.call(self.store.match_get, key)
         candidates = ([cached] if cached else []) + [f for f in forms if f != cached]
         for form in candidates:
             found = await self._attempt(call, form, tried)
             if found is not None:
-                return self._matched(key, form, found, result, dry)
+                return await self._matched(key, form, found, result, dry)
         if dry:
             return Outcome("dry_run", {"note": "no item form to send"})
         text = tb.text_search(event)
@@ -243,7 +295,7 @@ class Sender:
                 candidates.append(searched)
                 found = await self._attempt(call, searched, tried)
                 if found is not None:
-                    return self._matched(key, searched, found, result, dry)
+                    return await self._matched(key, searched, found, result, dry)
         raise NotFound(404, "no match on Trakt; tried " + "; ".join(tried or ["nothing to try"]))
 
     async def _attempt(self, call: Call, form: tb.Body, tried: list[str]) -> Response | None:
@@ -264,11 +316,11 @@ class Sender:
             tried.append(f"GET {path} (no usable result)")
         return form
 
-    def _matched(self, key: str, form: tb.Body, resp: Response, result: str,
-                 dry: bool) -> Outcome:
+    async def _matched(self, key: str, form: tb.Body, resp: Response, result: str,
+                       dry: bool) -> Outcome:
         if dry:
             return Outcome("dry_run")
-        self.outbox.match_put(key, form, self.clock())
+        await self.db.call(self.store.match_put, key, form, self.clock())
         detail: dict[str, Any] = {"status": resp.status}
         if isinstance(resp.data, dict) and "action" in resp.data:
             detail["trakt_action"] = resp.data["action"]

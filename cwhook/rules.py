@@ -178,6 +178,11 @@ class Rules:
             del self._ratings[rkey]
         return out
 
+    def held_events(self) -> list[Event]:
+        """The events whose decision is still open (pauses in their debounce window)."""
+        sessions = (self._sessions.get(key) for key in self._holding)
+        return [s.pending.event for s in sessions if s is not None and s.pending is not None]
+
     def flush_pending(self) -> list[Decision]:
         """Shutdown: send every held pause now rather than lose it."""
         out: list[Decision] = []

@@ -1,9 +1,13 @@
 """Trakt OAuth: the device-code login (`cwhook auth`) and token refresh.
 
 Refresh tokens are single-use: each refresh returns a new pair and invalidates
-the old one. So only one refresh runs at a time, and the new pair is written to
-the YAML file (in place, comments kept) before it is used; if the write fails
-the new pair is still used in memory and the error is logged loudly.
+the old one. So only one refresh runs at a time, and the answer is first
+appended to the token journal in the state dir (fsynced: a crash a millisecond
+later must not lock the user out), then written to the YAML file (in place,
+comments kept), then used. If the YAML write fails the new pair is still used
+in memory, ``unsaved`` says so (``/healthz``: ``tokens_not_saved``) and
+``save_pending`` tries again every minute. A reload never replaces the pair in
+use with an older one from the file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import aiohttp
 from cwhook import __version__, logs
 from cwhook.config import TraktConfig
 from cwhook.configfile import update_file
+from cwhook.tokenjournal import Pair, TokenJournal
 
 log = logs.get("cwhook.trakt_auth")
 
@@ -32,17 +37,29 @@ def _headers() -> dict[str, str]:
     return {"Content-Type": "application/json", "User-Agent": f"cwhook/{__version__}"}
 
 
-def token_changes(data: dict[str, Any], now: float) -> dict[tuple[str, ...], str | int]:
-    """The YAML changes for a token response (expires_at from created_at + expires_in)."""
+DEFAULT_KEY = ("trakt",)
+
+
+def pair_of(data: dict[str, Any], now: float) -> Pair:
+    """The pair in a token response (expires_at from created_at + expires_in)."""
     created = data.get("created_at")
     created_at = float(created) if isinstance(created, (int, float)) else now
     expires_in = data.get("expires_in")
     lifetime = float(expires_in) if isinstance(expires_in, (int, float)) else 86400.0
-    return {
-        ("trakt", "access_token"): str(data["access_token"]),
-        ("trakt", "refresh_token"): str(data.get("refresh_token") or ""),
-        ("trakt", "expires_at"): int(created_at + lifetime),
-    }
+    return Pair(str(data["access_token"]), str(data.get("refresh_token") or ""),
+                int(created_at + lifetime))
+
+
+def pair_changes(pair: Pair, key: tuple[str, ...] = DEFAULT_KEY) -> dict[tuple[str, ...], str | int]:
+    """The YAML changes that store a pair under ``key`` (``trakt`` or ``trakt.accounts.NAME``)."""
+    return {(*key, "access_token"): pair.access_token, (*key, "refresh_token"): pair.refresh_token,
+            (*key, "expires_at"): pair.expires_at}
+
+
+def token_changes(data: dict[str, Any], now: float,
+                  key: tuple[str, ...] = DEFAULT_KEY) -> dict[tuple[str, ...], str | int]:
+    """The YAML changes for a token response."""
+    return pair_changes(pair_of(data, now), key)
 
 
 @dataclass
@@ -59,17 +76,30 @@ class _Tokens:
         return cls(trakt.client_id, trakt.client_secret, trakt.access_token, trakt.refresh_token,
                    trakt.expires_at, trakt.oauth_url)
 
+    @property
+    def pair(self) -> Pair:
+        return Pair(self.access_token, self.refresh_token, self.expires_at)
+
+    def use(self, pair: Pair) -> None:
+        self.access_token, self.refresh_token, self.expires_at = (
+            pair.access_token, pair.refresh_token, pair.expires_at)
+
 
 class TraktAuth:
     """Holds the current tokens; refreshes them one at a time and writes them back."""
 
     def __init__(self, config_path: Path, trakt: TraktConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, journal: TokenJournal | None = None,
+                 account: str = "default", key: tuple[str, ...] = DEFAULT_KEY) -> None:
         self.config_path = config_path
         self.clock = clock
+        self.journal = journal
+        self.account = account
+        self.key = key
         self._t = _Tokens.of(trakt)
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
+        self.unsaved: str | None = None  # why the pair in use is not in the file yet
 
     @property
     def authorized(self) -> bool:
@@ -83,10 +113,62 @@ class TraktAuth:
         return self._t.client_id, self._t.access_token
 
     def update_from_config(self, trakt: TraktConfig) -> None:
-        """A reload: new tokens written by `cwhook auth` clear the needs-auth state."""
-        if trakt.access_token != self._t.access_token or trakt.refresh_token != self._t.refresh_token:
-            self.needs_auth = None
-        self._t = _Tokens.of(trakt)
+        """A reload: the file's pair replaces the one in use only when it is not older.
+
+        New tokens written by `cwhook auth` clear the needs-auth state; a refreshed
+        pair that could not be saved is never replaced by the stale one in the file.
+        """
+        mine = self._t.pair
+        theirs = _Tokens.of(trakt)
+        if mine.access_token and theirs.access_token and mine.expires_at > theirs.expires_at:
+            theirs.use(mine)  # ours is newer: keep it, and bring the file up to date
+            if self.unsaved is None:
+                self.unsaved = "the file holds an older token pair"
+        elif theirs.pair != mine:
+            self.needs_auth = None  # new tokens (`cwhook auth`), or removed on purpose
+            self.unsaved = None
+        elif self.unsaved is not None:
+            self.unsaved = None  # the file has caught up
+        self._t = theirs
+
+    def adopt_journal(self) -> bool:
+        """At start: a newer pair in the journal (a crash before the YAML rewrite) wins."""
+        if self.journal is None:
+            return False
+        try:
+            newest = self.journal.newest(self.account)
+        except OSError as exc:
+            log.error("token_journal_unreadable", error=str(exc), path=str(self.journal.path))
+            return False
+        if newest is None or not newest.access_token or not newest.newer_than(self._t.pair):
+            return False
+        self._t.use(newest)
+        self.unsaved = "recovered from the token journal"
+        log.warning("trakt_tokens_recovered", expires_at=newest.expires_at,
+                    note="a refreshed pair had not reached the config file; writing it now")
+        self.save_pending_sync()
+        return True
+
+    def save_pending_sync(self) -> bool:
+        """Write the pair in use to the file if it is not there yet; True when saved."""
+        if self.unsaved is None:
+            return True
+        try:
+            update_file(self.config_path, pair_changes(self._t.pair, self.key))
+        except Exception as exc:
+            self.unsaved = str(exc)
+            log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path),
+                      note="the new pair is used from memory; retrying every minute")
+            return False
+        self.unsaved = None
+        log.info("trakt_tokens_saved", path=str(self.config_path))
+        return True
+
+    async def save_pending(self) -> bool:
+        if self.unsaved is None:
+            return True
+        async with self._lock:
+            return await asyncio.to_thread(self.save_pending_sync)
 
     def due(self, now: float) -> bool:
         t = self._t
@@ -127,14 +209,16 @@ class TraktAuth:
                             transient=True)
                 return False
             if status == 200 and isinstance(data, dict) and data.get("access_token"):
-                changes = token_changes(data, self.clock())
-                try:
-                    await asyncio.to_thread(update_file, self.config_path, changes)
-                except Exception as exc:  # the pair must still be used: the old one is dead
-                    log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path))
-                t.access_token = str(changes[("trakt", "access_token")])
-                t.refresh_token = str(changes[("trakt", "refresh_token")])
-                t.expires_at = int(changes[("trakt", "expires_at")])
+                pair = pair_of(data, self.clock())
+                if self.journal is not None:  # first of all: the old refresh token is dead now
+                    try:
+                        await asyncio.to_thread(self.journal.append, self.account, pair)
+                    except OSError as exc:
+                        log.error("token_journal_write_failed", error=str(exc),
+                                  path=str(self.journal.path))
+                t.use(pair)
+                self.unsaved = "not written yet"
+                await asyncio.to_thread(self.save_pending_sync)
                 log.info("trakt_token_refreshed", expires_at=t.expires_at)
                 return True
             if 400 <= status < 500:

@@ -1,4 +1,12 @@
-"""The worker coroutine: queue → rules → outbox, waking for the rules' timers."""
+"""The worker coroutine: inbox → rules → outbox, waking for the rules' timers.
+
+Every event on the queue is already committed to the store's inbox. The worker
+runs it through the rules and commits, in one transaction, the outbox rows its
+decisions call for together with the inbox rows they settle. An event the rules
+still hold (a pause in its debounce window) stays in the inbox until ``tick``
+sends it or a later event cancels or supersedes it, so a restart replays it
+(``replay``) instead of forgetting it.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +17,59 @@ from collections.abc import Callable
 from cwhook import logs
 from cwhook.event import Event
 from cwhook.health import Counters
-from cwhook.outbox import Outbox
 from cwhook.rules import Decision, Rules
+from cwhook.store import NewEntry, StoreThread, StoreUnavailable
 
 log = logs.get("cwhook.worker")
 
 # Decisions that hold or record rather than drop an event.
 NOT_SUPPRESSED = {"sent", "demoted_to_pause", "promoted_to_stop", "debounced", "progress_noted"}
 MAX_IDLE_WAIT = 60.0
+MAX_BATCH = 500
+COMMIT_RETRY_MAX = 30.0
+
+Item = tuple[int, Event]  # (inbox id, event)
 
 
 class Worker:
     def __init__(
         self,
-        queue: asyncio.Queue[Event],
+        queue: asyncio.Queue[Item],
         rules: Rules,
-        outbox: Outbox,
+        db: StoreThread,
         counters: Counters,
         wake_sender: Callable[[], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.rules = rules
-        self.outbox = outbox
+        self.db = db
         self.counters = counters
         self.wake_sender = wake_sender
         self.clock = clock
+        # Inbox ids of the events the rules hold (pending pauses), by the event object.
+        self._held: dict[int, tuple[int, Event]] = {}
 
-    def apply(self, decisions: list[Decision]) -> None:
-        """Log each decision on one line and store what must go to Trakt."""
+    # --- deciding (no I/O but the log) ------------------------------------------------
+
+    def step(self, item: Item | None, now: float) -> list[Decision]:
+        """Due timers, then the event; a failing event never loses the timers' decisions."""
+        decisions: list[Decision] = []
+        try:
+            decisions += self.rules.tick(now)
+        except Exception as exc:
+            log.exception("rules_error", error=repr(exc), session=None)
+        if item is not None:
+            _, event = item
+            try:
+                decisions += self.rules.handle(event, now)
+            except Exception as exc:  # never let one odd event stop the worker
+                log.exception("rules_error", error=repr(exc), session=event.session_key)
+        return decisions
+
+    def entries(self, decisions: list[Decision], now: float) -> list[NewEntry]:
+        """Log each decision on one line; the outbox rows the sends need."""
+        out: list[NewEntry] = []
         for d in decisions:
             e = d.event
             fields: dict[str, object] = {
@@ -54,52 +86,97 @@ class Worker:
                 fields["notes"] = list(d.notes)
             if d.send is not None:
                 fields["trakt"] = d.send.verb
-                try:
-                    self.outbox.add(d.send.verb, d.send.event, d.send.progress, self.clock())
-                except Exception as exc:  # disk full, state dir gone: say so loudly, keep running
-                    self.counters.failed += 1
-                    log.error("outbox_write_failed", error=repr(exc), **fields)
-                    continue
-                self.wake_sender()
+                out.append(NewEntry(d.send.verb, d.send.event, d.send.progress, now))
             elif d.reason not in NOT_SUPPRESSED:
                 self.counters.suppressed += 1
             log.info("decision", **fields)
+        return out
 
-    def step(self, event: Event | None) -> None:
-        now = self.clock()
+    def settle(self, batch: list[Item]) -> set[int]:
+        """Inbox ids that are finally decided after this batch (all but what the rules hold)."""
+        candidates = dict(self._held)
+        for seq, event in batch:
+            candidates[id(event)] = (seq, event)
+        held = {id(e) for e in self.rules.held_events()}
+        self._held = {k: v for k, v in candidates.items() if k in held}
+        return {seq for k, (seq, _) in candidates.items() if k not in held}
+
+    # --- committing -----------------------------------------------------------------
+
+    async def commit(self, entries: list[NewEntry], settled: set[int], once: bool = False) -> bool:
+        """Store the decisions; retried until the store takes them (they are in the inbox meanwhile)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.db.call(self.db.store.decide, entries, settled)
+            except StoreUnavailable as exc:
+                log.error("store_write_failed", error=str(exc), retry_in_s=None if once else delay,
+                          events=len(settled), note="the events wait in the inbox")
+                if once:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(COMMIT_RETRY_MAX, delay * 2)
+                continue
+            if entries:
+                self.wake_sender()
+            return True
+
+    async def process(self, batch: list[Item], times: list[float] | None = None,
+                      once: bool = False) -> bool:
+        """Decide a batch (each event at its time, else now) and commit it in one transaction."""
+        entries: list[NewEntry] = []
+        items: list[Item | None] = [*batch] or [None]
+        for i, item in enumerate(items):
+            t = self.clock() if times is None or item is None else times[i]
+            entries += self.entries(self.step(item, t), t)
+        return await self.commit(entries, self.settle(batch), once)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def replay(self, items: list[Item]) -> None:
+        """At start: events answered 202 but not finally decided go through fresh rules.
+
+        Each is handled at the time it was received, so a held pause keeps its
+        window; the rules' timers then catch up with the present.
+        """
+        times, last = [], 0.0
+        for _, event in items:
+            last = max(last, event.received_at)
+            times.append(last)
+        if items:
+            await self.process(items, times)
+            log.info("inbox_replayed", events=len(items))
+        await self.process([])
+
+    async def receive(self, timeout: float) -> Item | None:
+        """The next event, or None when ``timeout`` seconds pass first."""
         try:
-            decisions = self.rules.tick(now)
-            if event is not None:
-                decisions += self.rules.handle(event, now)
-        except Exception as exc:  # never let one odd event stop the worker
-            log.exception("rules_error", error=repr(exc),
-                          session=event.session_key if event else None)
-            return
-        self.apply(decisions)
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
+        except TimeoutError:
+            return None
 
     async def run(self) -> None:
         while True:
             deadline = self.rules.next_deadline()
             timeout = MAX_IDLE_WAIT if deadline is None else max(0.0, deadline - self.clock())
-            event: Event | None = None
-            try:
-                async with asyncio.timeout(min(timeout, MAX_IDLE_WAIT)):
-                    event = await self.queue.get()
-            except TimeoutError:
-                pass
-            self.step(event)
-            # Take everything already queued in one go: the HTTP side can queue many
-            # events per loop iteration, and the worker must keep up with it.
-            for _ in range(self.queue.qsize()):
-                self.step(self.queue.get_nowait())
+            first = await self.receive(min(timeout, MAX_IDLE_WAIT))
+            batch: list[Item] = [] if first is None else [first]
+            # Take everything already queued in one go (one commit for all of it).
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self.process(batch)
 
-    def drain(self) -> None:
-        """Shutdown: everything queued goes through the rules; held pauses are kept."""
-        while True:
-            try:
-                event = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            self.step(event)
-        self.step(None)
-        self.apply(self.rules.flush_pending())
+    async def drain(self) -> None:
+        """Shutdown: everything queued goes through the rules; held pauses are sent now."""
+        batch: list[Item] = []
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        now = self.clock()
+        decisions: list[Decision] = []
+        for item in batch:
+            decisions += self.step(item, now)
+        decisions += self.step(None, now)
+        decisions += self.rules.flush_pending()
+        entries = self.entries(decisions, now)
+        await self.commit(entries, self.settle(batch), once=True)

@@ -10,6 +10,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cwhook import logs
-from cwhook.app import Runtime, make_app
+from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import parse_config
 from cwhook.event import Event
 from cwhook.health import Counters
@@ -28,13 +29,27 @@ from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
 PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt"}
 
 
-def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None) -> Runtime:
+def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None) -> "QueueRuntime":
     text = config_text(8787, Path("/tmp/state"), plex_extra=extra)
     if max_body:
         text = text.replace("  port: 8787", f"  port: 8787\n  max_body_bytes: {max_body}")
     cfg = parse_config(text, Path("/tmp/cwhook.yml"))
     counters = Counters()
-    return Runtime(cfg, asyncio.Queue(queue_size), counters, lambda: {"status": "ok"})
+    queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
+
+    async def ingest(event: Event) -> None:
+        """Stands in for the daemon's inbox commit: queues the event, or is busy when full."""
+        try:
+            queue.put_nowait(event)
+        except asyncio.QueueFull:
+            raise Busy() from None
+
+    return QueueRuntime(cfg, counters, lambda: {"status": "ok"}, ingest, queue)
+
+
+@dataclass
+class QueueRuntime(Runtime):
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
 
 def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "XyZ-boundary-123") -> tuple[

@@ -11,10 +11,10 @@ import pytest
 
 from cwhook import emby, plex
 from cwhook.config import TraktConfig
-from cwhook.delivery import Options, Sender
+from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
-from cwhook.outbox import Outbox
+from cwhook.store import Entry, NewEntry, Store, StoreThread
 from cwhook.trakt import RetryPolicy, TraktClient
 from cwhook.trakt_auth import TraktAuth
 from tests.conftest import fixture_bytes
@@ -52,25 +52,33 @@ class Rig:
                             refresh_token=self.refresh, expires_at=e)
         self.auth = TraktAuth(self.path, trakt)
         self.client = TraktClient(fake.url, self.auth.tokens, self.auth.refresh, policy, timeout=timeout)
-        self.outbox = Outbox(tmp / "state" / "outbox.sqlite3")
+        self.store = Store(tmp / "state")
+        self.db = StoreThread(self.store)
         self.counters = Counters()
         self.opts = options or Options()
-        self.sender = Sender(self.client, self.outbox, self.counters, lambda: self.opts,
-                             lambda: self.auth.needs_auth)
+        self.lane = Lane("default", self.client, self.db, self.counters, lambda: self.opts,
+                         lambda: self.auth.needs_auth)
 
     def add(self, verb: str, event: Event, progress: float, at: float | None = None) -> None:
-        self.outbox.add(verb, event, progress, time.time() if at is None else at)
+        self.store.add(NewEntry(verb, event, progress, time.time() if at is None else at))
+
+    def head(self) -> Entry | None:
+        heads = self.store.heads("default")
+        return heads[0] if heads else None
+
+    def pending(self) -> int:
+        return self.store.stats.pending
 
     async def drain(self, limit: int = 20) -> None:
         for _ in range(limit):
-            entry = self.outbox.head()
+            entry = self.head()
             if entry is None or entry.next_attempt_at > time.time():
                 return
-            await self.sender.deliver_one(entry)
+            await self.lane.deliver_one(entry)
 
     async def close(self) -> None:
         await self.client.close()
-        self.outbox.close()
+        self.db.close()
 
 
 @pytest.fixture
@@ -94,7 +102,7 @@ async def test_start_then_watched_stop(rig: Rig, fake_trakt: FakeTrakt) -> None:
     assert headers["Authorization"] == f"Bearer {rig.access}"
     assert headers["User-Agent"].startswith("cwhook/")
     assert calls[1].at - calls[0].at >= 1.0  # 1 POST per second
-    assert rig.counters.sent == 2 and rig.outbox.pending() == 0
+    assert rig.counters.sent == 2 and rig.pending() == 0
 
 
 async def test_409_counts_as_success(rig: Rig, fake_trakt: FakeTrakt) -> None:
@@ -102,7 +110,7 @@ async def test_409_counts_as_success(rig: Rig, fake_trakt: FakeTrakt) -> None:
     rig.add("stop", replace(MOVIE, player_id="other"), 98)
     await rig.drain()
     assert [c.status for c in fake_trakt.scrobbles()] == [201, 409]
-    assert rig.counters.sent == 2 and rig.counters.failed == 0 and rig.outbox.pending() == 0
+    assert rig.counters.sent == 2 and rig.counters.failed == 0 and rig.pending() == 0
 
 
 async def test_outage_retried_with_backoff(rig: Rig, fake_trakt: FakeTrakt) -> None:
@@ -110,14 +118,14 @@ async def test_outage_retried_with_backoff(rig: Rig, fake_trakt: FakeTrakt) -> N
     rig.add("stop", MOVIE, 90)
     await rig.drain()
     assert [c.status for c in fake_trakt.scrobbles()] == [503, 502, 520, 201]
-    assert rig.outbox.pending() == 0
+    assert rig.pending() == 0
 
 
 async def test_long_outage_keeps_the_entry(rig: Rig, fake_trakt: FakeTrakt) -> None:
     fake_trakt.outage_until = time.time() + 3600
     rig.add("stop", MOVIE, 90)
     await rig.drain()
-    entry = rig.outbox.head()
+    entry = rig.head()
     assert entry is not None and entry.attempts == 1 and entry.next_attempt_at > time.time()
     assert "503" in (entry.last_error or "")
     assert len(fake_trakt.scrobbles()) == FAST.attempts
@@ -138,7 +146,7 @@ async def test_slow_answer_times_out_and_is_retried(fake_trakt: FakeTrakt, tmp_p
     started = time.time()
     await rig.drain()
     assert time.time() - started < 5
-    assert rig.outbox.pending() == 0 and len(fake_trakt.watched_stops()) == 1
+    assert rig.pending() == 0 and len(fake_trakt.watched_stops()) == 1
     assert len(fake_trakt.scrobbles()) == 2  # the slow one was abandoned, the retry went through
     await rig.close()
 
@@ -158,7 +166,7 @@ async def test_final_errors_drop_the_entry(rig: Rig, fake_trakt: FakeTrakt, stat
     fake_trakt.script = [status]
     rig.add("stop", MOVIE, 90)
     await rig.drain()
-    assert len(fake_trakt.scrobbles()) == 1 and rig.outbox.pending() == 0
+    assert len(fake_trakt.scrobbles()) == 1 and rig.pending() == 0
     assert rig.counters.failed == 1
     out = capsys.readouterr()
     text = out.out + out.err
@@ -212,7 +220,7 @@ async def test_failed_refresh_needs_auth_and_keeps_outbox(fake_trakt: FakeTrakt,
     rig.add("stop", MOVIE, 90)
     await rig.drain()
     assert rig.auth.needs_auth and "cwhook auth" in rig.auth.needs_auth
-    assert rig.outbox.pending() == 1
+    assert rig.pending() == 1
     # no hammering: further 401s do not try to refresh again
     assert await rig.auth.refresh(rig.auth.tokens()[1]) is False
     assert len(fake_trakt.posts("/oauth/token")) == 1
@@ -222,9 +230,9 @@ async def test_failed_refresh_needs_auth_and_keeps_outbox(fake_trakt: FakeTrakt,
                                             client_id="test-client-id", client_secret="test-secret",
                                             access_token=access, refresh_token=refresh, expires_at=expires))
     assert rig.auth.needs_auth is None
-    rig.outbox._db.execute("UPDATE outbox SET next_attempt_at = 0")
+    rig.store._db.execute("UPDATE outbox SET next_attempt_at = 0")
     await rig.drain()
-    assert rig.outbox.pending() == 0 and fake_trakt.watched_stops()
+    assert rig.pending() == 0 and fake_trakt.watched_stops()
     await rig.close()
 
 
@@ -243,21 +251,23 @@ async def test_episode_by_ids_then_show_then_search(rig: Rig, fake_trakt: FakeTr
     await rig.drain()
     assert fake_trakt.calls[-1].body["episode"] == {"ids": {"trakt": 70}}
     assert len(fake_trakt.calls) == 5
-    # remembered across a restart: a new sender on the same outbox file
-    fresh = Sender(rig.client, Outbox(rig.outbox.path), rig.counters, lambda: rig.opts, lambda: None)
-    fresh.outbox.add("stop", ev, 95, time.time())
-    entry = fresh.outbox.head()
+    # remembered across a restart: a new lane on the same state file
+    rig.db.close()
+    rig.store = Store(rig.store.path.parent)
+    rig.db = StoreThread(rig.store)
+    fresh = Lane("default", rig.client, rig.db, rig.counters, lambda: rig.opts, lambda: None)
+    rig.add("stop", ev, 95)
+    entry = rig.head()
     assert entry is not None
     await fresh.deliver_one(entry)
     assert len(fake_trakt.calls) == 6 and fake_trakt.calls[-1].body["episode"] == {"ids": {"trakt": 70}}
-    fresh.outbox.close()
 
 
 def test_match_memory_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cwhook.outbox
+    import cwhook.store
 
-    monkeypatch.setattr(cwhook.outbox, "MAX_MATCHES", 3)
-    outbox = Outbox(tmp_path / "o.sqlite3")
+    monkeypatch.setattr(cwhook.store, "MAX_MATCHES", 3)
+    outbox = Store(tmp_path)
     for i in range(5):
         outbox.match_put(f"movie|imdb=tt{i}", {"movie": {"ids": {"trakt": i}}}, float(i))
     assert [outbox.match_get(f"movie|imdb=tt{i}") is not None for i in range(5)] == [False, False, True, True, True]
@@ -291,7 +301,7 @@ async def test_no_match_is_final_and_says_what_was_tried(rig: Rig, fake_trakt: F
     ev = replace(MOVIE, title="No Such Film", year=1900, ids=Ids(imdb="tt9999999"))
     rig.add("stop", ev, 90)
     await rig.drain()
-    assert rig.outbox.pending() == 0 and rig.counters.failed == 1
+    assert rig.pending() == 0 and rig.counters.failed == 1
     text = capsys.readouterr()
     combined = text.out + text.err
     assert "no match on Trakt" in combined and "/search/imdb/tt9999999" in combined
@@ -313,27 +323,28 @@ async def test_stale_start_dropped_and_late_stop_goes_to_history(rig: Rig, fake_
 
 async def test_late_stop_after_an_unanswered_attempt_checks_history_first(rig: Rig, fake_trakt: FakeTrakt) -> None:
     rig.add("stop", MOVIE, 95)
-    entry = rig.outbox.head()
+    entry = rig.head()
     assert entry is not None
     # one attempt gets no answer (dropped connection), the retries hit an outage
     fake_trakt.drop = 1
     fake_trakt.outage_until = time.time() + 3600
-    await rig.sender.deliver_one(entry)
-    entry = rig.outbox.head()
-    assert entry is not None and entry.extra == {"maybe_delivered": True}
+    await rig.lane.deliver_one(entry)
+    entry = rig.head()
+    assert entry is not None and entry.attempted
     # Trakt did record the unanswered one; twenty minutes later Trakt is back
-    rig.outbox._db.execute("UPDATE outbox SET created_at = created_at - 1200, next_attempt_at = 0")
+    rig.store._db.execute("UPDATE outbox SET created_at = created_at - 1200, next_attempt_at = 0")
     fake_trakt.history.append(("movie:28", entry.created_at - 1200 + 1))
     fake_trakt.outage_until = 0
     await rig.drain()
-    assert fake_trakt.posts("/sync/history") == [] and rig.outbox.pending() == 0
+    assert fake_trakt.posts("/sync/history") == [] and rig.pending() == 0
     gets = [c.path for c in fake_trakt.calls if c.method == "GET"]
     assert gets == ["/search/imdb/tt2015381", "/sync/history/movies/28"]
     assert len(fake_trakt.history) == 1
 
 
 async def test_late_stop_not_in_history_is_added(rig: Rig, fake_trakt: FakeTrakt) -> None:
-    rig.outbox.add("stop", MOVIE, 95, time.time() - 1200, {"maybe_delivered": True})
+    rig.add("stop", MOVIE, 95, time.time() - 1200)
+    rig.store._db.execute("UPDATE outbox SET attempted = 1")
     await rig.drain()
     [history] = fake_trakt.posts("/sync/history")
     assert history.status == 201 and [k for k, _ in fake_trakt.history] == ["movie:28"]
@@ -386,7 +397,7 @@ async def test_dry_run_sends_nothing(fake_trakt: FakeTrakt, tmp_path: Path,
     rig = Rig(fake_trakt, tmp_path, options=Options(dry_run=True))
     rig.add("stop", MOVIE, 95)
     await rig.drain()
-    assert fake_trakt.calls == [] and rig.outbox.pending() == 0 and rig.counters.would_send == 1
+    assert fake_trakt.calls == [] and rig.pending() == 0 and rig.counters.would_send == 1
     out = capsys.readouterr()
     assert "trakt_would_send" in out.out + out.err
     await rig.close()

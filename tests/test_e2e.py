@@ -278,7 +278,7 @@ def test_first_run_from_empty_directory(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         cfg = tmp_path / "cwhook.yml"
-        wait_for(lambda: (tmp_path / "state" / "outbox.sqlite3").exists() or proc.poll() is not None,
+        wait_for(lambda: (tmp_path / "state" / "cwhook.sqlite3").exists() or proc.poll() is not None,
                  timeout=15)
         time.sleep(0.5)
     finally:
@@ -370,7 +370,7 @@ def test_healthz_fields(daemon_factory: Callable[..., Daemon], fake_trakt: FakeT
     health = d.health()
     assert health["status"] == "ok" and health["problems"] == []
     assert set(health) >= {"status", "version", "uptime_s", "queue_depth", "outbox", "trakt", "counts"}
-    assert set(health["outbox"]) == {"pending", "oldest_age_s"}
+    assert set(health["outbox"]) == {"pending", "oldest_age_s", "set_aside"}
     assert set(health["trakt"]) >= {"authorized", "dry_run", "token_expires_in_s", "last_success_at",
                                     "last_error"}
     assert set(health["counts"]) >= {"received", "queued", "ignored", "sent", "suppressed", "failed"}

@@ -1,4 +1,4 @@
-"""The worker and the daemon's supervision: one failure never silently stops scrobbling."""
+"""The worker and the daemon's supervision: nothing decided is lost, timers fire on time."""
 
 from __future__ import annotations
 
@@ -14,54 +14,190 @@ from cwhook.config import ScrobbleConfig, parse_config
 from cwhook.daemon import Daemon
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
-from cwhook.outbox import Outbox
-from cwhook.rules import Rules
-from cwhook.worker import Worker
+from cwhook.rules import Decision, Rules
+from cwhook.store import Store, StoreThread, StoreUnavailable
+from cwhook.worker import Item, Worker
 from tests.conftest import config_text, free_port
 
 MOVIE = Event(source="plex", action="start", kind="movie", title="X", ids=Ids(imdb="tt1"), user_name="a",
-              player_id="p", item_key="1", progress=1.0)
+              player_id="p", item_key="1", progress=1.0, duration_s=7200.0)
+PAUSE = replace(MOVIE, action="pause", progress=40.0)
+RESUME = replace(MOVIE, action="start", progress=40.0)
+STOP = replace(MOVIE, action="stop", progress=95.0)
+SETTINGS = ScrobbleConfig(pause_debounce_seconds=5)
 
 
-class BrokenOutbox(Outbox):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.broken = True
+class BrokenStore(Store):
+    """A store whose decisions cannot be committed until ``broken`` is cleared."""
 
-    def add(self, *args: Any, **kwargs: Any) -> int:
+    broken = True
+
+    def decide(self, *args: Any, **kwargs: Any) -> list[int]:
         if self.broken:
-            raise OSError(28, "No space left on device")
-        return super().add(*args, **kwargs)
+            raise StoreUnavailable("the state dir's disk is full")
+        return super().decide(*args, **kwargs)
 
 
-def test_outbox_write_failure_is_counted_and_the_worker_goes_on(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    outbox = BrokenOutbox(tmp_path / "o.sqlite3")
-    counters = Counters()
-    worker = Worker(asyncio.Queue(), Rules(ScrobbleConfig()), outbox, counters, lambda: None)
-    worker.step(MOVIE)
-    assert counters.failed == 1 and outbox.pending() == 0
-    text = capsys.readouterr()
-    assert "outbox_write_failed" in text.out + text.err
-    outbox.broken = False
-    worker.step(replace(MOVIE, item_key="2"))
-    assert outbox.pending() == 1
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_worker_drains_everything_queued_in_one_wake(tmp_path: Path) -> None:
-    async def scenario() -> int:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        outbox = Outbox(tmp_path / "o.sqlite3")
-        worker = Worker(queue, Rules(ScrobbleConfig()), outbox, Counters(), lambda: None)
-        for i in range(50):
-            queue.put_nowait(replace(MOVIE, item_key=str(i)))
-        task = asyncio.create_task(worker.run())
-        await asyncio.sleep(0)  # one scheduling turn of the worker
+class TimedWorker(Worker):
+    """Its waits take no real time: the fake clock jumps by the timeout the worker asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waits: list[float] = []
+
+    async def receive(self, timeout: float) -> Item | None:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        self.waits.append(timeout)
+        assert isinstance(self.clock, Clock)
+        self.clock.now += timeout
         await asyncio.sleep(0)
-        task.cancel()
-        return outbox.pending()
+        return None
 
-    assert asyncio.run(scenario()) == 50
+
+def ingest(store: Store, *events: Event) -> list[Item]:
+    return list(zip(store.ingest(list(events)), events, strict=True))
+
+
+def outbox(store: Store) -> list[tuple[str, float, float]]:
+    rows = store._db.execute("SELECT verb, progress, created_at FROM outbox ORDER BY id").fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def inbox_ids(store: Store) -> list[int]:
+    return [i for i, _ in store.undecided()]
+
+
+def make(tmp_path: Path, store_cls: type[Store] = Store, clock: Any = time.time,
+         worker_cls: type[Worker] = Worker) -> tuple[Worker, Store]:
+    store = store_cls(tmp_path / "state")
+    worker = worker_cls(asyncio.Queue(), Rules(SETTINGS), StoreThread(store), Counters(), lambda: None, clock)
+    return worker, store
+
+
+async def test_decisions_and_settled_inbox_rows_commit_together(tmp_path: Path) -> None:
+    clock = Clock()
+    worker, store = make(tmp_path, clock=clock)
+    items = ingest(store, replace(MOVIE, received_at=clock.now), replace(PAUSE, received_at=clock.now))
+    await worker.process(items)
+    # the start is decided and in the outbox; the held pause stays undecided in the inbox
+    assert outbox(store) == [("start", 1.0, clock.now)]
+    assert inbox_ids(store) == [items[1][0]]
+    # a stop supersedes the pause: both settle with the stop's outbox row
+    [stop] = ingest(store, STOP)
+    await worker.process([stop])
+    assert [v for v, _, _ in outbox(store)] == ["start", "stop"] and inbox_ids(store) == []
+
+
+async def test_a_commit_that_fails_is_retried_and_loses_nothing(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    worker, store = make(tmp_path, BrokenStore)
+    items = ingest(store, MOVIE)
+    task = asyncio.create_task(worker.process(items))
+    await asyncio.sleep(0.3)
+    assert not task.done() and inbox_ids(store) == [items[0][0]] and outbox(store) == []
+    assert "store_write_failed" in capsys.readouterr().out
+    BrokenStore.broken = False
+    try:
+        assert await asyncio.wait_for(task, 5)
+    finally:
+        BrokenStore.broken = True
+    assert [v for v, _, _ in outbox(store)] == ["start"] and inbox_ids(store) == []
+
+
+async def test_held_pause_is_sent_when_the_window_ends_not_later(tmp_path: Path) -> None:
+    clock = Clock()
+    worker, store = make(tmp_path, clock=clock, worker_cls=TimedWorker)
+    assert isinstance(worker, TimedWorker)
+    [item] = ingest(store, PAUSE)
+    worker.queue.put_nowait(item)
+    received = clock.now
+    task = asyncio.create_task(worker.run())
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if outbox(store):
+            break
+    task.cancel()
+    # the worker asked to wake exactly at the end of the debounce window, and sent the pause then
+    assert worker.waits[0] == pytest.approx(5.0)
+    assert outbox(store) == [("pause", 40.0, pytest.approx(received + 5.0))]
+    assert inbox_ids(store) == []
+
+
+async def test_a_failing_event_does_not_lose_the_timers_decisions(tmp_path: Path) -> None:
+    clock = Clock()
+    worker, store = make(tmp_path, clock=clock)
+    [held] = ingest(store, PAUSE)
+    await worker.process([held])
+    assert outbox(store) == [] and inbox_ids(store) == [held[0]]
+
+    def boom(event: Event, now: float) -> list[Decision]:
+        raise RuntimeError("bug in a rule")
+
+    worker.rules.handle = boom  # type: ignore[method-assign]
+    clock.now += 6
+    [odd] = ingest(store, replace(MOVIE, item_key="2"))
+    await worker.process([odd])
+    assert outbox(store) == [("pause", 40.0, clock.now)]
+    assert inbox_ids(store) == []  # the odd event is decided too (as an error), not replayed forever
+
+
+async def test_replay_after_a_crash_keeps_the_held_pause_and_its_window(tmp_path: Path) -> None:
+    clock = Clock()
+    worker, store = make(tmp_path, clock=clock)
+    t0 = clock.now
+    items = ingest(store, replace(MOVIE, received_at=t0), replace(PAUSE, received_at=t0 + 60))
+    await worker.process(items[:1])
+    # the process dies here: the pause was answered 202 but never decided
+    store.close()
+    clock.now = t0 + 62
+    worker, store = make(tmp_path, clock=clock)
+    await worker.replay(store.undecided())
+    assert outbox(store) == [("start", 1.0, t0)] and len(inbox_ids(store)) == 1  # still in its window
+    assert worker.rules.next_deadline() == pytest.approx(t0 + 65)
+    clock.now = t0 + 66
+    await worker.process([])
+    assert outbox(store)[-1] == ("pause", 40.0, t0 + 66) and inbox_ids(store) == []
+
+
+async def test_replay_of_a_pause_whose_window_passed_sends_it_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    worker, store = make(tmp_path, clock=clock)
+    ingest(store, replace(PAUSE, received_at=clock.now - 3600))
+    await worker.replay(store.undecided())
+    assert [v for v, _, _ in outbox(store)] == ["pause"] and inbox_ids(store) == []
+
+
+async def test_worker_drains_everything_queued_in_one_wake(tmp_path: Path) -> None:
+    worker, store = make(tmp_path)
+    items = ingest(store, *[replace(MOVIE, item_key=str(i)) for i in range(50)])
+    for item in items:
+        worker.queue.put_nowait(item)
+    task = asyncio.create_task(worker.run())
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(outbox(store)) == 50:
+            break
+    task.cancel()
+    assert len(outbox(store)) == 50 and inbox_ids(store) == []
+
+
+async def test_drain_at_shutdown_sends_held_pauses(tmp_path: Path) -> None:
+    worker, store = make(tmp_path)
+    [held] = ingest(store, PAUSE)
+    await worker.process([held])
+    [start] = ingest(store, replace(MOVIE, item_key="9"))
+    worker.queue.put_nowait(start)
+    await worker.drain()
+    assert sorted(v for v, _, _ in outbox(store)) == ["pause", "start"] and inbox_ids(store) == []
 
 
 def test_a_crashed_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> None:
