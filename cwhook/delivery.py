@@ -33,6 +33,7 @@ log = logs.get("cwhook.delivery")
 LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = 300.0
+STORE_RETRY = 5.0  # the state file could not be written (disk full, locked): try again soon
 LOCAL_RETRY = 30.0  # a failure that is not Trakt's: try again soon, set aside after 3
 
 
@@ -152,6 +153,16 @@ class Lane:
         self.wake.set()
 
     async def deliver_one(self, entry: Entry) -> None:
+        """One attempt at one entry; never raises (the store may fail at any step)."""
+        try:
+            await self._deliver_one(entry)
+        except StoreUnavailable as exc:
+            # Nothing is lost: the entry is still in the file (attempted, if Trakt was called)
+            # and is tried again; a watched stop then meets Trakt's 409 or the history check.
+            log.error("store_write_failed", error=str(exc), retry_in_s=STORE_RETRY, entry=entry.id)
+            await asyncio.sleep(STORE_RETRY)
+
+    async def _deliver_one(self, entry: Entry) -> None:
         ctx = {"entry": entry.id, "verb": entry.verb, "item": entry.event.label(),
                "session": entry.event.session_key, "attempt": entry.attempts + 1}
         if self.account != DEFAULT_ACCOUNT:
@@ -167,10 +178,8 @@ class Lane:
             loud = exc.status in (420, 423)
             (log.error if loud else log.warning)("trakt_failed", error=str(exc), final=True, **ctx)
             return
-        except StoreUnavailable as exc:
-            log.error("store_write_failed", error=str(exc), retry_in_s=MAX_DEFER, **ctx)
-            await asyncio.sleep(MAX_DEFER)
-            return
+        except StoreUnavailable:
+            raise
         except TraktError as exc:  # transient, rate limited, or a 401 a refresh could not cure
             delay = min(MAX_DEFER, 5.0 * 2 ** min(entry.attempts, 10))
             await self.db.call(self.store.reschedule, entry.id, self.clock() + delay, str(exc))
@@ -320,7 +329,8 @@ class Lane:
                        dry: bool) -> Outcome:
         if dry:
             return Outcome("dry_run")
-        await self.db.call(self.store.match_put, key, form, self.clock())
+        with contextlib.suppress(StoreUnavailable):  # only a cache: the call itself succeeded
+            await self.db.call(self.store.match_put, key, form, self.clock())
         detail: dict[str, Any] = {"status": resp.status}
         if isinstance(resp.data, dict) and "action" in resp.data:
             detail["trakt_action"] = resp.data["action"]

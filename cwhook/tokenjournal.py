@@ -40,21 +40,33 @@ class TokenJournal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / FILE_NAME
 
-    def append(self, account: str, pair: Pair) -> None:
-        """One line, fsynced (and the directory, when the file is new)."""
+    def append(self, account: str, pair: Pair, fsync: bool = True) -> int:
+        """One line (a single write, so a crash leaves it whole or torn, never mixed), fsynced
+        unless ``fsync`` is False: then the caller runs ``sync`` (off the event loop). Once the
+        write returned, the pair survives the death of the process; the fsync covers power loss.
+        """
         line = json.dumps({"account": account, "access_token": pair.access_token,
                            "refresh_token": pair.refresh_token, "expires_at": pair.expires_at,
                            "written_at": round(time.time(), 3)}) + "\n"
-        new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode("utf-8"))
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if fsync:
+            self.sync()
+        return size
+
+    def sync(self) -> None:
+        """fsync the journal and its directory; compact it when it has grown."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
             os.fsync(fd)
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        if new:
-            _fsync_dir(self.path.parent)
+        _fsync_dir(self.path.parent)
         if size > COMPACT_AT:
             with contextlib.suppress(OSError):
                 self._compact()

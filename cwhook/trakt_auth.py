@@ -120,7 +120,11 @@ class TraktAuth:
         """
         mine = self._t.pair
         theirs = _Tokens.of(trakt)
-        if mine.access_token and theirs.access_token and mine.expires_at > theirs.expires_at:
+        # A pair we could not save yet is known to be newer than the file's, even within the
+        # same second; otherwise the file wins unless it is older.
+        ours_newer = mine.expires_at > theirs.expires_at or (
+            self.unsaved is not None and mine.expires_at == theirs.expires_at)
+        if mine.access_token and theirs.access_token and ours_newer and mine != theirs.pair:
             theirs.use(mine)  # ours is newer: keep it, and bring the file up to date
             if self.unsaved is None:
                 self.unsaved = "the file holds an older token pair"
@@ -212,7 +216,10 @@ class TraktAuth:
                 pair = pair_of(data, self.clock())
                 if self.journal is not None:  # first of all: the old refresh token is dead now
                     try:
-                        await asyncio.to_thread(self.journal.append, self.account, pair)
+                        # The write itself right here (microseconds, page cache): no thread hop
+                        # between Trakt's answer and the pair being safe from a SIGKILL.
+                        self.journal.append(self.account, pair, fsync=False)
+                        await asyncio.to_thread(self.journal.sync)
                     except OSError as exc:
                         log.error("token_journal_write_failed", error=str(exc),
                                   path=str(self.journal.path))

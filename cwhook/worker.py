@@ -26,7 +26,7 @@ log = logs.get("cwhook.worker")
 NOT_SUPPRESSED = {"sent", "demoted_to_pause", "promoted_to_stop", "debounced", "progress_noted"}
 MAX_IDLE_WAIT = 60.0
 MAX_BATCH = 500
-COMMIT_RETRY_MAX = 30.0
+COMMIT_RETRY_MAX = 5.0
 
 Item = tuple[int, Event]  # (inbox id, event)
 

@@ -107,6 +107,9 @@ class FakeTrakt:
         self.device_script: list[int] = []
         self.device_polls = 0
         self.refresh_count = 0
+        self.refreshed_at: list[float] = []  # when each successful refresh was answered
+        self.answer_delay = 0.0  # seconds between acting on a call and answering it
+        self.answer_delay_prefix = "/"  # ...only for paths starting with this
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -122,6 +125,21 @@ class FakeTrakt:
         self.access_tokens[access] = expires
         self.refresh_tokens.add(refresh)
         return access, refresh, expires
+
+    def add_movies(self, count: int, first: int = 0) -> list[Movie]:
+        """Numbered movies (imdb tt9000000+i, trakt 900000+i) for counting per item."""
+        made = [Movie(f"Counted Movie {i}", 2001, {"trakt": 900000 + i, "imdb": f"tt{9000000 + i}"})
+                for i in range(first, first + count)]
+        self.movies.extend(made)
+        return made
+
+    def history_counts(self) -> dict[str, int]:
+        """How many plays each item has in the history."""
+        counts: dict[str, int] = {}
+        with self.lock:
+            for key, _ in self.history:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     @property
     def url(self) -> str:
@@ -222,6 +240,9 @@ class FakeTrakt:
         self._current = call
         response = await handler(request)
         call.status = response.status
+        if self.answer_delay and request.path.startswith(self.answer_delay_prefix):
+            # Trakt has acted (history recorded, token rotated); the answer is still on its way.
+            await asyncio.sleep(self.answer_delay)
         if isinstance(response, web.Response) and response.body is not None:
             import json
 
@@ -406,7 +427,11 @@ class FakeTrakt:
         self.refresh_tokens.discard(token)
         self.used_refresh_tokens.add(token)
         self.refresh_count += 1
-        return web.json_response(self._token_answer())
+        answer = web.json_response(self._token_answer())
+        await answer.prepare(request)
+        await answer.write_eof()  # the new pair has left; the old refresh token is dead
+        self.refreshed_at.append(time.time())
+        return answer
 
     async def device_code(self, request: web.Request) -> web.Response:
         body = self._current.body or {}

@@ -29,7 +29,7 @@ from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
 PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt"}
 
 
-def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None) -> "QueueRuntime":
+def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None) -> QueueRuntime:
     text = config_text(8787, Path("/tmp/state"), plex_extra=extra)
     if max_body:
         text = text.replace("  port: 8787", f"  port: 8787\n  max_body_bytes: {max_body}")

@@ -1,0 +1,365 @@
+"""A 202 is a promise: the real process, killed and starved at varied moments, counted per item.
+
+Every round posts watched stops for numbered movies to a real `cwhook run`, breaks the
+world (SIGKILL mid-burst, mid-delivery, mid-refresh; a full disk; a database locked by
+another program), lets it recover, then counts per item what reached the fake Trakt:
+lost (answered 202, never in the history) and doubled (in the history twice) must be 0.
+
+CWHOOK_KILL_ROUNDS=N runs N rounds of each kill test instead of the CI default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cwhook.event import Event, Ids
+from cwhook.store import NewEntry, Store
+from tests.conftest import TOKENS, Daemon, config_text, free_port, wait_for
+from tests.faketrakt import FakeTrakt
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = int(os.environ.get("CWHOOK_KILL_ROUNDS", "4"))
+FAST_ENV = {"CWHOOK_POST_INTERVAL": "0"}
+
+
+def plex_stop(i: int, percent: float = 95.0, title: str | None = None) -> bytes:
+    """A Plex stop of numbered movie i (its own session) at ``percent``."""
+    return json.dumps({
+        "event": "media.stop", "user": True, "owner": True,
+        "Account": {"id": 1, "title": "alice"},
+        "Server": {"title": "srv", "uuid": "srv-uuid"},
+        "Player": {"local": True, "title": "tv", "uuid": "player-1"},
+        "Metadata": {"type": "movie", "title": title or f"Counted Movie {i}", "year": 2001,
+                     "ratingKey": str(50000 + i), "Guid": [{"id": f"imdb://tt{9000000 + i}"}],
+                     "viewOffset": int(7_200_000 * percent / 100), "duration": 7_200_000},
+    }).encode()
+
+
+def post(port: int, body: bytes, timeout: float = 10) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/webhook/plextrakt?{TOKENS['plex']}",
+                                 data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0  # the process died under the request: not acknowledged
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTrakt]:
+    fake = FakeTrakt().start()
+    fake.rate_limit = False  # these tests pace nothing (CWHOOK_POST_INTERVAL=0)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+class Rig:
+    """One config and state dir; daemons started and killed on it in turn."""
+
+    def __init__(self, tmp: Path, fake: FakeTrakt, state_dir: Path | None = None,
+                 lifetime: int | None = None) -> None:
+        self.fake = fake
+        self.port = free_port()
+        self.path = tmp / "cwhook.yml"
+        self.state = state_dir or tmp / "state"
+        access, refresh, expires = fake.issue_tokens(lifetime)
+        self.path.write_text(config_text(self.port, self.state, fake.url, access, refresh, expires))
+        self.daemons: list[Daemon] = []
+
+    def start(self, wait: bool = True) -> Daemon:
+        d = Daemon(self.path, self.port, env=FAST_ENV)
+        self.daemons.append(d)
+        return d.start(wait)
+
+    def kill(self, d: Daemon) -> None:
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+
+    def cleanup(self) -> None:
+        for d in self.daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(d.logs() for d in self.daemons)
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path, fake: FakeTrakt) -> Iterator[Callable[..., Rig]]:
+    made: list[Rig] = []
+
+    def make(**kwargs: Any) -> Rig:
+        r = Rig(tmp_path, fake, **kwargs)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.cleanup()
+
+
+def burst(port: int, items: range, threads: int = 4) -> dict[int, int]:
+    """Post one stop per item from several threads at once; the status each got."""
+    statuses: dict[int, int] = {}
+    todo = list(items)
+    lock = threading.Lock()
+
+    def run() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop(0)
+            statuses[i] = post(port, plex_stop(i), timeout=5)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    return statuses
+
+
+def count(fake: FakeTrakt, acked: set[int]) -> tuple[list[int], list[int]]:
+    """(lost, doubled) numbered movies."""
+    counts = fake.history_counts()
+    lost = [i for i in sorted(acked) if counts.get(f"movie:{900000 + i}", 0) == 0]
+    doubled = [i for i in sorted(acked) if counts.get(f"movie:{900000 + i}", 0) > 1]
+    return lost, doubled
+
+
+def test_sigkill_mid_burst_and_mid_delivery_loses_and_doubles_nothing(
+        rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    rng = random.Random(9)
+    per_round = 40
+    fake.add_movies(per_round * ROUNDS * 2)
+    rig = rig_factory()
+    acked: set[int] = set()
+    first = 0
+    for round_no in range(ROUNDS * 2):
+        mid_delivery = round_no % 2 == 1
+        # mid-delivery rounds: Trakt records each stop but answers slowly, so kills land in calls
+        fake.answer_delay = 0.15 if mid_delivery else 0.0
+        d = rig.start()
+        items = range(first, first + per_round)
+        first += per_round
+        result: dict[int, int] = {}
+        poster = threading.Thread(target=lambda items=items, result=result: result.update(burst(rig.port, items)))
+        poster.start()
+        if mid_delivery:
+            before = len(fake.posts("/scrobble/stop"))
+            wait_for(lambda before=before: len(fake.posts("/scrobble/stop")) >= before + rng.randint(2, 8),
+                     timeout=20, interval=0.005)
+        else:
+            time.sleep(rng.uniform(0.05, 0.5))
+        rig.kill(d)
+        poster.join(30)
+        acked |= {i for i, status in result.items() if status == 202}
+        assert set(result.values()) <= {202, 0}, result
+    fake.answer_delay = 0.0
+    d = rig.start()
+    wait_for(lambda: not count(fake, acked)[0], timeout=60)
+    lost, doubled = count(fake, acked)
+    assert len(acked) > per_round  # the kills did not stop everything from being answered
+    assert lost == [] and doubled == [], rig.logs()[-3000:]
+    assert d.stop() == 0
+
+
+def test_sigkill_during_late_history_delivery_never_doubles_a_play(
+        rig_factory: Callable[..., Rig], fake: FakeTrakt, tmp_path: Path) -> None:
+    """Late watched stops go to /sync/history, which does not deduplicate: killed mid-call,
+    the replay must ask the history first."""
+    rng = random.Random(11)
+    movies = 30
+    fake.add_movies(movies)
+    rig = rig_factory()
+    store = Store(rig.state)
+    old = time.time() - 1800  # older than the 10 minutes a stop may wait for /scrobble/stop
+    for i in range(movies):
+        event = Event(source="plex", action="stop", kind="movie", title=f"Counted Movie {i}", year=2001,
+                      ids=Ids(imdb=f"tt{9000000 + i}"), user_name="alice", player_id="p",
+                      item_key=str(i), received_at=old)
+        store.add(NewEntry("stop", event, 95.0, old + i))
+    store.close()
+    fake.answer_delay = 0.25
+    fake.answer_delay_prefix = "/sync/history"
+    kills = 0
+    while kills < ROUNDS:
+        before = len(fake.posts("/sync/history"))
+        d = rig.start()
+        if d.health()["outbox"]["pending"] == 0:
+            break
+        wait_for(lambda before=before: len(fake.posts("/sync/history")) > before, timeout=20, interval=0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        rig.kill(d)
+        kills += 1
+    assert kills >= 2
+    fake.answer_delay = 0.0
+    d = rig.start()
+    acked = set(range(movies))
+    wait_for(lambda: not count(fake, acked)[0] and d.health()["outbox"]["pending"] == 0, timeout=60)
+    assert count(fake, acked) == ([], [])
+    assert fake.posts("/sync/history") and any("/sync/history/movies/" in c.path for c in fake.calls)
+    assert d.stop() == 0
+
+
+def test_sigkill_during_token_refresh_never_locks_the_user_out(
+        rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    """Every pair the fake issues is due for refresh at once, so every start refreshes;
+    each start is killed a few milliseconds after Trakt answered (and retired the old token)."""
+    rng = random.Random(5)
+    fake.token_lifetime = 1800  # under the refresh margin: due at once
+    rig = rig_factory(lifetime=1800)
+    rounds = max(ROUNDS * 3, 10)
+    for _ in range(rounds):
+        done = len(fake.refreshed_at)
+        d = rig.start(wait=False)
+        wait_for(lambda done=done: len(fake.refreshed_at) > done, timeout=20, interval=0.001)
+        time.sleep(max(0.0, fake.refreshed_at[-1] + rng.uniform(0.002, 0.04) - time.time()))
+        rig.kill(d)
+    fake.token_lifetime = 86400
+    d = rig.start()
+    wait_for(lambda: len(fake.refreshed_at) > rounds, timeout=20)
+    refreshes = [c for c in fake.calls if c.path == "/oauth/token"]
+    lockouts = [c for c in refreshes if c.status == 400]
+    assert lockouts == [], f"{len(lockouts)} of {len(refreshes)} refreshes used a retired token"
+    assert post(rig.port, plex_stop(0, title="Guardians of the Galaxy").replace(
+        b"tt9000000", b"tt2015381")) == 202
+    wait_for(lambda: fake.watched_stops(), timeout=15)
+    health = d.health()
+    assert health["status"] == "ok" and health["trakt"]["needs_auth"] is None
+    # the file caught up with the newest pair
+    text = rig.path.read_text()
+    assert any(token in text for token in fake.refresh_tokens)
+    assert d.stop() == 0
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 4096)
+    return filler
+
+
+def test_full_disk_answers_503_and_loses_nothing(rig_factory: Callable[..., Rig], fake: FakeTrakt,
+                                                 tmp_path: Path) -> None:
+    state = tmp_path / "tmpfs-state"
+    if os.geteuid() != 0 or not _mount_tmpfs(state, "3m"):
+        pytest.skip("needs root and mount(8) for a small tmpfs (CI runs as root)")
+    try:
+        fake.add_movies(150)
+        rig = rig_factory(state_dir=state)
+        d = rig.start()
+        assert burst(rig.port, range(0, 10)) == dict.fromkeys(range(10), 202)
+        filler = _fill(state)
+        statuses = burst(rig.port, range(10, 150), threads=4)
+        refused = [i for i, s in statuses.items() if s == 503]
+        assert refused, "the disk was full but every event was answered 202"
+        assert set(statuses.values()) <= {202, 503}
+        health = d.health()
+        assert health["status"] == "degraded" and "store_unavailable" in health["problems"]
+        acked = set(range(10)) | {i for i, s in statuses.items() if s == 202}
+        filler.unlink()
+        # room again: the events answered 202 meanwhile are all delivered, exactly once
+        wait_for(lambda: not count(fake, acked)[0], timeout=60)
+        assert count(fake, acked) == ([], [])
+        assert post(rig.port, plex_stop(refused[0])) == 202  # the client's retry now succeeds
+        rig.kill(d)  # and a SIGKILL after a full disk still loses nothing
+        d = rig.start()
+        wait_for(lambda: count(fake, acked | {refused[0]})[0] == [], timeout=30)
+        assert count(fake, acked | {refused[0]}) == ([], [])
+        assert d.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=10)
+
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def test_database_locked_by_another_program(rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    fake.add_movies(30)
+    rig = rig_factory()
+    d = rig.start()
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(rig.state / "cwhook.sqlite3"), "6"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        result: dict[int, int] = {}
+        poster = threading.Thread(target=lambda: result.update(burst(rig.port, range(0, 30), threads=3)))
+        poster.start()
+        slowest = 0.0
+        for _ in range(20):  # /healthz never waits on the database
+            started = time.monotonic()
+            d.health()
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.1)
+        assert slowest < 0.1, f"/healthz took {slowest * 1000:.0f} ms while the database was locked"
+        poster.join(30)
+        assert 503 in result.values() and set(result.values()) <= {202, 503}
+    finally:
+        locker.wait(20)
+    acked = {i for i, s in result.items() if s == 202}
+    retried = {i for i, s in result.items() if s == 503}
+    for i in retried:  # what the media server does with a 503: send it again
+        assert post(rig.port, plex_stop(i)) == 202
+    wait_for(lambda: not count(fake, acked | retried)[0], timeout=60)
+    assert count(fake, acked | retried) == ([], [])
+    assert d.stop() == 0
+
+
+def test_an_entry_that_cannot_be_delivered_blocks_no_other(rig_factory: Callable[..., Rig],
+                                                           fake: FakeTrakt) -> None:
+    """A movie with no ids and a lone surrogate in its title, then ordinary stops behind it."""
+    fake.add_movies(5)
+    rig = rig_factory()
+    d = rig.start()
+    poison = json.loads(plex_stop(99))
+    poison["Metadata"]["Guid"] = []
+    poison["Metadata"]["title"] = "Bad \ud800 title"
+    assert post(rig.port, json.dumps(poison).encode()) == 202
+    fake.answer_delay = 0.0
+    for i in range(5):
+        assert post(rig.port, plex_stop(i)) == 202
+    wait_for(lambda: not count(fake, set(range(5)))[0], timeout=20)
+    assert count(fake, set(range(5))) == ([], [])
+    assert d.stop() == 0

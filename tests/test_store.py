@@ -1,0 +1,174 @@
+"""The store: inbox, outbox lanes per session, set-aside, migration of the 0.1 outbox file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cwhook.delivery import Lane, Options
+from cwhook.event import Event, Ids
+from cwhook.health import Counters
+from cwhook.store import NewEntry, Store, StoreThread, StoreUnavailable
+from cwhook.trakt import TraktClient
+from tests.faketrakt import FakeTrakt
+
+MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
+              ids=Ids(imdb="tt2015381"), user_name="alice", player_id="tv", item_key="1",
+              duration_s=7200.0)
+
+# The schema of cwhook 0.1's outbox.sqlite3, as that version created it.
+LEGACY_SCHEMA = """
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL, verb TEXT NOT NULL,
+    progress REAL NOT NULL, event TEXT NOT NULL, extra TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT);
+CREATE TABLE matches (identity TEXT PRIMARY KEY, form TEXT NOT NULL, used_at REAL NOT NULL);
+"""
+
+
+def test_state_dir_and_file_are_private(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state")
+    store.close()
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "cwhook.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_legacy_outbox_file_is_migrated_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(str(state / "outbox.sqlite3"))
+    old.executescript(LEGACY_SCHEMA)
+    old.execute("INSERT INTO outbox (created_at, verb, progress, event, attempts, last_error)"
+                " VALUES (?, 'stop', 95, ?, 2, '503: outage')", (1000.0, json.dumps(MOVIE.to_dict())))
+    old.execute("INSERT INTO outbox (created_at, verb, progress, event) VALUES (?, 'start', 5, ?)",
+                (1001.0, json.dumps(replace(MOVIE, item_key="2").to_dict())))
+    old.execute("INSERT INTO matches VALUES ('movie|imdb=tt2015381', '{\"movie\": {\"ids\": {\"trakt\": 28}}}', 1)")
+    old.commit()
+    old.close()
+    store = Store(state)
+    heads = store.heads("default")
+    assert [(e.verb, e.progress, e.created_at, e.attempts, e.attempted) for e in heads] == [
+        ("stop", 95, 1000.0, 2, True), ("start", 5, 1001.0, 0, False)]
+    assert heads[0].event == MOVIE and heads[0].session == MOVIE.session_key
+    assert store.match_get("movie|imdb=tt2015381") == {"movie": {"ids": {"trakt": 28}}}
+    store.close()
+    assert not (state / "outbox.sqlite3").exists() and (state / "outbox.sqlite3.migrated").exists()
+    store = Store(state)  # a second start migrates nothing again
+    assert len(store.heads("default")) == 2
+    store.close()
+
+
+def test_heads_keep_order_per_session_only(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    a1 = store.add(NewEntry("start", MOVIE, 5, 1))
+    b1 = store.add(NewEntry("start", replace(MOVIE, item_key="2"), 5, 2))
+    store.add(NewEntry("stop", MOVIE, 95, 3))
+    assert [e.id for e in store.heads("default")] == [a1, b1]
+    store.remove(a1)
+    assert [e.verb for e in store.heads("default")] == ["start", "stop"]
+    assert store.heads("anna") == []
+
+
+def test_set_aside_after_three_local_failures_then_the_session_goes_on(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = store.add(NewEntry("start", MOVIE, 5, 1))
+    store.add(NewEntry("stop", MOVIE, 95, 2))
+    assert not store.reschedule(first, 0, "503", local_failure=False)
+    assert not store.reschedule(first, 0, "bug", local_failure=True)
+    assert not store.reschedule(first, 0, "bug", local_failure=True)
+    assert store.reschedule(first, 0, "bug", local_failure=True)
+    assert [e.verb for e in store.heads("default")] == ["stop"]
+    assert store.stats.set_aside == 1 and store.stats.pending == 2
+    assert [e.id for e in store.set_aside_entries()] == [first]
+
+
+def test_lone_surrogates_never_break_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    odd = replace(MOVIE, ids=Ids(), title="Bad \ud800 title", item_key="x\udfff")
+    [seq] = store.ingest([odd])
+    entry_id = store.add(NewEntry("stop", odd, 95, 1))
+    store.match_put(odd.identity, {"movie": {"title": "Bad \ud800"}}, 1)
+    assert store.match_get(odd.identity) is not None
+    assert store.undecided()[0][0] == seq and store.get(entry_id) is not None
+
+
+def test_store_errors_are_store_unavailable(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    other = sqlite3.connect(str(tmp_path / "cwhook.sqlite3"), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    store._db.execute("PRAGMA busy_timeout=50")
+    with pytest.raises(StoreUnavailable, match="locked by another program"):
+        store.ingest([MOVIE])
+    other.execute("COMMIT")
+    assert store.ingest([MOVIE])
+
+
+async def test_group_commit_answers_in_order(tmp_path: Path) -> None:
+    db = StoreThread(Store(tmp_path))
+    seen: list[int] = []
+    ids = await asyncio.gather(*[db.ingest(replace(MOVIE, item_key=str(i)), lambda s, e: seen.append(s))
+                                 for i in range(50)])
+    assert list(ids) == sorted(ids) == seen and len(set(ids)) == 50
+    db.close()
+
+
+async def test_lane_delivers_other_sessions_while_one_is_deferred(tmp_path: Path, fake_trakt: FakeTrakt) -> None:
+    access, _, _ = fake_trakt.issue_tokens()
+    fake_trakt.rate_limit = False
+    store = Store(tmp_path)
+    db = StoreThread(store)
+    client = TraktClient(fake_trakt.url, lambda: ("test-client-id", access))
+    lane = Lane("default", client, db, Counters(), lambda: Options(), lambda: None)
+    stuck = store.add(NewEntry("start", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"),
+                                                 item_key="9"), 5, time.time()))
+    store.reschedule(stuck, time.time() + 3600, "503")  # its session waits an hour
+    store.add(NewEntry("stop", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"), item_key="9"),
+                       95, time.time()))
+    store.add(NewEntry("stop", MOVIE, 95, time.time()))
+    task = asyncio.create_task(lane.run())
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if fake_trakt.watched_stops():
+                break
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+    assert [c.body["movie"]["ids"] for c in fake_trakt.scrobbles()] == [{"imdb": "tt2015381"}]
+    assert [e.verb for e in store.heads("default")] == ["start"]  # the stuck session kept its order
+    db.close()
+
+
+async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, fake_trakt: FakeTrakt,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import cwhook.delivery
+
+    access, _, _ = fake_trakt.issue_tokens()
+    store = Store(tmp_path)
+    db = StoreThread(store)
+    client = TraktClient(fake_trakt.url, lambda: ("test-client-id", access))
+    counters = Counters()
+    lane = Lane("default", client, db, counters, lambda: Options(), lambda: None)
+    store.add(NewEntry("stop", MOVIE, 95, time.time()))
+    real = cwhook.delivery.tb.scrobble_body
+
+    def broken(*args: Any) -> Any:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(cwhook.delivery.tb, "scrobble_body", broken)
+    for _ in range(3):
+        entry = store.heads("default")[0]
+        await lane.deliver_one(entry)
+    assert store.heads("default") == [] and store.stats.set_aside == 1 and counters.failed == 1
+    monkeypatch.setattr(cwhook.delivery.tb, "scrobble_body", real)
+    await client.close()
+    db.close()
+    assert os.path.exists(tmp_path / "cwhook.sqlite3")
