@@ -104,7 +104,8 @@ async def test_a_commit_that_fails_is_retried_and_loses_nothing(tmp_path: Path,
     task = asyncio.create_task(worker.process(items))
     await asyncio.sleep(0.3)
     assert not task.done() and inbox_ids(store) == [items[0][0]] and outbox(store) == []
-    assert "store_write_failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "store_write_failed" in captured.out + captured.err
     BrokenStore.broken = False
     try:
         assert await asyncio.wait_for(task, 5)
