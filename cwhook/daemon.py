@@ -21,7 +21,7 @@ from cwhook.event import Event
 from cwhook.health import Counters
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
-from cwhook.store import DEFAULT_ACCOUNT, Store, StoreThread, StoreUnavailable
+from cwhook.store import DEFAULT_ACCOUNT, AsyncStore, Store, StoreUnavailable
 from cwhook.tokenjournal import TokenJournal
 from cwhook.trakt import TraktClient
 from cwhook.trakt_auth import TraktAuth
@@ -56,7 +56,7 @@ class Daemon:
         self._admitting = 0
         self._unavailable: tuple[float, str] | None = None
         self.rules = Rules(config.scrobble)
-        self.db = StoreThread(Store(config.state_dir))
+        self.db = AsyncStore(Store(config.state_dir))
         self.store = self.db.store
         self.journal = TokenJournal(config.state_dir)
         self.auth = TraktAuth(config.path, config.trakt, journal=self.journal)
@@ -255,6 +255,7 @@ class Daemon:
             asyncio.create_task(self.lane.run(), name="sender"),
             asyncio.create_task(self._watch_config(), name="config-watch"),
             asyncio.create_task(self._refresh_tokens(), name="token-refresh"),
+            asyncio.create_task(self.db.checkpoints(), name="checkpoints"),
         ]
         interval = self.notifier.watchdog_interval()
         if interval:

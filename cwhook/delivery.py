@@ -25,7 +25,7 @@ from cwhook import logs
 from cwhook import trakt_bodies as tb
 from cwhook.event import Event
 from cwhook.health import Counters
-from cwhook.store import DEFAULT_ACCOUNT, Entry, NewEntry, StoreThread, StoreUnavailable
+from cwhook.store import DEFAULT_ACCOUNT, AsyncStore, Entry, NewEntry, StoreUnavailable
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
 
 log = logs.get("cwhook.delivery")
@@ -79,7 +79,7 @@ class Lane:
         self,
         account: str,
         client: TraktClient,
-        db: StoreThread,
+        db: AsyncStore,
         counters: Counters,
         options: Callable[[], Options],
         needs_auth: Callable[[], str | None],

@@ -18,7 +18,7 @@ from cwhook import logs
 from cwhook.event import Event
 from cwhook.health import Counters
 from cwhook.rules import Decision, Rules
-from cwhook.store import NewEntry, StoreThread, StoreUnavailable
+from cwhook.store import AsyncStore, NewEntry, StoreUnavailable
 
 log = logs.get("cwhook.worker")
 
@@ -36,7 +36,7 @@ class Worker:
         self,
         queue: asyncio.Queue[Item],
         rules: Rules,
-        db: StoreThread,
+        db: AsyncStore,
         counters: Counters,
         wake_sender: Callable[[], None],
         clock: Callable[[], float] = time.time,
@@ -49,6 +49,7 @@ class Worker:
         self.clock = clock
         # Inbox ids of the events the rules hold (pending pauses), by the event object.
         self._held: dict[int, tuple[int, Event]] = {}
+        self._upto = 0  # the newest inbox id taken from the queue
 
     # --- deciding (no I/O but the log) ------------------------------------------------
 
@@ -92,26 +93,28 @@ class Worker:
             log.info("decision", **fields)
         return out
 
-    def settle(self, batch: list[Item]) -> set[int]:
-        """Inbox ids that are finally decided after this batch (all but what the rules hold)."""
-        candidates = dict(self._held)
+    def settle(self, batch: list[Item]) -> tuple[int, set[int]]:
+        """What is finally decided after this batch: every inbox row up to the newest one
+        taken (rows come in order), except those the rules still hold."""
         for seq, event in batch:
-            candidates[id(event)] = (seq, event)
+            self._held[id(event)] = (seq, event)
+            self._upto = max(self._upto, seq)
         held = {id(e) for e in self.rules.held_events()}
-        self._held = {k: v for k, v in candidates.items() if k in held}
-        return {seq for k, (seq, _) in candidates.items() if k not in held}
+        self._held = {k: v for k, v in self._held.items() if k in held}
+        return self._upto, {seq for seq, _ in self._held.values()}
 
     # --- committing -----------------------------------------------------------------
 
-    async def commit(self, entries: list[NewEntry], settled: set[int], once: bool = False) -> bool:
+    async def commit(self, entries: list[NewEntry], settled: tuple[int, set[int]],
+                     once: bool = False) -> bool:
         """Store the decisions; retried until the store takes them (they are in the inbox meanwhile)."""
         delay = 0.5
         while True:
             try:
-                await self.db.call(self.db.store.decide, entries, settled)
+                await self.db.call(self.db.store.decide, entries, *settled)
             except StoreUnavailable as exc:
                 log.error("store_write_failed", error=str(exc), retry_in_s=None if once else delay,
-                          events=len(settled), note="the events wait in the inbox")
+                          note="the events wait in the inbox")
                 if once:
                     return False
                 await asyncio.sleep(delay)

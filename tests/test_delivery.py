@@ -14,7 +14,7 @@ from cwhook.config import TraktConfig
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
-from cwhook.store import Entry, NewEntry, Store, StoreThread
+from cwhook.store import AsyncStore, Entry, NewEntry, Store
 from cwhook.trakt import RetryPolicy, TraktClient
 from cwhook.trakt_auth import TraktAuth
 from tests.conftest import fixture_bytes
@@ -53,7 +53,7 @@ class Rig:
         self.auth = TraktAuth(self.path, trakt)
         self.client = TraktClient(fake.url, self.auth.tokens, self.auth.refresh, policy, timeout=timeout)
         self.store = Store(tmp / "state")
-        self.db = StoreThread(self.store)
+        self.db = AsyncStore(self.store)
         self.counters = Counters()
         self.opts = options or Options()
         self.lane = Lane("default", self.client, self.db, self.counters, lambda: self.opts,
@@ -254,7 +254,7 @@ async def test_episode_by_ids_then_show_then_search(rig: Rig, fake_trakt: FakeTr
     # remembered across a restart: a new lane on the same state file
     rig.db.close()
     rig.store = Store(rig.store.path.parent)
-    rig.db = StoreThread(rig.store)
+    rig.db = AsyncStore(rig.store)
     fresh = Lane("default", rig.client, rig.db, rig.counters, lambda: rig.opts, lambda: None)
     rig.add("stop", ev, 95)
     entry = rig.head()

@@ -16,7 +16,7 @@ import pytest
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
-from cwhook.store import NewEntry, Store, StoreThread, StoreUnavailable
+from cwhook.store import AsyncStore, NewEntry, Store, StoreUnavailable
 from cwhook.trakt import TraktClient
 from tests.faketrakt import FakeTrakt
 
@@ -111,7 +111,7 @@ def test_store_errors_are_store_unavailable(tmp_path: Path) -> None:
 
 
 async def test_group_commit_answers_in_order(tmp_path: Path) -> None:
-    db = StoreThread(Store(tmp_path))
+    db = AsyncStore(Store(tmp_path))
     seen: list[int] = []
     ids = await asyncio.gather(*[db.ingest(replace(MOVIE, item_key=str(i)), lambda s, e: seen.append(s))
                                  for i in range(50)])
@@ -123,7 +123,7 @@ async def test_lane_delivers_other_sessions_while_one_is_deferred(tmp_path: Path
     access, _, _ = fake_trakt.issue_tokens()
     fake_trakt.rate_limit = False
     store = Store(tmp_path)
-    db = StoreThread(store)
+    db = AsyncStore(store)
     client = TraktClient(fake_trakt.url, lambda: ("test-client-id", access))
     lane = Lane("default", client, db, Counters(), lambda: Options(), lambda: None)
     stuck = store.add(NewEntry("start", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"),
@@ -153,7 +153,7 @@ async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, 
 
     access, _, _ = fake_trakt.issue_tokens()
     store = Store(tmp_path)
-    db = StoreThread(store)
+    db = AsyncStore(store)
     client = TraktClient(fake_trakt.url, lambda: ("test-client-id", access))
     counters = Counters()
     lane = Lane("default", client, db, counters, lambda: Options(), lambda: None)
@@ -172,3 +172,29 @@ async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, 
     await client.close()
     db.close()
     assert os.path.exists(tmp_path / "cwhook.sqlite3")
+
+
+def test_counts_kept_in_memory_match_a_recount(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(3)
+    store = Store(tmp_path)
+    live: list[int] = []
+    for step in range(300):
+        op = rng.choice(["ingest", "decide", "add", "remove", "fail"])
+        if op == "ingest":
+            store.ingest([replace(MOVIE, item_key=str(step))])
+        elif op == "decide":
+            settled = [i for i, _ in store.undecided()[: rng.randint(0, 3)]]
+            account = rng.choice(["default", "anna"])
+            live += store.decide([NewEntry("stop", MOVIE, 95, step, account=account)], max(settled, default=0))
+        elif op == "add":
+            live.append(store.add(NewEntry("start", replace(MOVIE, item_key=str(step % 7)), 5, step)))
+        elif op == "remove" and live:
+            store.remove(live.pop(rng.randrange(len(live))),
+                         NewEntry("watchlist_remove", MOVIE, 95, step) if rng.random() < 0.2 else None)
+        elif op == "fail" and live:
+            store.reschedule(rng.choice(live), 0, "bug", local_failure=True)
+    kept = store.stats
+    store.close()
+    assert Store(tmp_path).stats == kept and kept.pending > 0 and kept.set_aside > 0

@@ -15,7 +15,7 @@ from cwhook.daemon import Daemon
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
 from cwhook.rules import Decision, Rules
-from cwhook.store import Store, StoreThread, StoreUnavailable
+from cwhook.store import AsyncStore, Store, StoreUnavailable
 from cwhook.worker import Item, Worker
 from tests.conftest import config_text, free_port
 
@@ -79,7 +79,7 @@ def inbox_ids(store: Store) -> list[int]:
 def make(tmp_path: Path, store_cls: type[Store] = Store, clock: Any = time.time,
          worker_cls: type[Worker] = Worker) -> tuple[Worker, Store]:
     store = store_cls(tmp_path / "state")
-    worker = worker_cls(asyncio.Queue(), Rules(SETTINGS), StoreThread(store), Counters(), lambda: None, clock)
+    worker = worker_cls(asyncio.Queue(), Rules(SETTINGS), AsyncStore(store), Counters(), lambda: None, clock)
     return worker, store
 
 
