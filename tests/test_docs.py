@@ -15,17 +15,32 @@ from tests.conftest import ROOT, TOKENS, Daemon
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = re.compile(r"^(curl .*?)\s+# expect (\d{3})$")
+EXAMPLE = re.compile(r"^(curl .*?)\s+# expect (\d{3})(?: (\{.*\}))?$")
 
 
 def examples() -> list[tuple[str, str, int]]:
+    return [(page, command, status) for page, command, status, _ in answered_examples()]
+
+
+def answered_examples() -> list[tuple[str, str, int, dict[str, object] | None]]:
+    """(page, command, status, documented answer or None) for every `# expect NNN [answer]` line."""
     found = []
     for page in sorted((ROOT / "docs").glob("*.md")):
         for line in page.read_text().splitlines():
             m = EXAMPLE.match(line.strip())
             if m:
-                found.append((page.name, m.group(1), int(m.group(2))))
+                answer = json.loads(m.group(3)) if m.group(3) else None
+                found.append((page.name, m.group(1), int(m.group(2)), answer))
     return found
+
+
+def check_answer(documented: dict[str, object], body: dict[str, object]) -> None:
+    """Every documented field is in the body; a value ending in … is a prefix."""
+    for key, value in documented.items():
+        if isinstance(value, str) and value.endswith("…"):
+            assert str(body.get(key, "")).startswith(value[:-1]), (key, value, body)
+        else:
+            assert body.get(key) == value, (key, value, body)
 
 
 def test_docs_have_curl_examples_for_every_endpoint() -> None:
@@ -39,16 +54,19 @@ def test_every_curl_example(daemon_factory: Callable[..., Daemon]) -> None:
     d = daemon_factory()
     env = dict(os.environ, PLEX_TOKEN=TOKENS["plex"], JELLYFIN_TOKEN=TOKENS["jellyfin"],
                EMBY_TOKEN=TOKENS["emby"])
-    ran = 0
-    for page, command, expected in examples():
+    ran = answers = 0
+    for page, command, expected, answer in answered_examples():
         cmd = command.replace("http://localhost:8787", d.base) + " -w '\\n%{http_code}'"
         out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
         assert out.returncode == 0, (page, command, out.stderr)
         body, _, status = out.stdout.rpartition("\n")
         assert int(status) == expected, (page, command, out.stdout)
-        json.loads(body)  # always JSON
+        data = json.loads(body)  # always JSON
+        if answer is not None:
+            check_answer(answer, data)
+            answers += 1
         ran += 1
-    assert ran >= 10
+    assert ran >= 10 and answers >= 4
 
 
 def render_handlebars(template: str, data: dict[str, object]) -> str:
