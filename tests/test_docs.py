@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -102,3 +103,78 @@ def test_recommended_jellyfin_template_is_understood() -> None:
         for field in ("kind", "title", "year", "ids", "show_title", "show_year", "season", "number", "progress",
                       "paused", "user_name", "user_id", "player_id", "item_key"):
             assert getattr(ev, field) == getattr(send_all, field), (name, field)
+
+
+# --- every log event is in docs/troubleshooting.md ---------------------------------------------
+
+LOG_METHODS = {"info", "warning", "error", "exception"}
+
+
+def _log_method(node: ast.expr, aliases: dict[str, list[str]]) -> list[str]:
+    """The log methods an expression stands for: `log.error`, `(log.error if x else log.warning)`,
+    or a name bound to one of those (`level = log.debug if ... else log.info`)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id.endswith("log"):
+        return [node.attr]
+    if isinstance(node, ast.IfExp):
+        return _log_method(node.body, aliases) + _log_method(node.orelse, aliases)
+    if isinstance(node, ast.Name):
+        return aliases.get(node.id, [])
+    return []
+
+
+def log_events() -> dict[str, list[str]]:
+    """Event name -> where it is logged, for every log.info/warning/error/exception call in cwhook/
+    whose first argument is a literal string (a computed name such as "trakt_" + result is left
+    to the table of the Trakt side)."""
+    found: dict[str, list[str]] = {}
+    for source in sorted((ROOT / "cwhook").glob("*.py")):
+        tree = ast.parse(source.read_text(), str(source))
+        aliases: dict[str, list[str]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                methods = _log_method(node.value, {})
+                if methods:
+                    aliases[node.targets[0].id] = methods
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                continue
+            if LOG_METHODS & set(_log_method(node.func, aliases)):
+                found.setdefault(node.args[0].value, []).append(f"{source.name}:{node.lineno}")
+    return found
+
+
+def test_the_log_event_finder_finds_what_it_should() -> None:
+    events = log_events()
+    for name in ("config_refused", "trakt_failed", "request", "decision", "listen_failed"):
+        assert name in events, name  # plain, conditional method, and a method bound to a name
+
+
+def test_every_log_event_is_in_troubleshooting() -> None:
+    doc = (ROOT / "docs" / "troubleshooting.md").read_text()
+    missing = {name: where for name, where in log_events().items() if f"`{name}`" not in doc}
+    assert not missing, (
+        "these log events are not in docs/troubleshooting.md (add a row to 'Every log event, and what to do'"
+        " with the meaning and what to do):\n" + "\n".join(f"  {name}  ({', '.join(where)})"
+                                                          for name, where in sorted(missing.items())))
+
+
+def test_the_unit_documentation_is_installed_by_the_install_steps() -> None:
+    unit = (ROOT / "systemd" / "cwhook.service").read_text()
+    install = (ROOT / "docs" / "install.md").read_text()
+    docs = re.findall(r"^Documentation=(.*)$", unit, re.M)
+    assert docs
+    for uri in docs[0].split():
+        assert uri.startswith("file://"), uri
+        assert uri.removeprefix("file://") in install, f"{uri} is not installed by docs/install.md"
+
+
+def test_install_steps_are_runnable_as_written() -> None:
+    install = (ROOT / "docs" / "install.md").read_text()
+    assert "apt install python3-venv" in install
+    assert "$EDITOR" not in install.split("sudoedit")[0]  # `sudo -u cwhook $EDITOR` fails when it is unset
+    assert "sudoedit -u cwhook /etc/cwhook/cwhook.yml" in install
+    # The steps use paths of the source tree (systemd/, README.md, docs/, `pip install .`): the page says
+    # where to run them before its first command.
+    assert install.index("Run these steps from the top of the cwhook source tree") < install.index("```sh")
+    assert "systemd/cwhook.service /etc/systemd/system/" in install
