@@ -136,6 +136,7 @@ def test_rotate_some_or_all(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
     original = config_text(8787, tmp_path / "s")
     path.write_text(original)
+    settled(path)
     out = cwhook("rotate-tokens", "-c", str(path), "emby")
     assert out.returncode == 0
     data = yaml.safe_load(path.read_text())
@@ -145,6 +146,7 @@ def test_rotate_some_or_all(tmp_path: Path) -> None:
     changed = [(a, b) for a, b in zip(original.splitlines(), path.read_text().splitlines(), strict=True)
                if a != b]
     assert len(changed) == 1
+    settled(path)
     out = cwhook("rotate-tokens", "-c", str(path))
     data2 = yaml.safe_load(path.read_text())
     assert all(data2["webhooks"][s]["token"] != data["webhooks"][s]["token"]
