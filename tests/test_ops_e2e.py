@@ -216,8 +216,8 @@ def test_state_dir_is_private_whatever_the_umask(daemon_factory: Callable[..., D
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)
-    (state / "outbox.sqlite3").touch()
-    os.chmod(state / "outbox.sqlite3", 0o644)  # left by an older version
+    (state / "cwhook.sqlite3").touch()
+    os.chmod(state / "cwhook.sqlite3", 0o644)  # left readable by an older version
     fresh = tmp_path / "new" / "state"
     old = os.umask(0o022)
     try:
@@ -231,5 +231,5 @@ def test_state_dir_is_private_whatever_the_umask(daemon_factory: Callable[..., D
     assert modes and set(modes.values()) == {0o600}, modes
     assert d.stop() == 0
     d2 = daemon_factory(config_text(0, state).replace("port: 0", "port: {port}"))
-    assert stat.S_IMODE((state / "outbox.sqlite3").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "cwhook.sqlite3").stat().st_mode) == 0o600
     assert d2.stop() == 0
