@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import sys
 from pathlib import Path
 
 from cwhook import __version__, logs
 from cwhook.config import SERVERS, Config, ConfigError, load_config, resolve_config_path
-from cwhook.configfile import create_default, fill_missing_tokens, rotate_tokens, update_file, urls_text
+from cwhook.configfile import (
+    ConfigWriteError,
+    check_writable,
+    create_default,
+    fill_missing_tokens,
+    remember,
+    rotate_tokens,
+    update_file,
+    urls_text,
+)
+from cwhook.listen import bind_error, listen_problem
+from cwhook.statedir import PRIVATE_UMASK, StateDirError, ensure_private_dir
 from cwhook.yamledit import YamlEditError
 
 EXIT_USAGE = 2
@@ -48,12 +60,14 @@ def _err(message: str) -> None:
 
 def _load(path: Path) -> Config | None:
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         _err(f"{path}: the configuration has problems:")
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
+    remember(config)  # a rewrite of this file must find every section this read found
+    return config
 
 
 def cmd_check_config(path: Path) -> int:
@@ -68,6 +82,7 @@ def cmd_check_config(path: Path) -> int:
 
 
 def cmd_run(path: Path, dry_run: bool) -> int:
+    os.umask(PRIVATE_UMASK)  # every file the daemon creates (state dir, database, journals) is 0600
     first_run = not path.exists()
     if first_run:
         create_default(path)
@@ -76,6 +91,11 @@ def cmd_run(path: Path, dry_run: bool) -> int:
         return EXIT_USAGE
     config = fill_missing_tokens(config)
     logs.configure(config.logging.level, config.logging.format)
+    ensure_private_dir(config.state_dir, path)
+    bind_failure = bind_error(config.server.host, config.server.port)
+    if bind_failure is not None:  # before any banner: this is the one thing to read
+        _err(listen_problem(config.server.host, config.server.port, bind_failure, path))
+        return 1
     out = sys.stdout
     if first_run:
         out.write(f"Created {path} with fresh webhook tokens (mode 0600).\n")
@@ -92,8 +112,9 @@ def cmd_run(path: Path, dry_run: bool) -> int:
 
     try:
         return run_daemon(config, dry_run)
-    except (sqlite3.Error, OSError) as exc:
-        _err(f"cannot open the outbox in {config.state_dir}: {exc} (check state.dir and its permissions)")
+    except sqlite3.Error as exc:
+        _err(f"cannot use the database in state.dir {config.state_dir}: {exc}. Fix: check that the "
+             "directory is writable and not full, and that no other program holds the database")
         return 1
 
 
@@ -131,6 +152,7 @@ def cmd_auth(path: Path) -> int:
             "put its client id and secret into the file, and run `cwhook auth` again."
         )
         return EXIT_USAGE
+    check_writable(path)  # find out now, not after the user has entered the code on trakt.tv
     try:
         changes = asyncio.run(device_login(config.trakt, sys.stdout))
     except DeviceFlowError as exc:
@@ -142,13 +164,31 @@ def cmd_auth(path: Path) -> int:
     except OSError as exc:
         _err(f"cannot reach Trakt at {config.trakt.oauth_url}: {exc}")
         return 1
-    update_file(path, changes)
+    try:
+        update_file(path, changes)
+    except ConfigWriteError as exc:
+        _err(f"the Trakt login worked, but the tokens could not be saved: {exc}. "
+             "Then run `cwhook auth` again")
+        return 1
     print(f"Trakt authorized; tokens written to {path}. A running daemon picks them up "
           "within a few seconds.")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`cwhook urls | head -1`): nothing to say, and nothing
+        # more to flush at exit either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     unknown = [s for s in getattr(args, "servers", []) if s not in SERVERS]
@@ -169,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     except YamlEditError as exc:
         _err(f"{path}: cannot edit the file in place: {exc}")
         return EXIT_USAGE
-    except PermissionError as exc:
-        _err(f"{exc.filename or path}: permission denied")
+    except (ConfigWriteError, StateDirError) as exc:
+        _err(str(exc))
         return 1
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         _err(f"{exc.filename or path}: {exc.strerror or exc}")
         return 1

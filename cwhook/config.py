@@ -8,12 +8,15 @@ problem, and every problem is reported at once, one line each, in the form
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import pwd
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
 SERVERS = ("plex", "jellyfin", "emby")
 
@@ -162,46 +165,68 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
+def iter_schema(schema: Mapping[str, Any] = SCHEMA, prefix: tuple[str, ...] = ()
+                ) -> Iterator[tuple[tuple[str, ...], Any, Checker]]:
+    """Every key of the schema: (key path, default as written in YAML, checker)."""
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from iter_schema(spec, (*prefix, key))
+        else:
+            yield (*prefix, key), spec[0], spec[1]
+
+
+def default(*path: str) -> Any:
+    """The checked default of one key: the single source of every default."""
+    spec: Any = SCHEMA
+    for key in path:
+        spec = spec[key]
+    value, error = spec[1](spec[0])
+    assert error is None, f"the schema default of {'.'.join(path)} fails its own check"
+    return value
+
+
 # --- the typed result ---------------------------------------------------------
+# The dataclass defaults are read from SCHEMA, so a test that builds
+# ScrobbleConfig() gets exactly what the daemon gets from an empty file.
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8787
-    public_url: str = ""
-    max_body_bytes: int = 10485760
+    host: str = default("server", "host")
+    port: int = default("server", "port")
+    public_url: str = default("server", "public_url")
+    max_body_bytes: int = default("server", "max_body_bytes")
 
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    enabled: bool = True
-    token: str = ""
-    username_whitelist: tuple[str, ...] = ()
-    server_uuid_whitelist: tuple[str, ...] = ()
-    ratings: bool = False
+    enabled: bool = default("webhooks", "plex", "enabled")
+    token: str = default("webhooks", "plex", "token")
+    username_whitelist: tuple[str, ...] = default("webhooks", "plex", "username_whitelist")
+    server_uuid_whitelist: tuple[str, ...] = default("webhooks", "plex", "server_uuid_whitelist")
+    ratings: bool = default("webhooks", "plex", "ratings")
 
 
 @dataclass(frozen=True)
 class ScrobbleConfig:
-    pause_debounce_seconds: float = 5.0
-    suppress_start_at: float = 99.0
-    regress_tolerance_percent: float = 5.0
-    stop_pause_threshold: float = 80.0
-    force_stop_at: float = 95.0
-    watchlist_autoremove_movies: bool = False
-    dry_run: bool = False
+    pause_debounce_seconds: float = default("scrobble", "pause_debounce_seconds")
+    suppress_start_at: float = default("scrobble", "suppress_start_at")
+    regress_tolerance_percent: float = default("scrobble", "regress_tolerance_percent")
+    stop_pause_threshold: float = default("scrobble", "stop_pause_threshold")
+    force_stop_at: float = default("scrobble", "force_stop_at")
+    watchlist_autoremove_movies: bool = default("scrobble", "watchlist_autoremove_movies")
+    dry_run: bool = default("scrobble", "dry_run")
 
 
 @dataclass(frozen=True)
 class TraktConfig:
-    api_url: str = "https://api.trakt.tv"
-    oauth_url: str = "https://auth.trakt.tv"
-    client_id: str = ""
-    client_secret: str = ""
-    access_token: str = ""
-    refresh_token: str = ""
-    expires_at: int = 0
+    api_url: str = default("trakt", "api_url")
+    oauth_url: str = default("trakt", "oauth_url")
+    client_id: str = default("trakt", "client_id")
+    client_secret: str = default("trakt", "client_secret")
+    access_token: str = default("trakt", "access_token")
+    refresh_token: str = default("trakt", "refresh_token")
+    expires_at: int = default("trakt", "expires_at")
 
     @property
     def authorized(self) -> bool:
@@ -210,8 +235,8 @@ class TraktConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "auto"
+    level: str = default("logging", "level")
+    format: str = default("logging", "format")
 
 
 @dataclass(frozen=True)
@@ -223,8 +248,11 @@ class Config:
     )
     scrobble: ScrobbleConfig = field(default_factory=ScrobbleConfig)
     trakt: TraktConfig = field(default_factory=TraktConfig)
-    state_dir: Path = Path("state")
+    state_dir: Path = Path(default("state", "dir"))
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Key paths of the sections (non-empty mappings) the file had: a later read
+    # that lacks one of them is probably a file caught half-written.
+    sections: frozenset[tuple[str, ...]] = frozenset()
 
     def webhook(self, server: str) -> WebhookConfig:
         return self.webhooks[server]
@@ -292,13 +320,15 @@ def parse_config(text: str, path: Path) -> Config:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{path.name}{where}: not valid YAML: {problem}"]) from None
+        line, explanation = explain_yaml_error(exc, text)
+        where = f" (line {line})" if line else ""
+        raise ConfigError([f"{path.name}{where}: not valid YAML: {explanation}"]) from None
     lines: dict[tuple[str, ...], int] = {}
     _key_lines(node, (), lines)
     problems: list[str] = []
+    for key_path, line, first in duplicate_keys(node):
+        problems.append(f"{'.'.join(key_path)} (line {line}): duplicate key (already on line {first}); "
+                        "keep only one of them")
     values = _check_section(data, SCHEMA, (), lines, problems)
     if not problems:
         scrobble = values["scrobble"]
@@ -310,8 +340,8 @@ def parse_config(text: str, path: Path) -> Config:
     if problems:
         raise ConfigError(problems)
     state_dir = Path(os.path.expanduser(values["state"]["dir"]))
-    if not state_dir.is_absolute():
-        state_dir = path.resolve().parent / state_dir
+    if not state_dir.is_absolute():  # relative to the file where the user sees it (a symlink's directory)
+        state_dir = Path(os.path.abspath(path)).parent / state_dir
     return Config(
         path=path,
         server=ServerConfig(**values["server"]),
@@ -320,7 +350,59 @@ def parse_config(text: str, path: Path) -> Config:
         trakt=TraktConfig(**values["trakt"]),
         state_dir=state_dir,
         logging=LoggingConfig(**values["logging"]),
+        sections=sections(node),
     )
+
+
+def lost_sections(before: Config, after: Config) -> list[str]:
+    """Problems for the sections ``before``'s file had and ``after``'s lacks (outermost only)."""
+    gone = before.sections - after.sections
+    outermost = sorted(p for p in gone if not any(p[:n] in gone for n in range(1, len(p))))
+    return [f"{'.'.join(p)}: this section is missing, but the file had it at the last good read "
+            "(a file caught half-written or truncated?); restore it. To remove it on purpose, "
+            "reload with SIGHUP (`systemctl reload cwhook`)" for p in outermost]
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted key paths whose values differ (names only: values may be secrets)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: tuple[str, ...]) -> None:
+        if is_dataclass(a) and type(a) is type(b):
+            for f in fields(a):
+                walk(getattr(a, f.name), getattr(b, f.name), (*prefix, f.name))
+        elif isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), (*prefix, str(key)))
+        elif a != b:
+            out.append(".".join(prefix))
+
+    for f in fields(Config):
+        if f.name not in ("path", "sections"):
+            walk(getattr(old, f.name), getattr(new, f.name), ("state", "dir") if f.name == "state_dir" else (f.name,))
+    return out
+
+
+def user_name(uid: int | None = None) -> str:
+    uid = os.geteuid() if uid is None else uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def unreadable(path: Path, exc: OSError) -> str:
+    if not isinstance(exc, PermissionError):
+        return f"{path}: cannot read: {exc.strerror or exc}"
+    me = user_name()
+    try:
+        owner = user_name(os.stat(path).st_uid)
+    except OSError:
+        owner = "?"
+    fix = f"make it readable by {me} (`chown {me} {path}`)"
+    if owner != me:
+        fix += f", or run cwhook as its owner {owner} (`sudo -u {owner} cwhook ...`)"
+    return f"{path}: cannot read it as user {me} (permission denied; the file belongs to {owner}): {fix}"
 
 
 def load_config(path: Path) -> Config:
@@ -330,7 +412,7 @@ def load_config(path: Path) -> Config:
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([unreadable(path, exc)]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -3,26 +3,52 @@
 Every write starts from the bytes on disk at that moment (so a hand edit made
 while the daemon runs is kept), holds an exclusive lock on ``<file>.lock`` so
 two writers never interleave, writes a temporary file in the same directory,
-fsyncs it, keeps the file's mode and renames it over the original.
+fsyncs it, keeps the file's mode, owner and group and renames it over the
+original.
+
+A read is the base of a rewrite only when it is complete: it parses, has no
+duplicate keys, has every section the last good read had, and has not changed
+for a second (an editor may be half-way through writing it in place). Otherwise
+the writer reads again for up to 10 s, then gives up with ConfigWriteError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 
-from cwhook.config import SERVERS, Config, load_config
+import yaml
+
+from cwhook.config import SERVERS, Config, load_config, unreadable, user_name
 from cwhook.yamledit import Scalar, edit_yaml
+from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
 NEW_FILE_MODE = 0o600
 ENDPOINTS = {"plex": "plextrakt", "jellyfin": "jellyfintrakt", "emby": "embytrakt"}
+REWRITE_WAIT = 10.0  # how long a writer waits for a complete file before giving up
+REREAD_PAUSE = 0.2
+SETTLED = 1.0  # a file changed less than this long ago may still be being written
+
+KeyPath = tuple[str, ...]
+Stamp = tuple[int, int, int, int]
+
+# Per file (absolute path): the sections of the last good read, and the stamp of
+# our own last write (a file we wrote ourselves needs no settling time).
+_last_good: dict[str, frozenset[KeyPath]] = {}
+_own_write: dict[str, Stamp] = {}
+
+
+class ConfigWriteError(Exception):
+    """The file was not rewritten; the message names the cause and the fix."""
 
 
 def example_config_text() -> str:
@@ -34,11 +60,84 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+
+
+def remember(config: Config) -> None:
+    """Record a good read of ``config.path``: later rewrites need all of its sections."""
+    _last_good[_key(config.path)] = config.sections
+
+
+def _directory(path: Path) -> Path:
+    return Path(os.path.abspath(path)).parent
+
+
+def write_failure(path: Path, exc: OSError) -> ConfigWriteError:
+    """What went wrong writing ``path`` (or its lock or temporary file), and the fix."""
+    directory = _directory(path)
+    me = user_name()
+    if exc.errno == errno.EROFS:
+        return ConfigWriteError(
+            f"cannot write {path}: {directory} is on a read-only file system; nothing was changed. "
+            f"Fix: make {directory} writable (under systemd: list it in ReadWritePaths= of the unit), "
+            "or keep the config in a writable directory")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ConfigWriteError(
+            f"cannot write {path}: no space left for {directory}; nothing was changed. "
+            "Fix: free some space, then run the command again")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        try:
+            owner = user_name(os.stat(directory).st_uid)
+        except OSError:
+            owner = "?"
+        fix = f"make it writable for {me} (`chown {me} {directory}`)"
+        if owner != me:
+            fix += f", or run the command as {owner} (`sudo -u {owner} cwhook ...`)"
+        return ConfigWriteError(
+            f"cannot write {path}: the directory {directory} is not writable by user {me} (cwhook "
+            f"replaces the file through a temporary file beside it and locks {path.name}.lock); "
+            f"nothing was changed. Fix: {fix}")
+    return ConfigWriteError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or directory}); "
+                            "nothing was changed")
+
+
+def _owner_of(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``<path>.lock`` (created 0600 if missing)."""
+    """Hold an exclusive advisory lock on ``<path>.lock`` (created 0600, owned like ``path``)."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
+        owner = _owner_of(path)
+        if owner is not None and os.geteuid() == 0 and owner != (os.geteuid(), os.getegid()):
+            os.fchown(fd, *owner)  # root on the service user's file: the service must open it too
+    except FileExistsError:
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except PermissionError:
+            try:
+                fd = os.open(lock_path, os.O_RDONLY)  # flock needs no write access
+            except PermissionError:
+                raise ConfigWriteError(
+                    f"cannot write {path}: its lock file {lock_path} cannot be opened by user {user_name()}; "
+                    f"nothing was changed. Fix: remove it (`rm {lock_path}`), cwhook makes a new one"
+                ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -48,16 +147,23 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename."""
+    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename.
+
+    The file keeps its mode, owner and group (a command run as root on the
+    service user's file leaves it owned by that user); a new file is 0600.
+    """
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
     if mode is None:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = NEW_FILE_MODE
-    directory = path.parent if str(path.parent) else Path(".")
+        mode = st.st_mode & 0o7777 if st is not None else NEW_FILE_MODE
+    directory = _directory(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if st is not None:
+                _keep_owner(fh.fileno(), path, st)
             fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
@@ -75,18 +181,116 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
             os.close(dir_fd)
 
 
-def update_file(path: Path, changes: Mapping[tuple[str, ...], Scalar]) -> None:
-    """Set the given key paths in the YAML file on disk, keeping every other byte."""
-    with locked(path):
-        raw = path.read_bytes()
-        has_bom = raw.startswith(b"\xef\xbb\xbf")
-        text = raw.decode("utf-8-sig" if has_bom else "utf-8")
-        edited = edit_yaml(text, changes)
-        data = edited.encode("utf-8")
-        if has_bom:
-            data = b"\xef\xbb\xbf" + data
-        if data != raw:
-            write_atomic(path, data)
+def _keep_owner(fd: int, path: Path, st: os.stat_result) -> None:
+    mine = os.fstat(fd)
+    uid = -1 if mine.st_uid == st.st_uid else st.st_uid
+    gid = -1 if mine.st_gid == st.st_gid else st.st_gid
+    if uid == -1 and gid == -1:
+        return
+    try:
+        os.fchown(fd, uid, gid)
+    except PermissionError:
+        owner = user_name(st.st_uid)
+        raise ConfigWriteError(
+            f"cannot write {path} as user {user_name()}: it belongs to {owner} (group {st.st_gid}), and "
+            f"a rewrite by {user_name()} could not keep that owner, so {owner} could no longer use it; "
+            f"nothing was changed. Fix: run the command as {owner} (`sudo -u {owner} cwhook ...`) "
+            "or as root") from None
+
+
+def check_writable(path: Path) -> None:
+    """Raise ConfigWriteError now if a rewrite of ``path`` would fail for want of rights."""
+    path = Path(os.path.realpath(path))
+    try:
+        with locked(path):
+            st = os.stat(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_directory(path))
+            try:
+                _keep_owner(fd, path, st)
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+
+
+def _unfit(raw: bytes, expected: frozenset[KeyPath]) -> str | None:
+    """Why these bytes must not be the base of a rewrite, or None."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return f"it is not UTF-8 text (byte {exc.start})"
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        line, what = explain_yaml_error(exc, text)
+        return f"it is not valid YAML{f' (line {line})' if line else ''}: {what}"
+    dups = duplicate_keys(node)
+    if dups:
+        key_path, line, first = dups[0]
+        return f"{'.'.join(key_path)} is there twice (lines {first} and {line}): keep only one of them"
+    gone = sorted(expected - sections(node))
+    if gone:
+        names = ", ".join(".".join(p) for p in gone if not any(p[:n] in gone for n in range(1, len(p))))
+        return (f"it lacks the sections {names} that it had at the last good read "
+                "(an editor writing it, or a truncated file?)")
+    return None
+
+
+def update_file(path: Path, changes: Mapping[KeyPath, Scalar], wait: float | None = None) -> None:
+    """Set the given key paths in the YAML file on disk, keeping every other byte.
+
+    Raises ConfigWriteError (cause and fix in its message) when the file cannot
+    be written or stays incomplete for ``wait`` seconds (default REWRITE_WAIT).
+    """
+    path = Path(os.path.realpath(path))  # a symlinked config: rewrite its target, keep the link
+    key = _key(path)
+    deadline = time.monotonic() + (REWRITE_WAIT if wait is None else wait)
+    try:
+        with locked(path):
+            while True:
+                stamp = _stamp(path)
+                try:
+                    raw = path.read_bytes()
+                except FileNotFoundError:
+                    raise ConfigWriteError(f"{path}: no such file (moved or deleted?); nothing was written"
+                                           ) from None
+                except OSError as exc:
+                    raise ConfigWriteError(unreadable(path, exc)) from None
+                problem = _unfit(raw, _last_good.get(key, frozenset()))
+                if problem is None and (stamp != _stamp(path) or not _settled(key, stamp)):
+                    problem = "it is being written right now"
+                if problem is None:
+                    has_bom = raw.startswith(b"\xef\xbb\xbf")
+                    edited = edit_yaml(raw.decode("utf-8-sig"), changes)
+                    data = edited.encode("utf-8")
+                    if has_bom:
+                        data = b"\xef\xbb\xbf" + data
+                    if _stamp(path) == stamp:  # nobody wrote meanwhile
+                        if data != raw:
+                            write_atomic(path, data)
+                        _last_good[key] = sections(yaml.compose(edited, Loader=yaml.SafeLoader))
+                        new_stamp = _stamp(path)
+                        if new_stamp is not None:
+                            _own_write[key] = new_stamp
+                        return
+                    problem = "it is being written right now"
+                if time.monotonic() >= deadline:
+                    raise ConfigWriteError(
+                        f"{path} was not rewritten, nothing was changed: {problem}. Waited "
+                        f"{REWRITE_WAIT if wait is None else wait:g} s for a complete file. Fix the file "
+                        f"(`cwhook check-config -c {path}` shows its problems), then try again")
+                time.sleep(REREAD_PAUSE)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+
+
+def _settled(key: str, stamp: Stamp | None) -> bool:
+    """The file has not changed for SETTLED seconds, or the last change was our own write."""
+    if stamp is None or _own_write.get(key) == stamp:
+        return True
+    age = time.time() - stamp[0] / 1e9
+    return age >= SETTLED or age < -SETTLED  # a clock far off: do not wait for it
 
 
 def create_default(path: Path) -> None:
@@ -95,12 +299,15 @@ def create_default(path: Path) -> None:
         example_config_text(),
         {("webhooks", server, "token"): new_token() for server in SERVERS},
     )
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path):
-        if path.exists():  # somebody else created it meanwhile: keep theirs
-            return
-        write_atomic(path, text.encode("utf-8"), NEW_FILE_MODE)
+    try:
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with locked(path):
+            if path.exists():  # somebody else created it meanwhile: keep theirs
+                return
+            write_atomic(path, text.encode("utf-8"), NEW_FILE_MODE)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
 
 
 def fill_missing_tokens(config: Config) -> Config:

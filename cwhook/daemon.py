@@ -15,10 +15,12 @@ from aiohttp import web
 
 from cwhook import __version__, health, logs
 from cwhook.app import Busy, Runtime, make_app
-from cwhook.config import Config, ConfigError, load_config
+from cwhook.config import Config, ConfigError, changed_keys, load_config, lost_sections
+from cwhook.configfile import remember
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event
 from cwhook.health import Counters
+from cwhook.listen import listen_problem
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
 from cwhook.store import DEFAULT_ACCOUNT, AsyncStore, Store, StoreUnavailable
@@ -30,18 +32,21 @@ from cwhook.worker import Item, Worker
 log = logs.get("cwhook.daemon")
 
 QUEUE_SIZE = 1000
-RELOAD_POLL = 2.0
+RELOAD_POLL = 1.0
+RELOAD_SETTLE = 1.0  # a reload waits until the file has not changed for this long
+RELOAD_SETTLE_MAX = 10.0  # ... but not longer than this, for a file that never stops changing
+REFUSED_RETRY = 60.0  # a refused file is read again this often (a chown changes no mtime)
 SHUTDOWN_GRACE = 5.0
 TOKEN_SAVE_RETRY = 60.0
 UNAVAILABLE_SHOWN_FOR = 60.0  # /healthz says store_unavailable this long after a failed commit
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_ino, st.st_size)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)  # ctime: chown/chmod count too
 
 
 class Daemon:
@@ -67,6 +72,7 @@ class Daemon:
         self.runtime = Runtime(config, self.counters, self.health, self.ingest)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
+        self.config_error: str | None = None  # why the file on disk is refused, with the fix
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
 
@@ -108,7 +114,7 @@ class Daemon:
         oldest = None if stats.oldest_created_at is None else max(0.0, now - stats.oldest_created_at)
         expires = self.auth.expires_at
         problems = health.problems(self.auth.authorized, self.auth.needs_auth, self.client.unreachable,
-                                   self.dry_run, oldest)
+                                   self.dry_run, oldest, self.config_error is not None)
         if stats.set_aside:
             problems.append("outbox_set_aside")
         if self.auth.unsaved is not None:
@@ -118,6 +124,7 @@ class Daemon:
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,
+            **({"config_refused": self.config_error} if self.config_error else {}),
             "version": __version__,
             "uptime_s": round(now - self.started, 1),
             "queue_depth": self.queue.qsize(),
@@ -142,13 +149,24 @@ class Daemon:
     def reload(self, reason: str) -> bool:
         try:
             config = load_config(self.config.path)
+            if reason != "SIGHUP":  # a deliberate removal is applied by SIGHUP only
+                lost = lost_sections(self.config, config)
+                if lost:
+                    raise ConfigError(lost)
         except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("config_refused", reason=reason, problem=problem,
-                          note="keeping the previous settings")
+            error = ("; ".join(exc.problems) + f". The daemon keeps its previous settings; fix {self.config.path} "
+                     "(`cwhook check-config` lists the problems): it is read again when it changes, on SIGHUP "
+                     "and every minute")
+            if error != self.config_error:
+                for problem in exc.problems:
+                    log.error("config_refused", reason=reason, problem=problem,
+                              note="keeping the previous settings; the file is read again every minute")
+            self.config_error = error
             return False
         old = self.config
         self.config = config
+        self.config_error = None
+        remember(config)
         self.runtime.config = config
         self.rules.update_settings(config.scrobble)
         self.auth.update_from_config(config.trakt)
@@ -164,23 +182,41 @@ class Daemon:
         if config.state_dir != old.state_dir:
             log.warning("config_needs_restart", key="state.dir")
         self.lane.wake.set()
-        log.info("config_reloaded", reason=reason, dry_run=self.dry_run)
+        log.info("config_reloaded", reason=reason, dry_run=self.dry_run, changed=changed_keys(old, config))
         return True
 
+    async def _settled_stamp(self) -> tuple[int, int, int, int] | None:
+        """Wait until the file has not changed for RELOAD_SETTLE seconds (an editor may be writing it)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RELOAD_SETTLE_MAX
+        stamp = _stamp(self.config.path)
+        while stamp is not None and loop.time() < give_up:
+            age = time.time() - stamp[0] / 1e9
+            if not -RELOAD_SETTLE < age < RELOAD_SETTLE:  # settled (or a clock far off: do not wait)
+                break
+            await asyncio.sleep(RELOAD_SETTLE - age)
+            stamp = _stamp(self.config.path)
+        return stamp
+
     async def _watch_config(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_read = loop.time()
         while True:
+            reason = None
             try:
                 await asyncio.wait_for(self._reload.wait(), RELOAD_POLL)
                 self._reload.clear()
-                self._stamp = _stamp(self.config.path)
-                self.reload("SIGHUP")
-                continue
+                reason = "SIGHUP"
             except TimeoutError:
-                pass
-            stamp = _stamp(self.config.path)
-            if stamp is not None and stamp != self._stamp:
-                self._stamp = stamp
-                self.reload("file changed")
+                if _stamp(self.config.path) != self._stamp:
+                    reason = "file changed"
+                elif self.config_error is not None and loop.time() - last_read >= REFUSED_RETRY:
+                    reason = "retry"
+            if reason is None:
+                continue
+            self._stamp = await self._settled_stamp()
+            last_read = loop.time()
+            self.reload(reason)
 
     async def _refresh_tokens(self) -> None:
         while True:
@@ -242,8 +278,10 @@ class Daemon:
         try:
             await site.start()
         except OSError as exc:
-            log.error("listen_failed", host=self.config.server.host,
-                      port=self.config.server.port, error=exc.strerror or str(exc))
+            log.error("listen_failed", host=self.config.server.host, port=self.config.server.port,
+                      error=exc.strerror or str(exc),
+                      fix=listen_problem(self.config.server.host, self.config.server.port, exc,
+                                         self.config.path))
             await runner.cleanup()
             self.db.close()
             return 1

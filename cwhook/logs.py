@@ -1,15 +1,39 @@
-"""structlog set-up: readable console lines on a TTY, JSON lines otherwise (journald)."""
+"""structlog set-up: readable console lines on a TTY, JSON lines otherwise (journald).
+
+JSON is written as UTF-8 (titles stay readable, no ``\\u`` escapes). Under systemd
+(``JOURNAL_STREAM`` names our stderr) every line starts with its syslog priority
+(``<3>`` error ... ``<7>`` debug), so ``journalctl -p err`` works.
+The standard library's records (aiohttp, asyncio) go through the same chain.
+
+The chain, in order: ``_pre_chain()`` (context, level, time, exceptions), then
+``EXTRA_PROCESSORS`` (hooks that see every event dict of both sources, e.g.
+redaction), then the renderer, then the priority prefix.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
 import sys
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
+
+# Syslog priorities by structlog method name / stdlib level name.
+PRIORITY = {"critical": 2, "fatal": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4,
+            "notice": 5, "info": 6, "debug": 7}
+
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+# Processors run on every event dict (ours and the standard library's) just before
+# rendering. Append to this list (then call configure()) to add one.
+EXTRA_PROCESSORS: list[Processor] = []
 
 
 class _Stderr:
@@ -25,6 +49,51 @@ def _stderr_factory(*_: Any) -> _Stderr:
     return _Stderr()
 
 
+def under_journald(out: TextIO) -> bool:
+    """systemd connected this output to the journal.
+
+    As systemd.exec(5) asks, JOURNAL_STREAM (``device:inode``) is compared with the
+    stream itself: a program started from a service inherits the variable while
+    its output may go elsewhere (a terminal, a file, a pipe).
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(out.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False  # not a real file (tests' StringIO)
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
+def _syslog_prefix(_: Any, method_name: str, rendered: Any) -> Any:
+    level = method_name if method_name in PRIORITY else "info"
+    return f"<{PRIORITY[level]}>{rendered}"
+
+
+def _pre_chain() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        *EXTRA_PROCESSORS,
+    ]
+
+
+class _StdlibFormatter(structlog.stdlib.ProcessorFormatter):
+    """Standard library records rendered like ours (same fields, same prefix)."""
+
+    def __init__(self, renderer: Processor, journal: bool) -> None:
+        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+                         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain()])
+        self._journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if self._journal:
+            return f"<{PRIORITY.get(record.levelname.lower(), 6)}>{line}"
+        return line
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """(Re)configure logging; safe to call again on reload."""
     global _generation
@@ -32,26 +101,24 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=json.dumps, ensure_ascii=False)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    journal = under_journald(out)
+    if use_json and stream is None and isinstance(out, io.TextIOWrapper) and out.encoding.lower() != "utf-8":
+        out.reconfigure(encoding="utf-8", errors="backslashreplace")  # JSON lines are UTF-8, whatever the locale
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*_pre_chain(), renderer, *([_syslog_prefix] if journal else [])],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory,
         cache_logger_on_first_use=False,
     )
     # aiohttp and asyncio log through the standard library: send their warnings
     # and errors the same way, never their access lines (those carry tokens).
-    logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s",
-                        force=True)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(_StdlibFormatter(renderer, journal))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").disabled = True
 
 

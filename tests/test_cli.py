@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +20,46 @@ import yaml
 from tests.conftest import ROOT, TOKENS, config_text
 from tests.faketrakt import FakeTrakt
 
+NOBODY = 65534
+AS_NOBODY = ("setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups")
+
 
 def cwhook(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+           timeout: float = 60, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "CWHOOK_CONFIG"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cwhook", *args], capture_output=True, text=True,
+    prefix = AS_NOBODY if as_nobody else ()
+    return subprocess.run([*prefix, sys.executable, "-m", "cwhook", *args], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
+
+
+def _can_run_as_nobody() -> bool:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import cwhook"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_nobody = pytest.mark.skipif(not _can_run_as_nobody(),
+                                  reason="needs root and setpriv to run a command as another user")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="cwhook-test-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def settled(path: Path) -> Path:
+    """Back-date the file: a rewrite waits for a file that changed within the last second."""
+    then = time.time() - 5
+    os.utime(path, (then, then))
+    return path
 
 
 def test_version() -> None:
@@ -97,6 +136,7 @@ def test_rotate_some_or_all(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
     original = config_text(8787, tmp_path / "s")
     path.write_text(original)
+    settled(path)
     out = cwhook("rotate-tokens", "-c", str(path), "emby")
     assert out.returncode == 0
     data = yaml.safe_load(path.read_text())
@@ -106,6 +146,7 @@ def test_rotate_some_or_all(tmp_path: Path) -> None:
     changed = [(a, b) for a, b in zip(original.splitlines(), path.read_text().splitlines(), strict=True)
                if a != b]
     assert len(changed) == 1
+    settled(path)
     out = cwhook("rotate-tokens", "-c", str(path))
     data2 = yaml.safe_load(path.read_text())
     assert all(data2["webhooks"][s]["token"] != data["webhooks"][s]["token"]
@@ -200,4 +241,161 @@ def test_unusable_state_dir_is_a_clear_message(tmp_path: Path) -> None:
     path.write_text(config_text(8787, Path("/proc/no-such-dir")))
     out = cwhook("run", "-c", str(path))
     assert out.returncode == 1
-    assert "cannot open the outbox in /proc/no-such-dir" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.startswith("cwhook: state.dir /proc/no-such-dir: ")
+    assert f"Fix: set state.dir in {path}" in out.stderr and "Traceback" not in out.stderr
+    assert out.stdout == ""  # before any banner
+
+
+# --- the config file: owner kept, errors that name the cause and the fix ----------------------------
+
+
+@needs_nobody
+def test_root_rotating_the_service_users_file_leaves_it_usable_by_that_user(shared_dir: Path) -> None:
+    os.chown(shared_dir, NOBODY, NOBODY)
+    os.chmod(shared_dir, 0o700)
+    path = settled_config(shared_dir)
+    os.chown(path, NOBODY, NOBODY)
+    out = cwhook("rotate-tokens", "-c", str(path), "plex")  # as root, like `sudo cwhook rotate-tokens`
+    assert out.returncode == 0, out.stderr
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o600)
+    assert yaml.safe_load(path.read_text())["webhooks"]["plex"]["token"] != TOKENS["plex"]
+    check = cwhook("check-config", "-c", str(path), as_nobody=True)
+    assert (check.returncode, check.stdout) == (0, "config OK\n"), check.stderr
+    again = cwhook("rotate-tokens", "-c", str(path), "plex", as_nobody=True)  # the lock file is usable too
+    assert again.returncode == 0, again.stderr
+
+
+def settled_config(directory: Path, name: str = "cwhook.yml") -> Path:
+    path = directory / name
+    path.write_text(config_text(8787, directory / "state"))
+    path.chmod(0o600)
+    return settled(path)
+
+
+@needs_nobody
+def test_directory_not_writable_names_the_directory_and_the_fix(shared_dir: Path) -> None:
+    os.chmod(shared_dir, 0o755)  # root's directory; the file is the user's own
+    path = settled_config(shared_dir)
+    os.chown(path, NOBODY, NOBODY)
+    before = path.read_bytes()
+    out = cwhook("rotate-tokens", "-c", str(path), as_nobody=True)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"cwhook: cannot write {path}: the directory {shared_dir} is not writable by "
+                                 "user nobody"), out.stderr
+    assert f"Fix: make it writable for nobody (`chown nobody {shared_dir}`), or run the command as root" \
+        in out.stderr
+    assert ".tmp" not in out.stderr and "Traceback" not in out.stderr
+    assert path.read_bytes() == before
+
+
+@needs_nobody
+def test_a_user_that_cannot_keep_the_owner_is_told_whom_to_run_as(shared_dir: Path) -> None:
+    os.chown(shared_dir, NOBODY, NOBODY)  # nobody may write the directory, but the file is root's
+    os.chmod(shared_dir, 0o755)
+    path = settled_config(shared_dir)
+    path.chmod(0o644)
+    before = path.read_bytes()
+    out = cwhook("rotate-tokens", "-c", str(path), as_nobody=True)
+    assert out.returncode == 1
+    assert f"cannot write {path} as user nobody: it belongs to root" in out.stderr
+    assert "Fix: run the command as root" in out.stderr and "Traceback" not in out.stderr
+    assert path.read_bytes() == before and path.stat().st_uid == 0
+
+
+@needs_nobody
+def test_unreadable_config_names_the_user_and_the_owner(shared_dir: Path) -> None:
+    os.chmod(shared_dir, 0o755)
+    path = settled_config(shared_dir)  # root's, 0600
+    out = cwhook("check-config", "-c", str(path), as_nobody=True)
+    assert out.returncode == 2
+    assert out.stdout.startswith(f"{path}: cannot read it as user nobody (permission denied; the file belongs "
+                                 "to root)")
+
+
+@needs_nobody
+def test_auth_checks_the_file_can_be_saved_before_the_login(shared_dir: Path, fake_trakt: FakeTrakt) -> None:
+    os.chmod(shared_dir, 0o755)
+    path = shared_dir / "c.yml"
+    path.write_text(config_text(8787, shared_dir / "s", trakt_url=fake_trakt.url))
+    os.chown(path, NOBODY, NOBODY)
+    out = cwhook("auth", "-c", str(path), as_nobody=True)
+    assert out.returncode == 1 and "is not writable by user nobody" in out.stderr
+    assert fake_trakt.posts("/oauth/device/code") == []  # nobody was sent to trakt.tv for nothing
+
+
+def _read_only_mount(directory: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)],
+                          capture_output=True).returncode == 0
+
+
+def test_read_only_file_system_names_the_directory_and_the_fix(tmp_path: Path) -> None:
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if not _read_only_mount(mnt):
+        pytest.skip("needs root and a tmpfs mount")
+    try:
+        path = settled_config(mnt)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        for command in (("rotate-tokens",), ("urls",)):  # urls writes missing tokens: none missing here
+            out = cwhook(*command, "-c", str(path))
+            if command == ("urls",):
+                assert out.returncode == 0
+                continue
+            assert out.returncode == 1
+            assert out.stderr == (
+                f"cwhook: cannot write {path}: {mnt} is on a read-only file system; nothing was changed. "
+                f"Fix: make {mnt} writable (under systemd: list it in ReadWritePaths= of the unit), or keep "
+                "the config in a writable directory\n")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_duplicate_keys_and_tabs_fail_check_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("server:\n  port: 8790\n  port: 8791\n")
+    out = cwhook("check-config", "-c", str(path))
+    assert (out.returncode, out.stdout) == (
+        2, "server.port (line 3): duplicate key (already on line 2); keep only one of them\n")
+    path.write_text("server:\n  port: 8790\n\thost: x\n")
+    out = cwhook("check-config", "-c", str(path))
+    assert out.returncode == 2
+    assert out.stdout == ("c.yml (line 3): not valid YAML: a tab character (column 1); YAML does not allow tabs "
+                          "for indentation: use spaces to indent\n")
+
+
+def test_port_in_use_is_said_first_and_names_server_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "c.yml"
+        path.write_text(config_text(port, tmp_path / "state"))
+        out = cwhook("run", "-c", str(path), timeout=30)
+    assert out.returncode == 1
+    assert out.stdout == ""  # no banner, no URLs before the error
+    assert out.stderr == (f"cwhook: cannot listen on 127.0.0.1:{port}: the port is already in use (another "
+                          f"program, or another cwhook). Fix: stop it, or set server.port in {path} to a free port\n")
+
+
+def test_a_closed_pipe_is_a_silent_exit(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(config_text(8787, tmp_path / "s"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head -1` once it has its line: every write gets EPIPE
+    try:
+        out = subprocess.run([sys.executable, "-m", "cwhook", "urls", "-c", str(path)], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert (out.returncode, out.stderr) == (0, "")
+
+
+def test_urls_piped_to_head(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(config_text(8787, tmp_path / "s"))
+    out = subprocess.run(["bash", "-c", f"{sys.executable} -m cwhook urls -c {path} | head -1"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stderr == "" and out.stdout.startswith("plex: http://127.0.0.1:8787/webhook/plextrakt?")

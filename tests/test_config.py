@@ -1,10 +1,32 @@
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cwhook.config import ConfigError, load_config, parse_config, resolve_config_path
+from cwhook.config import (
+    SCHEMA,
+    SERVERS,
+    Config,
+    ConfigError,
+    LoggingConfig,
+    ScrobbleConfig,
+    ServerConfig,
+    TraktConfig,
+    WebhookConfig,
+    changed_keys,
+    iter_schema,
+    load_config,
+    lost_sections,
+    parse_config,
+    resolve_config_path,
+)
 from cwhook.configfile import example_config_text
 
 ROOT = Path(__file__).parent.parent
@@ -24,7 +46,7 @@ def test_example_is_valid_and_all_defaults() -> None:
     assert cfg.scrobble.stop_pause_threshold == 80
     assert cfg.trakt.oauth_url == "https://auth.trakt.tv"
     assert cfg.webhook("plex").enabled and not cfg.webhook("plex").ratings
-    assert cfg.state_dir == (ROOT / "state").resolve() or cfg.state_dir.name == "state"
+    assert cfg.state_dir == ROOT.resolve() / "state"
 
 
 def test_top_level_example_is_the_packaged_one() -> None:
@@ -144,3 +166,199 @@ def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_config_path(None) == Path("/env/path.yml")
     monkeypatch.delenv("CWHOOK_CONFIG")
     assert resolve_config_path(None) == Path("cwhook.yml")
+
+
+# --- one source for every default ------------------------------------------------------------
+
+
+def checked_defaults() -> dict[str, Any]:
+    """Dotted key -> the default the daemon uses (the schema's, after its check)."""
+    return {".".join(path): checker(default)[0] for path, default, checker in iter_schema()}
+
+
+def test_dataclass_defaults_are_the_schema_defaults() -> None:
+    empty = parse_config("", Path("x.yml"))
+    assert ServerConfig() == empty.server
+    assert ScrobbleConfig() == empty.scrobble
+    assert TraktConfig() == empty.trakt
+    assert LoggingConfig() == empty.logging
+    assert all(WebhookConfig() == empty.webhook(s) for s in ("plex",))
+    assert Config(Path("x.yml")).webhooks == empty.webhooks
+    assert Config(Path("x.yml")).state_dir.name == empty.state_dir.name
+
+
+def test_example_file_values_are_the_schema_defaults() -> None:
+    data = yaml.safe_load(example_config_text())
+    wrong = []
+    for dotted, expected in checked_defaults().items():
+        node: Any = data
+        for key in dotted.split("."):
+            assert isinstance(node, dict) and key in node, f"{dotted} is missing from config.example.yml"
+            node = node[key]
+        checker = dict((".".join(p), c) for p, _, c in iter_schema())[dotted]
+        if checker(node)[0] != expected:
+            wrong.append(f"{dotted}: example says {node!r}, the schema's default is {expected!r}")
+    assert not wrong, "config.example.yml disagrees with the schema:\n" + "\n".join(wrong)
+
+
+ROW = re.compile(r"^\| `([a-z_.<>]+)` \| `([^`]*)` \|")
+
+
+def test_configuration_doc_defaults_are_the_schema_defaults() -> None:
+    rows: dict[str, str] = {}
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            for server in SERVERS if "<server>" in m.group(1) else ("",):
+                rows[m.group(1).replace("<server>", server)] = m.group(2)
+    checkers = {".".join(p): c for p, _, c in iter_schema()}
+    problems = []
+    for dotted, expected in checked_defaults().items():
+        if dotted not in rows:
+            problems.append(f"{dotted}: no row in the table of docs/configuration.md")
+            continue
+        documented = checkers[dotted](yaml.safe_load(rows[dotted]) if rows[dotted] else "")[0]
+        if documented != expected:
+            problems.append(f"{dotted}: documented default {rows[dotted]!r}, the schema's is {expected!r}")
+    for dotted in rows:
+        if dotted not in checkers:
+            problems.append(f"{dotted}: documented, but not a key of the schema")
+    assert not problems, "docs/configuration.md disagrees with the schema:\n" + "\n".join(problems)
+
+
+def test_the_default_checks_would_catch_a_changed_schema_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SCHEMA["scrobble"], "force_stop_at", (96, SCHEMA["scrobble"]["force_stop_at"][1]))
+    with pytest.raises(AssertionError, match=r"scrobble\.force_stop_at"):
+        test_example_file_values_are_the_schema_defaults()
+    with pytest.raises(AssertionError, match=r"scrobble\.force_stop_at"):
+        test_configuration_doc_defaults_are_the_schema_defaults()
+
+
+# --- duplicate keys, tabs, indentation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server:\n  port: 8790\n  port: 8791\n",
+         "server.port (line 3): duplicate key (already on line 2); keep only one of them"),
+        ("webhooks:\n  plex:\n    enabled: true\n  plex:\n    enabled: false\n",
+         "webhooks.plex (line 4): duplicate key (already on line 2); keep only one of them"),
+        ("server:\n  host: a\nlogging:\n  level: info\nserver:\n  port: 1\n",
+         "server (line 5): duplicate key (already on line 1); keep only one of them"),
+    ],
+)
+def test_duplicate_keys_are_errors(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        # a tab in the indentation, anywhere on the line, before a value
+        ("server:\n\thost: x\n", 2, "a tab character (column 1); YAML does not allow tabs for indentation: "
+                                      "use spaces to indent"),
+        ("server:\n  host: x\n\t port: 1\n", 3, "use spaces to indent"),
+        ("server:\n  host: x\t# c\n", 2, "a tab character (column 10)"),
+        # a dedented key: that line, and how the lines around it are indented
+        ("server:\n  host: x\n port: 8790\nlogging:\n  level: info\n", 3,
+         "`port: 8790` is indented 1 space, but the lines under `server` above it are indented 2 spaces"),
+        ("webhooks:\n  plex:\n    enabled: true\n   token: abc\n  emby:\n    enabled: true\n", 4,
+         "`token: abc` is indented 3 spaces, but the lines under `plex` above it are indented 4 spaces"),
+        ("trakt:\n  client_id: abc\n  client_secret: def\n access_token: ''\n refresh_token: ''\n", 4,
+         "`access_token: ''` is indented 1 space"),
+        # the section's first key is the odd one out: PyYAML stops a line later, we name it
+        ("webhooks:\n  plex:\n      enabled: true\n    token: abcdefabcdefabcdef\n    ratings: false\n", 3,
+         "`enabled: true` is indented 6 spaces, but the next key of `plex` (line 4) is indented 4 spaces"),
+        ("server:\n host: x\n  port: 1\n", 2,
+         "`host: x` is indented 1 space, but the next key of `server` (line 3) is indented 2 spaces"),
+        ("server:\n  host: x\n    port: 8790\n", 3, "is indented more than line 2 above it, which already has a value"),
+        ("server:\n  host x\n  port: 1\n", 2,
+         "`host x` is not `key: value`: a colon (followed by a space) is missing?"),
+        ("server:\n  host: \"abc\n  port: 1\n", 2, "the quoted value starting on line 2 is never closed"),
+        ("webhooks:\n  plex:\n    username_whitelist: [a, b\n  emby:\n    enabled: true\n", 3,
+         "the [ list starting on line 3 is not closed"),
+        ("server:\n  host: @x\n", 2, "put the value in quotes"),
+    ],
+)
+def test_yaml_mistakes_name_the_line_and_the_fix(text: str, line: int, words: str) -> None:
+    found = problems(text)
+    assert len(found) == 1
+    assert found[0].startswith(f"cwhook.yml (line {line}): not valid YAML: "), found[0]
+    assert words in found[0]
+    assert "<block" not in found[0] and "expected" not in found[0]
+
+
+EXAMPLE_KEY_LINES = [i for i, line in enumerate(example_config_text().splitlines())
+                     if re.match(r"^ +[a-z_]+:", line)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(index=st.sampled_from(EXAMPLE_KEY_LINES))
+def test_a_tab_anywhere_in_the_example_is_named_at_its_line(index: int) -> None:
+    lines = example_config_text().splitlines()
+    lines[index] = "\t" + lines[index].lstrip(" ")
+    found = problems("\n".join(lines) + "\n")
+    assert len(found) == 1 and found[0].startswith(f"cwhook.yml (line {index + 1}): not valid YAML: a tab")
+
+
+def _dedentable(lines: list[str]) -> list[int]:
+    """Key lines that follow a sibling key at the same indentation (so a dedent by one is the mistake)."""
+    out = []
+    content = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+    for prev, i in itertools.pairwise(content):
+        indent = len(lines[i]) - len(lines[i].lstrip(" "))
+        if re.match(r"^ +[a-z_]+:", lines[i]) and indent == len(lines[prev]) - len(lines[prev].lstrip(" ")):
+            out.append(i)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(index=st.sampled_from(_dedentable(example_config_text().splitlines())))
+def test_a_key_dedented_by_one_in_the_example_is_named_at_its_line(index: int) -> None:
+    lines = example_config_text().splitlines()
+    lines[index] = lines[index][1:]
+    found = problems("\n".join(lines) + "\n")
+    assert len(found) == 1 and found[0].startswith(f"cwhook.yml (line {index + 1}): not valid YAML: "), found
+
+
+# --- reload guards -------------------------------------------------------------------------------
+
+FULL = "server:\n  port: 1234\ntrakt:\n  api_url: http://fake\n  client_id: abc\nlogging:\n  level: debug\n"
+
+
+def test_sections_and_lost_sections() -> None:
+    before = parse_config(FULL, Path("c.yml"))
+    assert before.sections == {("server",), ("trakt",), ("logging",)}
+    truncated = parse_config(FULL.split("logging:")[0], Path("c.yml"))
+    assert lost_sections(before, truncated) == [
+        "logging: this section is missing, but the file had it at the last good read (a file caught "
+        "half-written or truncated?); restore it. To remove it on purpose, reload with SIGHUP "
+        "(`systemctl reload cwhook`)"]
+    cut = parse_config("server:\n  port: 1234\n", Path("c.yml"))
+    assert [p.split(":")[0] for p in lost_sections(before, cut)] == ["logging", "trakt"]
+    assert lost_sections(before, parse_config(FULL + "scrobble:\n  dry_run: true\n", Path("c.yml"))) == []
+    nested = parse_config("webhooks:\n  plex:\n    ratings: true\n", Path("c.yml"))
+    assert nested.sections == {("webhooks",), ("webhooks", "plex")}
+    assert [p.split(":")[0] for p in lost_sections(nested, parse_config("", Path("c.yml")))] == ["webhooks"]
+
+
+def test_changed_keys_names_keys_never_values() -> None:
+    before = parse_config(FULL, Path("c.yml"))
+    after = parse_config(FULL.replace("port: 1234", "port: 1235").replace("client_id: abc", "client_id: xyz")
+                         + "webhooks:\n  plex:\n    token: abcdefghijklmnopqrstuvwxyz\n", Path("c.yml"))
+    assert changed_keys(before, after) == ["server.port", "webhooks.plex.token", "trakt.client_id"]
+    assert changed_keys(before, before) == []
+
+
+def test_unreadable_file_names_the_user_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "cannot read it as user" in info.value.problems[0] and "chown" in info.value.problems[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cwhook import emby, plex
+from cwhook import emby, logs, plex
 from cwhook.config import TraktConfig
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
@@ -163,15 +164,16 @@ async def test_429_waits_retry_after(rig: Rig, fake_trakt: FakeTrakt) -> None:
 @pytest.mark.parametrize(("status", "loud"), [(422, False), (420, True), (423, True), (400, False)])
 async def test_final_errors_drop_the_entry(rig: Rig, fake_trakt: FakeTrakt, status: int, loud: bool,
                                            capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", "json")  # JSON lines on stderr, whatever an earlier test configured
     fake_trakt.script = [status]
     rig.add("stop", MOVIE, 90)
     await rig.drain()
     assert len(fake_trakt.scrobbles()) == 1 and rig.pending() == 0
     assert rig.counters.failed == 1
     out = capsys.readouterr()
-    text = out.out + out.err
-    assert "trakt_failed" in text
-    assert ("error" in text) if loud else True
+    lines = [json.loads(line) for line in (out.out + out.err).splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line["event"] == "trakt_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == ("error" if loud else "warning")
 
 
 async def test_expired_token_refreshed_and_written_back(fake_trakt: FakeTrakt, tmp_path: Path) -> None:

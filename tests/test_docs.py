@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -15,17 +16,32 @@ from tests.conftest import ROOT, TOKENS, Daemon
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = re.compile(r"^(curl .*?)\s+# expect (\d{3})$")
+EXAMPLE = re.compile(r"^(curl .*?)\s+# expect (\d{3})(?: (\{.*\}))?$")
 
 
 def examples() -> list[tuple[str, str, int]]:
+    return [(page, command, status) for page, command, status, _ in answered_examples()]
+
+
+def answered_examples() -> list[tuple[str, str, int, dict[str, object] | None]]:
+    """(page, command, status, documented answer or None) for every `# expect NNN [answer]` line."""
     found = []
     for page in sorted((ROOT / "docs").glob("*.md")):
         for line in page.read_text().splitlines():
             m = EXAMPLE.match(line.strip())
             if m:
-                found.append((page.name, m.group(1), int(m.group(2))))
+                answer = json.loads(m.group(3)) if m.group(3) else None
+                found.append((page.name, m.group(1), int(m.group(2)), answer))
     return found
+
+
+def check_answer(documented: dict[str, object], body: dict[str, object]) -> None:
+    """Every documented field is in the body; a value ending in … is a prefix."""
+    for key, value in documented.items():
+        if isinstance(value, str) and value.endswith("…"):
+            assert str(body.get(key, "")).startswith(value[:-1]), (key, value, body)
+        else:
+            assert body.get(key) == value, (key, value, body)
 
 
 def test_docs_have_curl_examples_for_every_endpoint() -> None:
@@ -39,16 +55,19 @@ def test_every_curl_example(daemon_factory: Callable[..., Daemon]) -> None:
     d = daemon_factory()
     env = dict(os.environ, PLEX_TOKEN=TOKENS["plex"], JELLYFIN_TOKEN=TOKENS["jellyfin"],
                EMBY_TOKEN=TOKENS["emby"])
-    ran = 0
-    for page, command, expected in examples():
+    ran = answers = 0
+    for page, command, expected, answer in answered_examples():
         cmd = command.replace("http://localhost:8787", d.base) + " -w '\\n%{http_code}'"
         out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
         assert out.returncode == 0, (page, command, out.stderr)
         body, _, status = out.stdout.rpartition("\n")
         assert int(status) == expected, (page, command, out.stdout)
-        json.loads(body)  # always JSON
+        data = json.loads(body)  # always JSON
+        if answer is not None:
+            check_answer(answer, data)
+            answers += 1
         ran += 1
-    assert ran >= 10
+    assert ran >= 10 and answers >= 4
 
 
 def render_handlebars(template: str, data: dict[str, object]) -> str:
@@ -84,3 +103,78 @@ def test_recommended_jellyfin_template_is_understood() -> None:
         for field in ("kind", "title", "year", "ids", "show_title", "show_year", "season", "number", "progress",
                       "paused", "user_name", "user_id", "player_id", "item_key"):
             assert getattr(ev, field) == getattr(send_all, field), (name, field)
+
+
+# --- every log event is in docs/troubleshooting.md ---------------------------------------------
+
+LOG_METHODS = {"info", "warning", "error", "exception"}
+
+
+def _log_method(node: ast.expr, aliases: dict[str, list[str]]) -> list[str]:
+    """The log methods an expression stands for: `log.error`, `(log.error if x else log.warning)`,
+    or a name bound to one of those (`level = log.debug if ... else log.info`)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id.endswith("log"):
+        return [node.attr]
+    if isinstance(node, ast.IfExp):
+        return _log_method(node.body, aliases) + _log_method(node.orelse, aliases)
+    if isinstance(node, ast.Name):
+        return aliases.get(node.id, [])
+    return []
+
+
+def log_events() -> dict[str, list[str]]:
+    """Event name -> where it is logged, for every log.info/warning/error/exception call in cwhook/
+    whose first argument is a literal string (a computed name such as "trakt_" + result is left
+    to the table of the Trakt side)."""
+    found: dict[str, list[str]] = {}
+    for source in sorted((ROOT / "cwhook").glob("*.py")):
+        tree = ast.parse(source.read_text(), str(source))
+        aliases: dict[str, list[str]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                methods = _log_method(node.value, {})
+                if methods:
+                    aliases[node.targets[0].id] = methods
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                continue
+            if LOG_METHODS & set(_log_method(node.func, aliases)):
+                found.setdefault(node.args[0].value, []).append(f"{source.name}:{node.lineno}")
+    return found
+
+
+def test_the_log_event_finder_finds_what_it_should() -> None:
+    events = log_events()
+    for name in ("config_refused", "trakt_failed", "request", "decision", "listen_failed"):
+        assert name in events, name  # plain, conditional method, and a method bound to a name
+
+
+def test_every_log_event_is_in_troubleshooting() -> None:
+    doc = (ROOT / "docs" / "troubleshooting.md").read_text()
+    missing = {name: where for name, where in log_events().items() if f"`{name}`" not in doc}
+    assert not missing, (
+        "these log events are not in docs/troubleshooting.md (add a row to 'Every log event, and what to do'"
+        " with the meaning and what to do):\n" + "\n".join(f"  {name}  ({', '.join(where)})"
+                                                          for name, where in sorted(missing.items())))
+
+
+def test_the_unit_documentation_is_installed_by_the_install_steps() -> None:
+    unit = (ROOT / "systemd" / "cwhook.service").read_text()
+    install = (ROOT / "docs" / "install.md").read_text()
+    docs = re.findall(r"^Documentation=(.*)$", unit, re.M)
+    assert docs
+    for uri in docs[0].split():
+        assert uri.startswith("file://"), uri
+        assert uri.removeprefix("file://") in install, f"{uri} is not installed by docs/install.md"
+
+
+def test_install_steps_are_runnable_as_written() -> None:
+    install = (ROOT / "docs" / "install.md").read_text()
+    assert "apt install python3-venv" in install
+    assert "$EDITOR" not in install.split("sudoedit")[0]  # `sudo -u cwhook $EDITOR` fails when it is unset
+    assert "sudoedit -u cwhook /etc/cwhook/cwhook.yml" in install
+    # The steps use paths of the source tree (systemd/, README.md, docs/, `pip install .`): the page says
+    # where to run them before its first command.
+    assert install.index("Run these steps from the top of the cwhook source tree") < install.index("```sh")
+    assert "systemd/cwhook.service /etc/systemd/system/" in install

@@ -138,12 +138,10 @@ def test_burst_is_paced_at_one_post_per_second(daemon_factory: Callable[..., Dae
 
 def test_sigterm_drains_queue_and_held_pause_into_outbox(daemon_factory: Callable[..., Daemon],
                                                          fake_trakt: FakeTrakt) -> None:
-    d = daemon_factory(**authorized(fake_trakt), extra_scrobble="  pause_debounce_seconds: 30\n".replace(
-        "30", "30"))
-    # pause_debounce_seconds appears twice otherwise: rewrite the file with a long debounce
-    text = d.config_path.read_text().replace("pause_debounce_seconds: 1\n", "")
-    d.config_path.write_text(text)
-    d.stop()
+    d = daemon_factory(**authorized(fake_trakt), start=False)
+    text = d.config_path.read_text()
+    assert "pause_debounce_seconds: 1\n" in text
+    d.config_path.write_text(text.replace("pause_debounce_seconds: 1\n", "pause_debounce_seconds: 30\n"))
     d.start()
     fake_trakt.outage_until = time.time() + 3600
     assert d.post("plex", plex_body("media.play", 600000))[0] == 202

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -56,3 +60,51 @@ def test_forced_formats() -> None:
     logs.configure("debug", "console", plain)
     logs.get("t").debug("y")
     assert "y" in plain.getvalue() and not plain.getvalue().startswith("{")
+
+
+def test_non_ascii_is_written_as_utf8_not_escaped() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", out)
+    logs.get("t").info("decision", title="范马刃牙 – Amélie")
+    assert '"title": "范马刃牙 – Amélie"' in out.getvalue() and "\\u" not in out.getvalue()
+
+
+def journal_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TextIO:
+    """A file that JOURNAL_STREAM names, as systemd names the journal's stream."""
+    fh = (tmp_path / "journal").open("w+", encoding="utf-8")
+    st = os.fstat(fh.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    return fh
+
+
+def test_syslog_priority_prefix_under_journald(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fh = journal_file(tmp_path, monkeypatch)
+    logs.configure("debug", "auto", fh)
+    log = logs.get("t")
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    log.error("e")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("x")
+    logging.getLogger("aiohttp.server").error("Error handling request")  # the standard library's too
+    logging.getLogger("asyncio").warning("slow callback")
+    fh.seek(0)
+    lines = fh.read().splitlines()
+    prefixes = [line[:3] for line in lines if line.startswith("<")]
+    assert prefixes == ["<7>", "<6>", "<4>", "<3>", "<3>", "<3>", "<4>"], lines
+    records = [json.loads(line[3:]) for line in lines if line.startswith("<")]
+    assert [r["event"] for r in records] == ["d", "i", "w", "e", "x", "Error handling request", "slow callback"]
+    assert records[4]["exception"].startswith("Traceback") and records[5]["logger"] == "aiohttp.server"
+
+
+def test_no_prefix_when_journal_stream_names_another_stream(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    journal_file(tmp_path, monkeypatch)  # inherited from a service, but our output goes elsewhere
+    other = (tmp_path / "other").open("w+", encoding="utf-8")
+    logs.configure("info", "json", other)
+    logs.get("t").error("e")
+    other.seek(0)
+    assert json.loads(other.read())["event"] == "e"

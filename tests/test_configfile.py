@@ -1,0 +1,229 @@
+"""Rewriting the config file: owner and group kept, never from a half-written read, errors with the fix."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cwhook import configfile
+from cwhook.config import load_config
+from cwhook.configfile import ConfigWriteError, remember, update_file, write_atomic, write_failure
+
+FULL = """\
+# hand-written
+server:
+  port: 8790   # mine
+webhooks:
+  plex:
+    token: "plex-token-0123456789abcdef"
+trakt:
+  api_url: http://fake-trakt.invalid
+  client_id: my-client-id
+  client_secret: my-client-secret
+  access_token: ""
+state:
+  dir: /var/lib/cwhook
+logging:
+  level: debug
+"""
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+
+
+def fresh(tmp_path: Path, text: str = FULL, age: float = 5.0) -> Path:
+    """The file as if written `age` seconds ago (a rewrite waits for a file that just changed)."""
+    path = tmp_path / "cwhook.yml"
+    path.write_text(text)
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+# --- owner, group, mode ---------------------------------------------------------------------------
+
+
+@needs_root
+def test_root_rewriting_another_users_file_keeps_owner_group_and_mode(tmp_path: Path) -> None:
+    path = fresh(tmp_path)
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o640)
+    update_file(path, {("trakt", "access_token"): "new"})
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o640)
+    lock = path.with_name("cwhook.yml.lock").stat()
+    assert (lock.st_uid, lock.st_gid) == (65534, 65534)  # the service user can take the lock too
+    assert yaml.safe_load(path.read_text())["trakt"]["access_token"] == "new"
+
+
+@needs_root
+def test_only_the_group_differs(tmp_path: Path) -> None:
+    path = fresh(tmp_path)
+    os.chown(path, 0, 65534)
+    update_file(path, {("trakt", "access_token"): "new"})
+    assert (path.stat().st_uid, path.stat().st_gid) == (0, 65534)
+
+
+def test_an_owner_that_cannot_be_kept_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = fresh(tmp_path)
+    before = path.read_bytes()
+    real = os.fstat
+
+    def other_owner(fd: int) -> Any:  # the temp file seems to belong to someone else than the config
+        st = real(fd)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid + 1, st.st_gid,
+                               st.st_size, st.st_atime, st.st_mtime, st.st_ctime))
+
+    def denied(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(configfile.os, "fstat", other_owner)
+    monkeypatch.setattr(configfile.os, "fchown", denied)
+    with pytest.raises(ConfigWriteError, match=r"could not keep that owner.*Fix: run the command as"):
+        update_file(path, {("trakt", "access_token"): "new"})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_symlinked_config_rewrites_the_target(tmp_path: Path) -> None:
+    target = fresh(tmp_path)
+    link = tmp_path / "link.yml"
+    link.symlink_to(target)
+    update_file(link, {("trakt", "access_token"): "new"})
+    assert link.is_symlink()
+    assert yaml.safe_load(target.read_text())["trakt"]["access_token"] == "new"
+
+
+@pytest.mark.parametrize(("err", "words"), [
+    (13, "the directory {d} is not writable by user"),
+    (30, "{d} is on a read-only file system; nothing was changed. Fix: make {d} writable (under systemd: "
+         "list it in ReadWritePaths= of the unit)"),
+    (28, "no space left for {d}"),
+])
+def test_write_failures_name_the_directory_and_the_fix(tmp_path: Path, err: int, words: str) -> None:
+    path = tmp_path / "c.yml"
+    message = str(write_failure(path, OSError(err, os.strerror(err), str(tmp_path / ".c.yml.x.tmp"))))
+    assert message.startswith(f"cannot write {path}: ")
+    assert words.format(d=tmp_path) in message
+    assert ".tmp" not in message
+
+
+# --- never from a half-written read ---------------------------------------------------------------
+
+
+def test_a_read_lacking_sections_is_not_the_base_of_a_rewrite(tmp_path: Path) -> None:
+    path = fresh(tmp_path)
+    remember(load_config(path))
+    truncated = FULL.split("trakt:")[0]
+    path.write_text(truncated)  # an editor half-way through writing it in place
+
+    def finish() -> None:
+        time.sleep(0.6)
+        path.write_text(FULL)
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    update_file(path, {("trakt", "access_token"): "new"})
+    writer.join()
+    data = yaml.safe_load(path.read_text())
+    assert data["trakt"] == {"api_url": "http://fake-trakt.invalid", "client_id": "my-client-id",
+                             "client_secret": "my-client-secret", "access_token": "new"}
+    assert data["state"] == {"dir": "/var/lib/cwhook"} and data["logging"] == {"level": "debug"}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (FULL.split("state:")[0], "it lacks the sections logging, state that it had at the last good read"),
+    (FULL + " port: 1\n", "it is not valid YAML (line 16)"),
+    (FULL.replace("  level: debug\n", "  level: debug\n  level: info\n"),
+     "logging.level is there twice (lines 15 and 16)"),
+])
+def test_gives_up_loudly_after_waiting(tmp_path: Path, text: str, words: str) -> None:
+    path = fresh(tmp_path)
+    remember(load_config(path))
+    fresh(tmp_path, text)
+    started = time.monotonic()
+    with pytest.raises(ConfigWriteError) as info:
+        update_file(path, {("trakt", "access_token"): "new"}, wait=0.5)
+    assert time.monotonic() - started >= 0.5
+    message = str(info.value)
+    assert message.startswith(f"{path} was not rewritten, nothing was changed: ")
+    assert words in message and "Waited 0.5 s" in message and "check-config" in message
+    assert path.read_text() == text
+
+
+def test_a_file_that_just_changed_is_read_again_once_settled(tmp_path: Path) -> None:
+    path = fresh(tmp_path, age=0)
+    started = time.monotonic()
+    update_file(path, {("trakt", "access_token"): "new"})
+    assert 0.5 <= time.monotonic() - started < 3
+    started = time.monotonic()
+    update_file(path, {("trakt", "access_token"): "newer"})  # our own write needs no settling
+    assert time.monotonic() - started < 0.5
+
+
+WRITER = r"""
+import os, sys, time
+path, rounds = sys.argv[1], int(sys.argv[2])
+pauses = [float(p) for p in sys.argv[3].split(",")]
+text = open(path, "rb").read()
+lines = text.splitlines(keepends=True)
+for _ in range(rounds):
+    with open(path, "r+b") as fh:  # in place, as sudoedit, nano or `cat >` do
+        fh.truncate(0)
+        for n, i in enumerate(range(0, len(lines), 4)):
+            fh.write(b"".join(lines[i:i + 4]))
+            fh.flush()
+            time.sleep(pauses[n % len(pauses)])
+"""
+
+
+@pytest.mark.slow
+def test_a_slow_writer_rewriting_in_place_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real process rewrites the file in place, slowly (pausing longer than a second half-way),
+    while tokens are written: every file cwhook writes is whole, nothing of the user's is lost."""
+    path = fresh(tmp_path)
+    remember(load_config(path))
+    written: list[bytes] = []
+    real_write = configfile.write_atomic
+
+    def recording(p: Path, data: bytes, mode: int | None = None) -> None:
+        written.append(data)
+        real_write(p, data, mode)
+
+    monkeypatch.setattr(configfile, "write_atomic", recording)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "2", "0.1,1.3"])
+    updates = 0
+    while writer.poll() is None:
+        update_file(path, {("trakt", "access_token"): f"token-{updates}"})
+        updates += 1
+        time.sleep(0.05)
+    assert writer.wait(30) == 0
+    assert updates >= 2 and written
+    expected = yaml.safe_load(FULL)
+    expected["trakt"].pop("access_token")
+    for data in written:
+        got = yaml.safe_load(data)
+        got["trakt"].pop("access_token")
+        assert got == expected
+        assert data.decode().startswith("# hand-written\nserver:\n  port: 8790   # mine\n")
+    update_file(path, {("trakt", "access_token"): "last"})
+    final = yaml.safe_load(path.read_text())
+    assert final["trakt"]["client_secret"] == "my-client-secret" and final["trakt"]["access_token"] == "last"
+    assert load_config(path).trakt.api_url == "http://fake-trakt.invalid"
+
+
+def test_write_atomic_new_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_atomic(tmp_path / "x", b"hi")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o600
