@@ -143,6 +143,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "stop_pause_threshold": (80, _number_range(80, 100)),
         "force_stop_at": (95, _number_range(1, 100)),
         "watchlist_autoremove_movies": (False, _bool),
+        "sync_manual_marks": (False, _bool),
+        "ignore_plex_vod": (False, _bool),
         "dry_run": (False, _bool),
     },
     "trakt": {
@@ -190,6 +192,8 @@ class ScrobbleConfig:
     stop_pause_threshold: float = 80.0
     force_stop_at: float = 95.0
     watchlist_autoremove_movies: bool = False
+    sync_manual_marks: bool = False  # Jellyfin/Emby "mark watched/unwatched" -> Trakt history
+    ignore_plex_vod: bool = False  # drop items from Plex's own streaming catalogue
     dry_run: bool = False
 
 
