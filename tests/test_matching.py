@@ -384,3 +384,37 @@ def test_marks_are_not_playback() -> None:
     assert isinstance(result, Ignored)
     ev = jellyfin.parse("text/plain", json.dumps(data).encode())
     assert isinstance(ev, Event) and replace(ev, action="stop").session_key == ev.session_key
+
+
+async def test_absolute_episode_never_matched_cannot_go_to_sync(pipe: Pipeline,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A rating for an anime episode Trakt never saw scrobbled: /sync has no absolute numbers
+    and nothing names the episode otherwise, so it fails for good, saying why, without a crash."""
+    rated = plex_at(R + "plex_media.play_episode_hama-tvdb4.RECONSTRUCTED.json", "media.rate")
+    rated["rating"] = "8"
+    pipe.post("plex", rated, 0)
+    await pipe.deliver()
+    assert pipe.calls() == [
+        ("GET", "/search/tvdb/81797?type=show", None, None, 200),
+        ("GET", "/search/show?query=One Piece", None, None, 200),
+    ]
+    assert pipe.sender.counters.failed == 1 and pipe.outbox.pending() == 0
+    out = capsys.readouterr()
+    assert "no match on Trakt" in out.out + out.err and "cannot be sent there" in out.out + out.err
+
+
+async def test_absolute_files_under_plex_tvdb_agent(pipe: Pipeline) -> None:
+    """Absolutely numbered files with Plex's own TVDB agent land in season 1 (S01E1000): the
+    show is known, the number is not a season-1 one, so it is tried as an absolute number."""
+    data = plex_at("plex_media.pause_episode_legacy-tvdb-agent.json", "media.stop")
+    data["Metadata"].update(guid="com.plexapp.agents.thetvdb://81797/1/1000?lang=en", grandparentTitle="One Piece",
+                            parentIndex=1, index=1000, duration=1440000, viewOffset=1400000)
+    pipe.post("plex", data, 0)
+    await pipe.deliver()
+    assert pipe.calls() == [
+        ("POST", "/scrobble/stop", {"show": ONE_PIECE, "episode": {"season": 1, "number": 1000}}, 97.22, 404),
+        ("GET", "/search/tvdb/81797?type=show", None, None, 200),
+        ("POST", "/scrobble/stop", {"show": {"ids": {"trakt": 5}}, "episode": {"season": 1, "number": 1000}},
+         97.22, 404),
+        ("POST", "/scrobble/stop", {"show": {"ids": {"trakt": 5}}, "episode": {"number_abs": 1000}}, 97.22, 201),
+    ]
