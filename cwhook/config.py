@@ -146,6 +146,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "stop_pause_threshold": (80, _number_range(80, 100)),
         "force_stop_at": (95, _number_range(1, 100)),
         "watchlist_autoremove_movies": (False, _bool),
+        "sync_manual_marks": (False, _bool),
+        "ignore_plex_vod": (False, _bool),
         "dry_run": (False, _bool),
     },
     "trakt": {
@@ -215,6 +217,8 @@ class ScrobbleConfig:
     stop_pause_threshold: float = default("scrobble", "stop_pause_threshold")
     force_stop_at: float = default("scrobble", "force_stop_at")
     watchlist_autoremove_movies: bool = default("scrobble", "watchlist_autoremove_movies")
+    sync_manual_marks: bool = default("scrobble", "sync_manual_marks")  # Jellyfin/Emby marks -> history
+    ignore_plex_vod: bool = default("scrobble", "ignore_plex_vod")  # Plex's own streaming catalogue
     dry_run: bool = default("scrobble", "dry_run")
 
 

@@ -232,6 +232,14 @@ class Lane:
                 event, tb.rating_forms(event),
                 lambda form: self._post(path, tb.ratings_body(form, rating, entry.created_at), True),
                 "sent")
+        if verb in ("history_add", "history_remove"):  # marked watched/unwatched by hand
+            add = verb == "history_add"
+            return await self._with_item(
+                event, tb.item_forms(event),
+                lambda form: self._post("/sync/history" if add else "/sync/history/remove",
+                                        tb.history_body(form, entry.created_at) if add
+                                        else tb.history_remove_body(form), True),
+                "sent")
         if verb == "watchlist_remove":
             return await self._with_item(
                 event, tb.item_forms(event),
@@ -263,9 +271,10 @@ class Lane:
         if event.kind == "movie" and text:
             searches.append(text)
         for path, rtype in searches:
-            found = await self._search(event, path, rtype, [])
-            if found is None:
+            forms = await self._search(event, path, rtype, [])
+            if not forms:
                 continue
+            found = forms[0]
             trakt_id = found[rtype]["ids"]["trakt"]
             start = tb.iso(since - 60)
             resp = await self.client.request("GET", f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
@@ -299,8 +308,9 @@ class Lane:
             return Outcome("dry_run", {"note": "no item form to send"})
         text = tb.text_search(event)
         for path, rtype in tb.id_searches(event) + ([text] if text else []):
-            searched = await self._search(event, path, rtype, tried)
-            if searched is not None and searched not in candidates:
+            for searched in await self._search(event, path, rtype, tried):
+                if searched in candidates:
+                    continue
                 candidates.append(searched)
                 found = await self._attempt(call, searched, tried)
                 if found is not None:
@@ -313,24 +323,27 @@ class Lane:
         except NotFound:
             tried.append(_describe(form))
             return None
+        except tb.NotExpressible:  # e.g. an absolute episode number in a /sync body
+            tried.append(_describe(form) + " (cannot be sent there)")
+            return None
 
-    async def _search(self, event: Event, path: str, rtype: str, tried: list[str]) -> tb.Body | None:
+    async def _search(self, event: Event, path: str, rtype: str, tried: list[str]) -> list[tb.Body]:
         try:
             resp = await self.client.request("GET", path)
         except NotFound:
             tried.append(f"GET {path}")
-            return None
-        form = tb.form_from_search(event, resp.data, rtype)
-        if form is None:
+            return []
+        forms = tb.forms_from_search(event, resp.data, rtype)
+        if not forms:
             tried.append(f"GET {path} (no usable result)")
-        return form
+        return forms
 
     async def _matched(self, key: str, form: tb.Body, resp: Response, result: str,
                        dry: bool) -> Outcome:
         if dry:
             return Outcome("dry_run")
         with contextlib.suppress(StoreUnavailable):  # only a cache: the call itself succeeded
-            await self.db.call(self.store.match_put, key, form, self.clock())
+            await self.db.call(self.store.match_put, key, tb.remembered_form(form, resp.data), self.clock())
         detail: dict[str, Any] = {"status": resp.status}
         if isinstance(resp.data, dict) and "action" in resp.data:
             detail["trakt_action"] = resp.data["action"]

@@ -15,6 +15,8 @@ EVENTS = {
     "playback.unpause": "start",
     "playback.pause": "pause",
     "playback.stop": "stop",
+    "item.markplayed": "mark_watched",  # marked watched by hand
+    "item.markunplayed": "mark_unwatched",
 }
 
 
@@ -47,5 +49,6 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         server_id=as_str(as_dict(data.get("Server")).get("Id")),
         player_id=as_str(session.get("DeviceId")) or as_str(session.get("Id")),
         item_id=as_str(item_data.get("Id")),
+        episode_end=as_int(item_data.get("IndexNumberEnd")),
     )
     return to_event(item, received_at)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Source = Literal["plex", "jellyfin", "emby"]
-Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress"]
+Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress",
+                 "mark_watched", "mark_unwatched"]
 Kind = Literal["movie", "episode", "show", "season"]
 
 
@@ -91,6 +92,8 @@ class Event:
     show_ids: Ids = field(default_factory=Ids)
     season: int | None = None
     number: int | None = None
+    number_abs: int | None = None  # absolute episode number, when that is what the server means
+    number_end: int | None = None  # last episode of a multi-episode file (number..number_end)
     progress: float | None = None  # percent 0..100, None = unknown
     duration_s: float | None = None
     paused: bool | None = None  # Jellyfin progress reports carry the paused flag
@@ -102,6 +105,7 @@ class Event:
     item_key: str = ""  # the media server's id of the item
     rating: int | None = None  # for `rate`: 1..10, None = rating cleared
     received_at: float = 0.0
+    vod: bool = False  # Plex's own free streaming catalogue (tv.plex.provider.vod)
 
     @property
     def user_key(self) -> str:
@@ -112,7 +116,10 @@ class Event:
         """What the item is, independent of who plays it where."""
         if self.kind == "episode" and not self.ids and self.show_title is not None:
             show = self.show_ids.as_dict() or (self.show_title or "").casefold()
-            return f"episode|{show}|{self.season}|{self.number}"
+            key = f"episode|{show}|{self.season}|{self.number}"
+            if self.number_end is not None:
+                key += f"-{self.number_end}"
+            return key if self.number_abs is None else f"{key}|abs={self.number_abs}"
         ids = self.ids.as_dict()
         if ids:
             return f"{self.kind}|" + ",".join(f"{k}={ids[k]}" for k in sorted(ids))
@@ -126,7 +133,10 @@ class Event:
     def label(self) -> str:
         if self.kind == "episode":
             show = self.show_title or "?"
-            return f"{show} S{self.season or 0:02d}E{self.number or 0:02d}"
+            if self.number is None and self.number_abs is not None:
+                return f"{show} #{self.number_abs}"
+            end = f"-E{self.number_end:02d}" if self.number_end is not None else ""
+            return f"{show} S{self.season or 0:02d}E{self.number or 0:02d}{end}"
         return f"{self.title or '?'} ({self.year})" if self.year else (self.title or "?")
 
     def summary(self) -> dict[str, Any]:
@@ -148,10 +158,16 @@ class Event:
                 season=self.season,
                 number=self.number,
             )
+            if self.number_abs is not None:
+                out["number_abs"] = self.number_abs
+            if self.number_end is not None:
+                out["number_end"] = self.number_end
         if self.action == "rate":
             out["rating"] = self.rating
         if self.paused is not None:
             out["paused"] = self.paused
+        if self.vod:
+            out["vod"] = True
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,7 +20,19 @@ def _text(data: dict[str, object], key: str) -> str | None:
     return value.replace('\\"', '"') if value else value
 
 
-EVENTS = {"playbackstart": "start", "playbackstop": "stop", "playbackprogress": "progress"}
+EVENTS = {"playbackstart": "start", "playbackstop": "stop", "playbackprogress": "progress",
+          "userdatasaved": "mark"}
+
+
+def _manual_mark(data: dict[str, object]) -> str | Ignored:
+    """UserDataSaved is sent for every change of a user's data; only "TogglePlayed" is
+    a person marking the item watched (Played true) or unwatched (Played false)."""
+    reason = as_str(get_ci(data, "SaveReason")) or "unknown"
+    played = as_bool(get_ci(data, "Played"))
+    if reason.lower() != "toggleplayed" or played is None:
+        return Ignored("event_not_handled",
+                       f"Jellyfin UserDataSaved ({reason}) is not a watched mark made by hand")
+    return "mark_watched" if played else "mark_unwatched"
 
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
@@ -28,6 +40,11 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
     action = event_action(data, "NotificationType", EVENTS, "Jellyfin", "notification")
     if isinstance(action, Ignored):
         return action
+    if action == "mark":
+        marked = _manual_mark(data)
+        if isinstance(marked, Ignored):
+            return marked
+        action = marked
     year = as_int(get_ci(data, "Year"))
     is_episode = (as_str(get_ci(data, "ItemType")) or "").lower() == "episode"
     item = MediaBrowserItem(
@@ -52,5 +69,6 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         player_id=as_str(get_ci(data, "DeviceId")) or as_str(get_ci(data, "Id"))
         or as_str(get_ci(data, "DeviceName")),
         item_id=as_str(get_ci(data, "ItemId")),
+        episode_end=as_int(get_ci(data, "EpisodeNumberEnd")),
     )
     return to_event(item, received_at)

@@ -12,6 +12,7 @@ from cwhook.event import Action, Event, Ids, Ignored, ParseResult, Source, make_
 from cwhook.payload import as_dict, as_float, get_ci, percent
 
 TICKS_PER_SECOND = 10_000_000
+MAX_EPISODES_PER_FILE = 10  # a larger IndexNumberEnd is taken for bad metadata and ignored
 KINDS = {"movie": "movie", "episode": "episode", "series": "show", "season": "season"}
 
 
@@ -57,6 +58,13 @@ class MediaBrowserItem:
     server_id: str | None
     player_id: str | None
     item_id: str | None
+    episode_end: int | None = None  # IndexNumberEnd / EpisodeNumberEnd: a multi-episode file
+
+
+def _episode_end(first: int | None, last: int | None) -> int | None:
+    if first is None or last is None or not first < last < first + MAX_EPISODES_PER_FILE:
+        return None
+    return last
 
 
 def to_event(item: MediaBrowserItem, received_at: float) -> ParseResult:
@@ -66,16 +74,22 @@ def to_event(item: MediaBrowserItem, received_at: float) -> ParseResult:
             "media_type_not_supported",
             f"{item.source} item type {item.item_type!r} is not scrobbled to Trakt",
         )
+    season, number, number_abs = item.season, item.episode, None
+    if kind == "episode" and season is None and number is not None:
+        # No season at all: an anime library numbered absolutely.
+        number, number_abs = None, number
     if kind == "episode":
-        if not item.ids and not (item.series_name and item.season is not None
-                                 and item.episode is not None):
+        if not item.ids and not (item.series_name and (
+                (season is not None and number is not None) or number_abs is not None)):
             return Ignored("no_ids", "episode has no ids and no series name/season/episode")
     elif not item.ids and not item.name:
         return Ignored("no_ids", "movie has no ids and no title")
     runtime = as_float(item.runtime_ticks)
     position = as_float(item.position_ticks)
     progress = percent(position, runtime)
-    if item.action == "stop":
+    if item.action in ("mark_watched", "mark_unwatched"):
+        progress = None  # a mark by hand, not a position
+    elif item.action == "stop":
         if item.played_to_completion:
             progress = 100.0
         elif position == 0:
@@ -89,8 +103,10 @@ def to_event(item: MediaBrowserItem, received_at: float) -> ParseResult:
         ids=item.ids,
         show_title=item.series_name if kind == "episode" else None,
         show_year=item.show_year if kind == "episode" else None,
-        season=item.season if kind == "episode" else None,
-        number=item.episode if kind == "episode" else None,
+        season=season if kind == "episode" else None,
+        number=number if kind == "episode" else None,
+        number_abs=number_abs if kind == "episode" else None,
+        number_end=_episode_end(number, item.episode_end) if kind == "episode" else None,
         progress=progress,
         duration_s=runtime / TICKS_PER_SECOND if runtime and runtime > 0 else None,
         paused=item.paused,

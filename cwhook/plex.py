@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from cwhook.event import Event, Ids, Ignored, ParseResult, make_ids
 from cwhook.payload import (
@@ -35,6 +36,12 @@ RATE_KINDS = {"movie", "episode", "show", "season"}
 
 _LEGACY = re.compile(r"^com\.plexapp\.agents\.(?P<agent>[a-z]+)://(?P<rest>[^?]*)")
 _MODERN = re.compile(r"^(?P<agent>imdb|tmdb|tvdb)://(?P<id>[^?/]+)")
+_HAMA = re.compile(
+    r"^(?:com\.plexapp\.agents\.)?hama://(?P<source>[a-z]+?)(?P<mode>[0-9]?)-(?P<id>[^/?]+)"
+    r"(?:/(?P<season>[0-9]+)/(?P<episode>[0-9]+))?",
+    re.IGNORECASE,
+)
+VOD_PROVIDER = "tv.plex.provider.vod"
 
 
 def _guid_list_ids(metadata: Mapping[str, Any]) -> Ids:
@@ -74,6 +81,65 @@ def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | Non
     return ids, Ids(), None, None
 
 
+@dataclass(frozen=True)
+class HamaGuid:
+    """A guid of the HAMA agent (used with the Absolute Series Scanner for anime).
+
+    ``hama://tvdb4-81797/25/1000``: source ``tvdb``, mode ``4``, id 81797, then
+    the season (an arc in mode 4) and the episode as Plex shows them. What the
+    numbers mean depends on the mode (HAMA's README):
+
+    * ``tvdb-``, ``tvdb2-``: TVDB seasons, episodes numbered within the season;
+    * ``tvdb3-``, ``tvdb4-``, ``tvdb5-``: episodes numbered absolutely, the season
+      is TVDB's (3), an arc (4) or TVDB's absolute order (5): only the absolute
+      number means anything to Trakt;
+    * ``anidb-``: one AniDB entry numbered 1..n in season 1 (absolute within the
+      entry); ``anidb2-`` and later map to TVDB season numbering. AniDB ids mean
+      nothing to Trakt.
+
+    Season 0 holds specials in every mode, numbered within the season.
+    """
+
+    source: str
+    mode: str
+    ids: Ids  # what Trakt can use: the show's ids on an episode guid, else the item's
+    season: int | None
+    episode: int | None
+
+    @property
+    def numbering(self) -> Literal["season", "absolute", "both"]:
+        if self.season == 0:
+            return "season"
+        if self.source == "tvdb" and self.mode in ("3", "4", "5"):
+            return "absolute"
+        if self.source == "anidb" and self.mode == "" and self.season == 1:
+            return "both"
+        return "season"
+
+
+def parse_hama_guid(guid: str | None) -> HamaGuid | None:
+    m = _HAMA.match(guid or "")
+    if not m:
+        return None
+    source, value = m.group("source").lower(), m.group("id")
+    key = {"tvdb": "tvdb", "tmdb": "tmdb", "tsdb": "tmdb", "imdb": "imdb"}.get(source)
+    ids = make_ids(**{key: value}) if key else Ids()
+    return HamaGuid(source, m.group("mode"), ids, as_int(m.group("season")),
+                    as_int(m.group("episode")))
+
+
+def is_vod(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
+    """Played from Plex's own streaming catalogue rather than from a library."""
+    marks = [as_str(as_dict(data.get("Server")).get("uuid"))]
+    marks += [as_str(metadata.get(k)) for k in ("source", "providerIdentifier", "librarySectionKey",
+                                               "key")]
+    if any(VOD_PROVIDER in (m or "").lower() for m in marks):
+        return True
+    guid = as_str(metadata.get("guid")) or ""
+    no_library = metadata.get("librarySectionType") is None and metadata.get("librarySectionID") is None
+    return guid.startswith("plex://") and no_library
+
+
 def _rating(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:
     """Plex rates 0..10 (5 stars = 10); 0, negative or missing means cleared."""
     value = as_float(data.get("rating"))
@@ -103,21 +169,33 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
     server = as_dict(data.get("Server"))
     guid = as_str(metadata.get("guid"))
     legacy_ids, legacy_show_ids, legacy_season, legacy_number = parse_legacy_guid(guid)
+    hama = parse_hama_guid(guid)
     ids = _guid_list_ids(metadata) or legacy_ids
 
     title = as_str(metadata.get("title"))
     year = as_int(metadata.get("year"))
     show_title = show_year = None
-    season = number = None
+    season = number = number_abs = None
     show_ids = Ids()
     if kind == "episode":
         show_title = as_str(metadata.get("grandparentTitle"))
         season = as_int(metadata.get("parentIndex"))
         number = as_int(metadata.get("index"))
-        show_ids = legacy_show_ids or parse_legacy_guid(as_str(metadata.get("grandparentGuid")))[0]
+        grandparent = as_str(metadata.get("grandparentGuid"))
+        show_hama = parse_hama_guid(grandparent)
+        show_ids = (legacy_show_ids or parse_legacy_guid(grandparent)[0]
+                    or (hama.ids if hama else Ids()) or (show_hama.ids if show_hama else Ids()))
+        if hama is not None:
+            legacy_season, legacy_number = hama.season, hama.episode
         season = season if season is not None else legacy_season
         number = number if number is not None else legacy_number
-        if not ids and not (show_title and season is not None and number is not None):
+        numbering = hama.numbering if hama is not None else "season"
+        if numbering != "season" and number is not None:
+            number_abs = number
+            if numbering == "absolute":  # the season is an arc: not a Trakt season
+                season = number = None
+        has_numbers = (season is not None and number is not None) or number_abs is not None
+        if not ids and not ((show_title or show_ids) and has_numbers):
             return Ignored("no_ids", "episode has no ids and no show title/season/number")
     elif kind == "season":
         show_title = as_str(metadata.get("parentTitle"))
@@ -125,8 +203,10 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         show_ids = legacy_show_ids
         if not (show_ids or show_title):
             return Ignored("no_ids", "season has no show ids and no show title")
-    elif not ids and not title:
-        return Ignored("no_ids", f"{kind} has no ids and no title")
+    else:
+        ids = ids or (hama.ids if hama is not None else Ids())
+        if not ids and not title:
+            return Ignored("no_ids", f"{kind} has no ids and no title")
 
     duration_ms = as_float(metadata.get("duration"))
     view_offset = as_float(metadata.get("viewOffset"))
@@ -143,6 +223,7 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         show_ids=show_ids,
         season=season,
         number=number,
+        number_abs=number_abs,
         progress=percent(view_offset, duration_ms),
         duration_s=duration_ms / 1000 if duration_ms and duration_ms > 0 else None,
         user_name=as_str(account.get("title")),
@@ -153,6 +234,7 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         item_key=as_str(metadata.get("ratingKey")) or guid or "",
         rating=_rating(data, metadata) if action == "rate" else None,
         received_at=received_at,
+        vod=is_vod(data, metadata),
     )
 
 

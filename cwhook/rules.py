@@ -38,9 +38,18 @@ Rules, in the order they apply to one event (numbers are the spec's, §5):
   A start below 5 % on a finished (watched) session begins a new viewing.
 * Rule 6, one watched stop per viewing: once a session sent a watched stop,
   its later starts, pauses, stops and scrobbles are dropped
-  (``already_watched``); a watched stop for the same user and item from
-  another session within an hour is dropped too, unless that session's viewing
-  started below 5 %.
+  (``already_watched``). For an hour after a watched stop, the same user and
+  item in another session is not scrobbled again, nor paused (a pause or a stop
+  below the threshold: a stale report from a device the user left, which would
+  put the watched item back under "continue watching"), all ``already_watched``
+  with note ``watched_elsewhere``, unless that session began a new viewing
+  below 5 % after the watched stop. A pause held by the debounce is checked
+  again when its window ends.
+* Repeated starts: a start for a session Trakt was last told is playing, at
+  about the position it should have reached by now (within
+  ``ALREADY_PLAYING_PERCENT``, from the runtime and the time since), is dropped
+  (``already_playing``): Plex repeats play/resume, clients retry, and each
+  would cost a POST. A start elsewhere (a seek) is sent.
 * Rule 4, start near the end: a start at or above ``suppress_start_at`` is
   dropped (``suppressed_near_end``). When that was the session's first sign of
   life (resumed at the credits), its later pauses and stops are dropped the
@@ -57,18 +66,33 @@ Rules, in the order they apply to one event (numbers are the spec's, §5):
   1 % is never sent (``below_minimum``; Trakt would answer 422).
 * Ratings (``rate``) pass through, an identical rating for the same user and
   item within ``RATING_WINDOW`` seconds is sent once.
+* Marks by hand (Jellyfin/Emby "mark watched/unwatched"): with
+  ``sync_manual_marks`` a mark watched is added to the Trakt history
+  (``history_add``; ``already_watched`` when the item was scrobbled for the user
+  within the hour) and a mark unwatched removes the item's plays
+  (``history_remove``); the same mark twice within ``RATING_WINDOW`` is sent
+  once. Without the setting: ``manual_marks_disabled``.
+* Plex's own streaming catalogue: with ``ignore_plex_vod`` its items are dropped
+  (``vod_ignored``); otherwise they scrobble like any item.
+* Multi-episode files (Jellyfin/Emby ``IndexNumberEnd``): the rules above run
+  on the file; each resulting Send is then turned into Sends for its episodes,
+  the episodes taken as equal parts of the file. A start or pause goes to the
+  episode at that position, with the position within it; a watched stop sends
+  every episode of the file as watched, once, each at its own position raised
+  to the file's (so each counts as the file did).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from cwhook.config import ScrobbleConfig
-from cwhook.event import Event
+from cwhook.event import Event, Ids
 
-Verb = Literal["start", "pause", "stop", "rate"]
+Verb = Literal["start", "pause", "stop", "rate", "history_add", "history_remove"]
+MARKS = ("mark_watched", "mark_unwatched")
 
 NEW_VIEWING_BELOW = 5.0
 WATCHED_WINDOW = 3600.0
@@ -77,6 +101,7 @@ DUPLICATE_PROGRESS = 0.01
 SCROBBLE_MIN = 90.0
 STOP_FLOOR = 1.0
 RATING_WINDOW = 600.0
+ALREADY_PLAYING_PERCENT = 5.0  # a start this close to where playback should be is a repeat
 SWEEP_INTERVAL = 30.0  # idle sessions and old marks are forgotten at most this often
 
 
@@ -111,7 +136,8 @@ class _Session:
     last_seen: float = 0.0
     paused: bool | None = None
     watched: bool = False
-    fresh: bool = False  # this viewing started below NEW_VIEWING_BELOW
+    fresh_at: float | None = None  # when this viewing started below NEW_VIEWING_BELOW
+    playing: tuple[float, float] | None = None  # (when, progress) Trakt was last told "start"
     near_end_only: bool = False  # the session only ever started at the credits
     pending: _Pending | None = None
     last_raw: tuple[str, float | None, float] | None = None
@@ -131,6 +157,7 @@ class Rules:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._watched: dict[tuple[str, str], float] = {}
         self._ratings: dict[tuple[str, str], tuple[int | None, float]] = {}
+        self._marks: dict[tuple[str, str], tuple[str, float]] = {}
         self._holding: set[str] = set()  # sessions that may hold a pause (checked lazily)
         self._next_sweep = 0.0
 
@@ -164,10 +191,14 @@ class Rules:
             elif pending.deadline <= now:
                 session.pending = None
                 self._holding.discard(key)
-                out.append(self._send_pause(pending.event, pending.progress, "sent",
-                                            ("debounce_elapsed",)))
+                if self._watched_elsewhere(session, pending.event, now):
+                    out.append(Decision(pending.event, "already_watched", progress=pending.progress,
+                                        notes=("debounce_elapsed", "watched_elsewhere")))
+                else:
+                    out.append(self._send_pause(pending.event, pending.progress, "sent",
+                                                ("debounce_elapsed",)))
         if now < self._next_sweep:
-            return out
+            return self._per_episode(out)
         self._next_sweep = now + SWEEP_INTERVAL
         for key in [k for k, s in self._sessions.items() if now - s.last_seen > self.idle_seconds]:
             if self._sessions[key].pending is None:
@@ -176,7 +207,9 @@ class Rules:
             del self._watched[wkey]
         for rkey in [k for k, (_, t) in self._ratings.items() if now - t > RATING_WINDOW]:
             del self._ratings[rkey]
-        return out
+        for mkey in [k for k, (_, t) in self._marks.items() if now - t > RATING_WINDOW]:
+            del self._marks[mkey]
+        return self._per_episode(out)
 
     def held_events(self) -> list[Event]:
         """The events whose decision is still open (pauses in their debounce window)."""
@@ -190,16 +223,20 @@ class Rules:
             if session.pending is not None:
                 p, session.pending = session.pending, None
                 out.append(self._send_pause(p.event, p.progress, "sent", ("shutdown",)))
-        return out
+        return self._per_episode(out)
 
     def handle(self, event: Event, now: float) -> list[Decision]:
+        if event.vod and self.settings.ignore_plex_vod:
+            return [Decision(event, "vod_ignored", notes=("plex_vod",))]
         if event.action == "rate":
             return [self._rate(event, now)]
+        if event.action in MARKS:
+            return self._per_episode([self._mark(event, now)])
         out: list[Decision] = []
         session = self._session(event.session_key, now, out)
         session.notes = []
         out.append(self._handle(session, event, now))
-        return out
+        return self._per_episode(out)
 
     # --- the rules ---------------------------------------------------------------
 
@@ -210,6 +247,8 @@ class Rules:
             if s.paused is not None and paused == s.paused:
                 if event.progress is not None and not s.watched:
                     s.last_progress = event.progress
+                    if s.playing is not None and not paused:
+                        s.playing = (now, event.progress)
                 return Decision(event, "progress_noted", progress=event.progress)
             action = "pause" if paused else "start"
 
@@ -236,6 +275,7 @@ class Rules:
             return self._start(s, event, 0.0 if progress is None else progress, now)
 
         s.paused = action == "pause"
+        s.playing = None
         if action == "scrobble":
             # Plex's own watched mark: authoritative at max(progress, 90).
             progress = max(progress if progress is not None else 0.0, SCROBBLE_MIN)
@@ -250,6 +290,13 @@ class Rules:
             # Resumed at the credits and closed: nothing was watched in this session.
             return Decision(event, "suppressed_near_end", progress=progress,
                             notes=(*s.notes, "started_near_end"))
+        not_watched = (action == "pause" and progress < self.settings.force_stop_at) or (
+            action == "stop" and progress < self.settings.stop_pause_threshold)
+        if not_watched and self._watched_elsewhere(s, event, now):
+            # A stale pause from a device the user left: the item was finished elsewhere.
+            self._drop_pending(s)
+            return Decision(event, "already_watched", progress=progress,
+                            notes=(*s.notes, "watched_elsewhere"))
         if action == "pause":
             return self._pause(s, event, progress, now)
         if action == "scrobble":
@@ -265,7 +312,7 @@ class Rules:
             # Rule 2's exception: starting a finished item from the top is a new viewing.
             s.watched = False
             s.last_progress = None
-            s.fresh = True  # lets this session's own stop pass the one-hour registry
+            s.fresh_at = now  # lets this session's own stop pass the one-hour registry
             s.notes.append("new_viewing")
         if s.watched:
             return Decision(event, "already_watched", progress=progress, notes=tuple(s.notes))
@@ -273,17 +320,33 @@ class Rules:
             # Rule 3: a resume inside the debounce window cancels the pause and itself.
             s.pending = None
             s.last_progress = progress
+            if s.playing is None:
+                s.playing = (now, progress)  # Trakt still has the start before the pause
             return Decision(event, "pause_cancelled", progress=progress, notes=tuple(s.notes))
         if s.last_progress is None and progress < NEW_VIEWING_BELOW:
-            s.fresh = True
+            s.fresh_at = now
         if progress >= self.settings.suppress_start_at:
             if s.last_progress is None:
                 s.near_end_only = True
             return Decision(event, "suppressed_near_end", progress=progress, notes=tuple(s.notes))
+        if self._already_playing(s, event, progress, now):
+            s.last_progress = progress
+            return Decision(event, "already_playing", progress=progress, notes=tuple(s.notes))
         s.near_end_only = False
         s.last_progress = progress
+        s.playing = (now, progress)
         return Decision(event, "sent", Send("start", event, _bound(progress)), progress,
                         tuple(s.notes))
+
+    def _already_playing(self, s: _Session, event: Event, progress: float, now: float) -> bool:
+        """Trakt was told this session plays, and this start is where it should be by now."""
+        if s.playing is None:
+            return False
+        since, at = s.playing
+        expected = at
+        if event.duration_s:
+            expected += max(0.0, now - since) / event.duration_s * 100.0
+        return expected < 100.0 and abs(progress - expected) <= ALREADY_PLAYING_PERCENT
 
     def _pause(self, s: _Session, event: Event, progress: float, now: float) -> Decision:
         if progress >= self.settings.force_stop_at:
@@ -312,9 +375,8 @@ class Rules:
         self, s: _Session, event: Event, progress: float, now: float, reason: str
     ) -> Decision:
         key = (event.user_key, event.identity)
-        seen = self._watched.get(key)
         s.last_progress = progress
-        if seen is not None and now - seen <= WATCHED_WINDOW and not s.fresh:
+        if self._watched_elsewhere(s, event, now):
             s.watched = True
             return Decision(event, "already_watched", progress=progress,
                             notes=(*s.notes, "watched_elsewhere"))
@@ -323,6 +385,32 @@ class Rules:
         progress = max(STOP_FLOOR, _bound(progress))
         return Decision(event, reason, Send("stop", event, progress), progress, tuple(s.notes))
 
+    def _watched_elsewhere(self, s: _Session, event: Event, now: float) -> bool:
+        """The user's item was scrobbled within the hour, and this session has not begun
+        a new viewing (below 5 %) since."""
+        seen = self._watched.get((event.user_key, event.identity))
+        if seen is None or now - seen > WATCHED_WINDOW:
+            return False
+        return s.fresh_at is None or s.fresh_at <= seen
+
+    def _mark(self, event: Event, now: float) -> Decision:
+        """An item marked watched or unwatched by hand in Jellyfin or Emby."""
+        if not self.settings.sync_manual_marks:
+            return Decision(event, "manual_marks_disabled", notes=("scrobble.sync_manual_marks",))
+        key = (event.user_key, event.identity)
+        last = self._marks.get(key)
+        if last is not None and last[0] == event.action and now - last[1] <= RATING_WINDOW:
+            return Decision(event, "duplicate")
+        self._marks[key] = (event.action, now)
+        if event.action == "mark_unwatched":
+            self._watched.pop(key, None)
+            return Decision(event, "sent", Send("history_remove", event, 0.0), 0.0)
+        seen = self._watched.get(key)
+        if seen is not None and now - seen <= WATCHED_WINDOW:
+            return Decision(event, "already_watched", progress=100.0, notes=("watched_recently",))
+        self._watched[key] = now
+        return Decision(event, "sent", Send("history_add", event, 100.0), 100.0)
+
     def _rate(self, event: Event, now: float) -> Decision:
         key = (event.user_key, event.identity)
         last = self._ratings.get(key)
@@ -330,6 +418,50 @@ class Rules:
             return Decision(event, "duplicate")
         self._ratings[key] = (event.rating, now)
         return Decision(event, "sent", Send("rate", event, 0.0))
+
+    # --- multi-episode files ------------------------------------------------------
+
+    def _per_episode(self, decisions: list[Decision]) -> list[Decision]:
+        """Each Send for a multi-episode file becomes Sends for its episodes."""
+        if not any(d.send is not None and d.send.event.number_end is not None for d in decisions):
+            return decisions
+        out: list[Decision] = []
+        for d in decisions:
+            out += self._split(d)
+        return out
+
+    def _split(self, d: Decision) -> list[Decision]:
+        send = d.send
+        if send is None or send.verb == "rate":
+            return [d]
+        ev = send.event
+        first, last = ev.number, ev.number_end
+        if ev.kind != "episode" or first is None or last is None or last <= first:
+            return [d]
+        if not ev.show_title and not ev.show_ids:
+            return [d]  # no way to name the other episodes: the file's ids it is
+        count = last - first + 1
+        duration = ev.duration_s / count if ev.duration_s else None
+
+        def episode(i: int) -> Event:
+            # The file's ids name one of its episodes at best: each goes by its show.
+            return replace(ev, number=first + i, number_end=None, ids=Ids(), duration_s=duration)
+
+        notes = (*d.notes, f"episodes_{first}-{last}")
+        current = min(count - 1, int(send.progress * count // 100))
+        local = _bound(send.progress * count - 100.0 * current)
+        if send.verb in ("start", "pause"):
+            return [replace(d, send=Send(send.verb, episode(current), local), progress=local,
+                            notes=notes)]
+        out: list[Decision] = []
+        for i in range(count):
+            progress = send.progress
+            if send.verb == "stop":
+                own = 100.0 if i < current else local if i == current else 0.0
+                progress = max(own, send.progress)
+            out.append(replace(d, send=Send(send.verb, episode(i), progress), progress=progress,
+                               notes=notes))
+        return out
 
     # --- helpers -------------------------------------------------------------------
 

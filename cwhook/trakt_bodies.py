@@ -1,9 +1,17 @@
 """Trakt request bodies and lookup paths built from events (pure).
 
 An item can be named to Trakt in more than one way; ``item_forms`` lists them
-best first: a movie by its ids (plus title and year), an episode by its own ids
-or by its show (title, year, ids) with season and number. The client tries them
-in order when Trakt answers 404, then falls back to searches.
+best first: a movie by its ids (plus title and year), an episode by its own ids,
+by its show (title, year, ids) with season and number, or by its show with its
+absolute number (``number_abs``, anime). The client tries them in order when
+Trakt answers 404, then falls back to searches (``id_searches``, ``text_search``,
+each turned into forms by ``forms_from_search``).
+
+/sync bodies (history, ratings, watchlist) have no way to name an episode by its
+absolute number: such a form raises ``NotExpressible`` there and the client goes
+on to the next form. Once a scrobble matched an absolute form, the episode's
+Trakt id from the answer is what is remembered (``remembered_form``), so later
+/sync calls for it can name it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,10 @@ from cwhook.event import Event, Ids
 Body = dict[str, Any]
 
 MOVIE_ID_KEYS = ("trakt", "imdb", "tmdb")  # Trakt's movie ids have no tvdb
+
+
+class NotExpressible(ValueError):
+    """This form cannot be written in that kind of body (an absolute number in /sync)."""
 
 
 def _ids(ids: Ids, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -35,27 +47,42 @@ def _titled(title: str | None, year: int | None, ids: dict[str, Any]) -> dict[st
     return out
 
 
-def show_form(event: Event) -> Body | None:
-    if event.season is None or event.number is None:
-        return None
+def _show(event: Event) -> dict[str, Any] | None:
     show = _titled(event.show_title, event.show_year, _ids(event.show_ids))
-    if not show.get("ids") and not show.get("title"):
+    return show if show.get("ids") or show.get("title") else None
+
+
+def show_form(event: Event) -> Body | None:
+    show = _show(event)
+    if event.season is None or event.number is None or show is None:
         return None
     return {"show": show, "episode": {"season": event.season, "number": event.number}}
 
 
+def absolute_form(event: Event) -> Body | None:
+    show = _show(event)
+    if event.number_abs is None or show is None:
+        return None
+    return {"show": show, "episode": {"number_abs": event.number_abs}}
+
+
 def item_forms(event: Event) -> list[Body]:
-    """Ways to name the event's item to /scrobble, best first."""
+    """Ways to name the event's item to /scrobble, best first.
+
+    An episode: by its own ids (not for a multi-episode file, whose ids name one
+    of its episodes at best), by its show with season and number, by its show
+    with its absolute number.
+    """
     if event.kind == "movie":
         movie = _titled(event.title, event.year, _ids(event.ids, MOVIE_ID_KEYS))
         return [{"movie": movie}] if movie else []
     if event.kind == "episode":
         forms: list[Body] = []
-        if event.ids:
+        if event.ids and event.number_end is None:
             forms.append({"episode": {"ids": _ids(event.ids)}})
-        by_show = show_form(event)
-        if by_show is not None:
-            forms.append(by_show)
+        for form in (show_form(event), absolute_form(event)):
+            if form is not None:
+                forms.append(form)
         return forms
     return []
 
@@ -69,8 +96,28 @@ def iso(ts: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def is_absolute(form: Body) -> bool:
+    episode = form.get("episode")
+    return isinstance(episode, dict) and "number_abs" in episode
+
+
+def remembered_form(form: Body, answer: Any) -> Body:
+    """What to remember for an item once ``form`` matched: the form itself, except an
+    absolute form, replaced by the episode's Trakt id from the answer when it has one."""
+    if not is_absolute(form) or not isinstance(answer, dict):
+        return form
+    episode = answer.get("episode")
+    ids = episode.get("ids") if isinstance(episode, dict) else None
+    trakt_id = ids.get("trakt") if isinstance(ids, dict) else None
+    if isinstance(trakt_id, int) and not isinstance(trakt_id, bool):
+        return {"episode": {"ids": {"trakt": trakt_id}}}
+    return form
+
+
 def _sync_item(form: Body, extra: dict[str, Any]) -> Body:
     """A /sync body (plural keys) for one scrobble form, with ``extra`` on the leaf."""
+    if is_absolute(form):
+        raise NotExpressible("/sync cannot name an episode by its absolute number")
     if "movie" in form:
         return {"movies": [{**form["movie"], **extra}]}
     if "show" in form and "episode" in form:
@@ -87,6 +134,11 @@ def _sync_item(form: Body, extra: dict[str, Any]) -> Body:
 def history_body(form: Body, watched_at: float) -> Body:
     """/sync/history: a watched stop delivered late, with its real time."""
     return _sync_item(form, {"watched_at": iso(watched_at)})
+
+
+def history_remove_body(form: Body) -> Body:
+    """/sync/history/remove: every play of the item (marked unwatched by hand)."""
+    return _sync_item(form, {})
 
 
 def watchlist_remove_body(form: Body) -> Body:
@@ -165,23 +217,42 @@ def text_search(event: Event) -> tuple[str, str] | None:
     return None
 
 
-def form_from_search(event: Event, results: Any, result_type: str) -> Body | None:
-    """Turn the first usable search result into a by-Trakt-id form."""
+def forms_from_search(event: Event, results: Any, result_type: str) -> list[Body]:
+    """Turn the first usable search result into by-Trakt-id forms, best first.
+
+    A show found for an episode gives its season/number form, then its absolute
+    form: with the event's absolute number, or with the episode number of a
+    season-1 episode (a library numbered absolutely puts every episode in season 1;
+    for a real season-1 episode both name the same episode).
+    """
     if not isinstance(results, list):
-        return None
+        return []
     for result in results:
         if not isinstance(result, dict) or result.get("type", result_type) != result_type:
             continue
         item = result.get(result_type)
-        trakt_id = item.get("ids", {}).get("trakt") if isinstance(item, dict) else None
-        if not isinstance(trakt_id, int):
+        ids = item.get("ids") if isinstance(item, dict) else None
+        trakt_id = ids.get("trakt") if isinstance(ids, dict) else None
+        if not isinstance(trakt_id, int) or isinstance(trakt_id, bool):
             continue
         if result_type == "movie":
-            return {"movie": {"ids": {"trakt": trakt_id}}}
+            return [{"movie": {"ids": {"trakt": trakt_id}}}]
         if result_type == "episode":
-            return {"episode": {"ids": {"trakt": trakt_id}}}
-        if event.season is None or event.number is None:
-            return None
-        return {"show": {"ids": {"trakt": trakt_id}},
-                "episode": {"season": event.season, "number": event.number}}
-    return None
+            return [{"episode": {"ids": {"trakt": trakt_id}}}]
+        show = {"ids": {"trakt": trakt_id}}
+        forms: list[Body] = []
+        if event.season is not None and event.number is not None:
+            forms.append({"show": show, "episode": {"season": event.season, "number": event.number}})
+        absolute = event.number_abs
+        if absolute is None and event.season == 1 and event.number_end is None:
+            absolute = event.number
+        if absolute is not None:
+            forms.append({"show": show, "episode": {"number_abs": absolute}})
+        return forms
+    return []
+
+
+def form_from_search(event: Event, results: Any, result_type: str) -> Body | None:
+    """The best form ``forms_from_search`` finds, or None."""
+    forms = forms_from_search(event, results, result_type)
+    return forms[0] if forms else None

@@ -5,13 +5,17 @@
   token (401).
 * POST /scrobble/start|pause|stop: the item is matched by ids (movies: trakt,
   slug, imdb, tmdb; episodes: trakt, tvdb - as in Trakt's contract; shows:
-  trakt, slug, tvdb, imdb, tmdb); unknown items get 404. A stop below 1 % is a
+  trakt, slug, tvdb, imdb, tmdb); an episode under its show by season/number
+  or by absolute number (``number_abs``, for shows that have them, like the
+  anime in the catalogue): an absolute number sent as season/number (S25E1000,
+  S01E1000) names no episode and gets 404, as on the real service; unknown
+  items get 404. A stop below 1 % is a
   422; 1-79 % answers action "pause"; 80 % and more answers "scrobble" and is
   recorded in the history, and the same item scrobbled again within an hour
   gets 409 with watched_at/expires_at.
 * More than one POST per second per token gets 429 with Retry-After.
-* /sync/ratings, /sync/ratings/remove, /sync/watchlist/remove, /sync/history and
-  the searches work on the same catalogue.
+* /sync/ratings, /sync/ratings/remove, /sync/watchlist/remove, /sync/history,
+  /sync/history/remove and the searches work on the same catalogue.
 * OAuth: refresh tokens are single-use; a used or unknown one gets 400
   invalid_grant. The device flow answers scripted statuses.
 * Fault injection: ``outage_until`` (503), ``script`` (statuses for the next
@@ -47,6 +51,7 @@ class Show:
     year: int
     ids: dict[str, Any]
     episodes: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    absolute: dict[int, tuple[int, int]] = field(default_factory=dict)  # number_abs -> (season, number)
 
 
 def default_catalogue() -> tuple[list[Movie], list[Show]]:
@@ -62,13 +67,22 @@ def default_catalogue() -> tuple[list[Movie], list[Show]]:
     shows = [
         Show("Breaking Bad", 2008,
              {"trakt": 1, "slug": "breaking-bad", "tvdb": 81189, "imdb": "tt0903747", "tmdb": 1396},
-             {(1, 1): {"trakt": 16, "tvdb": 349232, "imdb": "tt0959621", "tmdb": 62085}}),
+             {(1, 1): {"trakt": 16, "tvdb": 349232, "imdb": "tt0959621", "tmdb": 62085},
+              (1, 2): {"trakt": 17, "tvdb": 349235, "imdb": "tt1054724", "tmdb": 62086}}),
         Show("Futurama", 1999, {"trakt": 2, "tvdb": 73871, "imdb": "tt0149460", "tmdb": 615},
-             {(2, 15): {"trakt": 50, "tvdb": 76546, "imdb": "tt0584424", "tmdb": 8203}}),
+             {(2, 15): {"trakt": 50, "tvdb": 76546, "imdb": "tt0584424", "tmdb": 8203},
+              (2, 16): {"trakt": 51, "tvdb": 76547, "imdb": "tt0584425", "tmdb": 8204}}),
         Show("Baki Hanma", 2021, {"trakt": 3, "tvdb": 398109, "tmdb": 117987},
              {(1, 1): {"trakt": 60, "tvdb": 8530933, "imdb": "tt14765720", "tmdb": 3087250}}),
         Show("长风渡", 2023, {"trakt": 4, "tmdb": 209867},
              {(1, 11): {"trakt": 70, "tmdb": 4533239}}),
+        # Anime numbered absolutely by its fans; Trakt keeps TVDB's seasons and knows the
+        # absolute numbers. Episode 1000 is S21E108 (season/number are of this catalogue).
+        Show("One Piece", 1999,
+             {"trakt": 5, "slug": "one-piece", "tvdb": 81797, "imdb": "tt0388629", "tmdb": 37854},
+             {(1, 1): {"trakt": 90, "tvdb": 190001}, (21, 108): {"trakt": 91, "tvdb": 8790411},
+              (21, 109): {"trakt": 92, "tvdb": 8790412}},
+             {1: (1, 1), 1000: (21, 108), 1001: (21, 109)}),
     ]
     return movies, shows
 
@@ -179,9 +193,15 @@ class FakeTrakt:
             return None
         if "show" in body:
             show = self.find_show(body["show"])
-            key = (episode.get("season"), episode.get("number"))
-            if show is not None and key in show.episodes:
-                return show, key, show.episodes[key]  # type: ignore[index]
+            if show is None:
+                return None
+            if "number_abs" in episode:
+                found = show.absolute.get(episode["number_abs"])
+                key = found if found is not None else (-1, -1)
+            else:
+                key = (episode.get("season"), episode.get("number"))
+            if key in show.episodes:
+                return show, key, show.episodes[key]
             return None
         for show in self.shows:
             for key, ids in show.episodes.items():
@@ -201,8 +221,9 @@ class FakeTrakt:
         if found is None:
             return None
         show, (season, number), ids = found
+        absolute = next((n for n, key in show.absolute.items() if key == (season, number)), None)
         return f"episode:{ids['trakt']}", {
-            "episode": {"season": season, "number": number, "ids": ids},
+            "episode": {"season": season, "number": number, "number_abs": absolute, "ids": ids},
             "show": {"title": show.title, "year": show.year, "ids": show.ids},
         }
 
@@ -325,6 +346,9 @@ class FakeTrakt:
                 keys = self._sync_keys(kind, item)
                 if keys:
                     added[kind] += 1
+                    if request.path == "/sync/history/remove":
+                        gone = {key for key, _ in keys}
+                        self.history = [h for h in self.history if h[0] not in gone]
                     if request.path == "/sync/history":
                         watched_at = _parse_iso(item.get("watched_at")) if kind != "shows" else None
                         for key, when in keys:
@@ -457,7 +481,8 @@ class FakeTrakt:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_post("/scrobble/{action:start|pause|stop}", self.scrobble)
-        for path in ("/sync/history", "/sync/ratings", "/sync/ratings/remove", "/sync/watchlist/remove"):
+        for path in ("/sync/history", "/sync/history/remove", "/sync/ratings", "/sync/ratings/remove",
+                     "/sync/watchlist/remove"):
             app.router.add_post(path, self.sync)
         app.router.add_get("/search/{id_type:trakt|imdb|tmdb|tvdb}/{id}", self.search_id)
         app.router.add_get("/sync/history/{kind:movies|episodes}/{id}", self.history_get)

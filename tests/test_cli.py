@@ -91,7 +91,8 @@ def test_check_config_problems(tmp_path: Path) -> None:
     assert out.stdout.splitlines() == [
         "server.port (line 2): must be a whole number between 1 and 65535",
         "scrobble.typo (line 5): unknown key (known: pause_debounce_seconds, suppress_start_at, "
-        "regress_tolerance_percent, stop_pause_threshold, force_stop_at, watchlist_autoremove_movies, dry_run)",
+        "regress_tolerance_percent, stop_pause_threshold, force_stop_at, watchlist_autoremove_movies, "
+        "sync_manual_marks, ignore_plex_vod, dry_run)",
         "scrobble.force_stop_at (line 4): must be a number between 1 and 100",
     ]
     assert "Traceback" not in out.stderr

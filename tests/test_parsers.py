@@ -9,7 +9,7 @@ import pytest
 
 from cwhook import emby, jellyfin, plex
 from cwhook.event import BadPayload, Event, Ids, Ignored
-from cwhook.plex import parse_legacy_guid
+from cwhook.plex import HamaGuid, parse_hama_guid, parse_legacy_guid
 from tests.conftest import fixture_bytes, fixture_json
 
 PARSERS = {"plex": plex.parse, "jellyfin": jellyfin.parse, "emby": emby.parse}
@@ -51,7 +51,28 @@ CASES: list[tuple[str, dict[str, Any] | str]] = [
         ids=Ids(imdb="tt0959621", tmdb=62085, tvdb=349232), progress=100.0, paused=False,
         # dashed template Guids normalize to the Send-All-Properties form
         user_id="f5be1b729aac4ad3a5eea0264d12a524", item_key="b67f1b7fdf783febee0a45b7dca2efdb")),
-    ("reconstructed/jellyfin_UserDataSaved_movie.RECONSTRUCTED.json", "event_not_handled"),
+    ("reconstructed/jellyfin_UserDataSaved_movie.RECONSTRUCTED.json", dict(
+        action="mark_watched", kind="movie", title="Guardians of the Galaxy", year=2014,
+        ids=Ids(imdb="tt2015381", tmdb=118340), progress=None, user_name="alice",
+        user_id="f5be1b729aac4ad3a5eea0264d12a524", item_key="6a2f3c9d8e7b4a1f0c5d9e8f7a6b5c4d")),
+    ("reconstructed/jellyfin_PlaybackStop_episode_double.RECONSTRUCTED.json", dict(
+        action="stop", kind="episode", show_title="Breaking Bad", show_year=2008, season=1, number=1,
+        number_end=2, number_abs=None, progress=100.0, duration_s=6378.024)),
+    ("reconstructed/emby_playback.stop_episode_double.RECONSTRUCTED.json", dict(
+        action="stop", kind="episode", show_title="Futurama", season=2, number=15, number_end=16,
+        ids=Ids(imdb="tt0584424", tvdb=76546), progress=100.0, duration_s=2640.0)),
+    ("reconstructed/emby_item.markplayed_episode.RECONSTRUCTED.json", dict(
+        action="mark_watched", kind="episode", show_title="Breaking Bad", season=1, number=1,
+        ids=Ids(imdb="tt0959621", tmdb=62085, tvdb=349232), progress=None, player_id=None,
+        user_name="alice")),
+    ("reconstructed/plex_media.play_episode_hama-tvdb4.RECONSTRUCTED.json", dict(
+        action="start", kind="episode", show_title="One Piece", show_ids=Ids(tvdb=81797), ids=Ids(),
+        season=None, number=None, number_abs=1000, vod=False)),
+    ("reconstructed/plex_media.stop_episode_ass-hama-anidb.RECONSTRUCTED.json", dict(
+        action="stop", kind="episode", show_title="One Piece", show_ids=Ids(), ids=Ids(),
+        season=1, number=1001, number_abs=1001)),
+    ("reconstructed/plex_media.scrobble_movie_vod.RECONSTRUCTED.json", dict(
+        action="scrobble", kind="movie", title="The Harder They Fall", year=1956, ids=Ids(), vod=True)),
     ("emby_playback.start_episode.json", dict(
         action="start", kind="episode", title="第 11 集", year=2023, ids=Ids(tmdb=4533239),
         show_title="长风渡", season=1, number=11, user_name="admin",
@@ -326,3 +347,144 @@ def test_jellyfin_notification_type_any_case() -> None:
             "PlayedToCompletion": "True"}
     ev = jellyfin.parse("text/plain", json.dumps(body).encode())
     assert isinstance(ev, Event) and ev.action == "stop" and ev.progress == 100.0
+
+
+# --- anime numbering, multi-episode files, streaming catalogue, marks by hand ------------
+
+
+@pytest.mark.parametrize(
+    ("guid", "expected", "numbering"),
+    [
+        ("com.plexapp.agents.hama://tvdb4-81797/25/1000?lang=en",
+         HamaGuid("tvdb", "4", Ids(tvdb=81797), 25, 1000), "absolute"),
+        ("hama://tvdb4-81797/25/1000", HamaGuid("tvdb", "4", Ids(tvdb=81797), 25, 1000), "absolute"),
+        ("com.plexapp.agents.hama://tvdb3-74796/5/100?lang=en",
+         HamaGuid("tvdb", "3", Ids(tvdb=74796), 5, 100), "absolute"),
+        ("com.plexapp.agents.hama://tvdb5-331753/2/30?lang=en",
+         HamaGuid("tvdb", "5", Ids(tvdb=331753), 2, 30), "absolute"),
+        # specials keep their season numbering in every mode
+        ("com.plexapp.agents.hama://tvdb4-74796/0/3?lang=en",
+         HamaGuid("tvdb", "4", Ids(tvdb=74796), 0, 3), "season"),
+        ("com.plexapp.agents.hama://tvdb-305074/3/41?lang=en",
+         HamaGuid("tvdb", "", Ids(tvdb=305074), 3, 41), "season"),
+        ("com.plexapp.agents.hama://tvdb2-275039/2/5?lang=en",
+         HamaGuid("tvdb", "2", Ids(tvdb=275039), 2, 5), "season"),
+        ("com.plexapp.agents.hama://anidb-69/1/1000?lang=en", HamaGuid("anidb", "", Ids(), 1, 1000), "both"),
+        ("com.plexapp.agents.hama://anidb2-7251/1/3?lang=en", HamaGuid("anidb", "2", Ids(), 1, 3), "season"),
+        ("com.plexapp.agents.hama://anidb-15619?lang=en", HamaGuid("anidb", "", Ids(), None, None), "season"),
+        ("com.plexapp.agents.hama://tsdb-1396/1/1?lang=en", HamaGuid("tsdb", "", Ids(tmdb=1396), 1, 1), "season"),
+        ("com.plexapp.agents.hama://imdb-tt0245429?lang=en",
+         HamaGuid("imdb", "", Ids(imdb="tt0245429"), None, None), "season"),
+    ],
+)
+def test_hama_guids(guid: str, expected: HamaGuid, numbering: str) -> None:
+    parsed = parse_hama_guid(guid)
+    assert parsed == expected and parsed.numbering == numbering
+
+
+@pytest.mark.parametrize("guid", [None, "", "plex://episode/615580a9fa828e7f1a0caabd",
+                                  "com.plexapp.agents.thetvdb://73871/2/15?lang=en", "hama://", "hama://tvdb4"])
+def test_not_hama_guids(guid: str | None) -> None:
+    assert parse_hama_guid(guid) is None
+
+
+def test_plex_hama_modes_in_payloads() -> None:
+    data = fixture_json("reconstructed/plex_media.play_episode_hama-tvdb4.RECONSTRUCTED.json")
+    ev = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.label() == "One Piece #1000"
+    assert ev.summary()["number_abs"] == 1000
+    # without grandparentGuid (older servers) the episode guid still names the show
+    data["Metadata"].pop("grandparentGuid")
+    ev = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.show_ids == Ids(tvdb=81797) and ev.number_abs == 1000
+    # tvdb mode: TVDB seasons, an ordinary episode by show id and season/number
+    data["Metadata"].update(guid="com.plexapp.agents.hama://tvdb-81797/21/108?lang=en", parentIndex=21,
+                            index=108)
+    ev = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(ev, Event)
+    assert (ev.show_ids, ev.season, ev.number, ev.number_abs) == (Ids(tvdb=81797), 21, 108, None)
+    # a special in an absolute mode keeps its season numbering
+    data["Metadata"].update(guid="com.plexapp.agents.hama://tvdb4-81797/0/3?lang=en", parentIndex=0,
+                            index=3)
+    ev = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(ev, Event) and (ev.season, ev.number, ev.number_abs) == (0, 3, None)
+    # an AniDB-only episode without a show title cannot be named at all
+    data["Metadata"].update(guid="com.plexapp.agents.hama://anidb-69/1/5?lang=en", parentIndex=1, index=5)
+    data["Metadata"].pop("grandparentTitle")
+    result = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(result, Ignored) and result.reason == "no_ids"
+
+
+def test_plex_vod_detection() -> None:
+    data = fixture_json("reconstructed/plex_media.scrobble_movie_vod.RECONSTRUCTED.json")
+    ev = plex.parse("application/json", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.vod and ev.summary()["vod"] is True
+    data["Server"]["uuid"] = "8c2f4e1a9b3d7c6e5f0a1b2c3d4e5f6a7b8c9d0e"
+    data["Metadata"]["source"] = "provider://tv.plex.provider.vod"
+    assert getattr(plex.parse("application/json", json.dumps(data).encode()), "vod", None) is True
+    del data["Metadata"]["source"]
+    # no provider mark, a plex:// guid and no library: the catalogue too
+    assert getattr(plex.parse("application/json", json.dumps(data).encode()), "vod", None) is True
+    data["Metadata"]["librarySectionID"] = 1
+    assert getattr(plex.parse("application/json", json.dumps(data).encode()), "vod", None) is False
+    for name in ("plex_media.scrobble_movie.json", "plex_media.scrobble_episode.json",
+                 "plex_media.stop_movie_legacy-imdb-agent.json", "plex_media.rate_movie.json"):
+        ev = plex.parse("application/json", fixture_bytes(name))
+        assert isinstance(ev, Event) and not ev.vod, name
+
+
+def test_jellyfin_and_emby_multi_episode_numbers() -> None:
+    data = fixture_json("reconstructed/jellyfin_PlaybackStop_episode_double.RECONSTRUCTED.json")
+    ev = jellyfin.parse("text/plain", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.label() == "Breaking Bad S01E01-E02"
+    assert ev.summary()["number_end"] == 2
+    # template bodies: strings; a bogus end (not after the first, or far away) is ignored
+    for end, expected in [("2", 2), ("1", None), ("0", None), ("10", 10), ("11", None), ("x", None)]:
+        data["EpisodeNumberEnd"] = end
+        ev = jellyfin.parse("text/plain", json.dumps(data).encode())
+        assert isinstance(ev, Event) and ev.number_end == expected, end
+    emby_data = fixture_json("reconstructed/emby_playback.stop_episode_double.RECONSTRUCTED.json")
+    emby_data["Item"]["IndexNumberEnd"] = None
+    ev = emby.parse("application/json", json.dumps(emby_data).encode())
+    assert isinstance(ev, Event) and ev.number_end is None and ev.number == 15
+
+
+def test_mediabrowser_episode_without_season_is_absolute() -> None:
+    data = fixture_json("reconstructed/jellyfin_PlaybackStop_episode.RECONSTRUCTED.json")
+    data.update(SeriesName="One Piece", Year=1999, EpisodeNumber=1000, Name="Episode 1000")
+    for key in ("SeasonNumber", "SeasonNumber00", "SeasonNumber000", "Provider_tvdb", "Provider_imdb",
+                "Provider_tmdb"):
+        data.pop(key)
+    ev = jellyfin.parse("text/plain", json.dumps(data).encode())
+    assert isinstance(ev, Event)
+    assert (ev.season, ev.number, ev.number_abs, ev.label()) == (None, None, 1000, "One Piece #1000")
+    emby_data = fixture_json("reconstructed/emby_playback.stop_episode.RECONSTRUCTED.json")
+    emby_data["Item"].pop("ParentIndexNumber")
+    emby_data["Item"]["ProviderIds"] = {}
+    ev = emby.parse("application/json", json.dumps(emby_data).encode())
+    assert isinstance(ev, Event) and (ev.season, ev.number, ev.number_abs) == (None, None, 1)
+
+
+def test_manual_marks() -> None:
+    data = fixture_json("reconstructed/jellyfin_UserDataSaved_movie.RECONSTRUCTED.json")
+    data["Played"] = False
+    ev = jellyfin.parse("text/plain", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.action == "mark_unwatched"
+    data["Played"] = "True"  # a template renders booleans as strings
+    ev = jellyfin.parse("text/plain", json.dumps(data).encode())
+    assert isinstance(ev, Event) and ev.action == "mark_watched"
+    # user data saved for any other reason is not a mark made by hand
+    for reason in ("PlaybackFinished", "PlaybackProgress", "UpdateUserRating", "Import", None):
+        data["SaveReason"] = reason
+        result = jellyfin.parse("text/plain", json.dumps(data).encode())
+        assert isinstance(result, Ignored) and result.reason == "event_not_handled", reason
+    data.update(SaveReason="TogglePlayed", Played=None)
+    assert isinstance(jellyfin.parse("text/plain", json.dumps(data).encode()), Ignored)
+    emby_data = fixture_json("reconstructed/emby_item.markplayed_episode.RECONSTRUCTED.json")
+    emby_data["Event"] = "item.markunplayed"
+    ev = emby.parse("application/json", json.dumps(emby_data).encode())
+    assert isinstance(ev, Event) and ev.action == "mark_unwatched" and ev.progress is None
+    # a whole series or season marked is not an item Trakt scrobbles here
+    emby_data["Item"]["Type"] = "Series"
+    result = emby.parse("application/json", json.dumps(emby_data).encode())
+    assert isinstance(result, Ignored) and result.reason == "media_type_not_supported"

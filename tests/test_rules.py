@@ -220,7 +220,8 @@ def test_exact_duplicates_dropped() -> None:
     r = Run()
     r("start", 10, 0)
     assert r("start", 10, 0.5)[-1].reason == "duplicate"
-    assert r("start", 10, 2.0)[-1].reason == "sent"  # outside the 1 s window
+    # outside the 1 s window: not a duplicate, but a start where playback already is
+    assert r("start", 10, 2.0)[-1].reason == "already_playing"
     r("pause", 40, 10)
     assert r("pause", 40, 10.2)[-1].reason == "duplicate"
 
@@ -384,3 +385,252 @@ def test_pause_resolution_timing(debounce: int) -> None:
     r("pause", 20, 100)
     assert r.tick(100 + debounce - 0.01) == []
     assert r.tick(100 + debounce)[0].send is not None
+
+
+# --- one viewing across two devices ------------------------------------------------------------
+
+
+def test_stale_pause_from_the_device_left_behind_is_dropped() -> None:
+    r = Run()
+    r("start", 0, 0, player_id="phone")
+    r("pause", 38, 1200, player_id="phone")
+    r.tick(1210)
+    r("start", 38, 1500, player_id="tv")
+    r("stop", 97, 3000, player_id="tv")
+    # the phone's stale stop at 38 % arrives after the TV's watched stop
+    out = r("stop", 38, 3100, player_id="phone")
+    assert out[-1].reason == "already_watched" and "watched_elsewhere" in out[-1].notes
+    # ...and so does a late pause, whatever its session
+    assert r("pause", 38, 3200, player_id="tablet")[-1].reason == "already_watched"
+    r.tick(3300)
+    assert r.sends() == [("start", 0), ("pause", 38), ("start", 38), ("stop", 97)]
+
+
+def test_held_pause_is_dropped_when_the_item_is_finished_elsewhere_meanwhile() -> None:
+    r = Run()
+    r("start", 30, 0, player_id="phone")
+    r("pause", 38, 100, player_id="phone")  # held for 5 s
+    r("stop", 97, 102, player_id="tv")  # watched on the TV inside the window
+    out = r.tick(106)
+    assert [(d.reason, d.notes) for d in out] == [
+        ("already_watched", ("debounce_elapsed", "watched_elsewhere"))]
+    assert r.sends() == [("start", 30), ("stop", 97)]
+    assert r.rules.next_deadline() is None
+
+
+def test_pause_elsewhere_after_an_hour_or_in_a_new_viewing_is_sent() -> None:
+    r = Run()
+    r("start", 0, 0, player_id="phone")  # began on the phone from the top: before the TV's stop
+    r("stop", 97, 100, player_id="tv")
+    assert r("stop", 38, 200, player_id="phone")[-1].reason == "already_watched"
+    # a rewatch started from the top after the watched stop is a new viewing
+    r("start", 1, 300, player_id="tablet")
+    assert r("stop", 40, 400, player_id="tablet")[-1].reason == "demoted_to_pause"
+    # another user is not concerned; and after the hour the phone may pause again
+    assert r("stop", 38, 500, player_id="phone", user_id="2", user_name="bob")[-1].reason == "demoted_to_pause"
+    assert r("stop", 39, 3800, player_id="phone")[-1].reason == "demoted_to_pause"
+
+
+# --- starts that repeat themselves --------------------------------------------------------------
+
+
+def test_repeated_start_where_playback_already_is_dropped() -> None:
+    r = Run()  # 7200 s runtime: 72 s per percent
+    r("start", 10, 0)
+    assert r("start", 10, 30)[-1].reason == "already_playing"  # a retry with the old offset
+    # Plex repeats media.play/media.resume; by 720 s playback is at about 20 %
+    out = r("start", 20.5, 720)
+    assert out[-1].reason == "already_playing" and out[-1].send is None
+    assert r("start", 26, 721)[-1].reason == "sent"  # 6 % ahead of where it should be: a seek
+    # a seek is sent, and becomes the new reference
+    assert r("start", 60, 800)[-1].reason == "sent"
+    assert r("start", 60.1, 805)[-1].reason == "already_playing"
+    assert r("start", 40, 900)[-1].reason == "sent"  # seek back
+    assert r.sends() == [("start", 10), ("start", 26), ("start", 60), ("start", 40)]
+
+
+def test_start_after_a_pause_or_past_the_end_is_sent() -> None:
+    r = Run()
+    r("start", 10, 0)
+    r("pause", 10.5, 36)
+    r.tick(60)
+    assert r("start", 10.5, 100)[-1].reason == "sent"  # resume after a pause Trakt saw
+    # long after the item should have ended, Trakt no longer shows it playing
+    assert r("start", 10.5, 100 + 7200)[-1].reason == "sent"
+    r2 = Run()
+    r2("start", 95, 0)
+    # 400 s later it should be past the end (95 % + 400 s of 7200 s): a start near it is new
+    assert r2("start", 96, 400)[-1].reason == "sent"
+    # a pause cancelled by the debounce leaves Trakt playing: a repeat is dropped
+    r("pause", 20, 8000)
+    assert r("start", 20, 8001)[-1].reason == "pause_cancelled"
+    assert r("start", 20.1, 8005)[-1].reason == "already_playing"
+
+
+def test_repeated_start_without_runtime_and_jellyfin_progress() -> None:
+    r = Run()
+    r("start", 10, 0, duration_s=None)
+    assert r("start", 12, 600, duration_s=None)[-1].reason == "already_playing"
+    assert r("start", 16, 700, duration_s=None)[-1].reason == "sent"
+    # Jellyfin's progress reports keep the reference up to date
+    jf: dict[str, Any] = {"source": "jellyfin", "player_id": "jf"}
+    r("start", 5, 1000, **jf)
+    r("progress", 80, 4300, paused=False, **jf)  # the user seeked ahead: only this report says so
+    # a PlaybackStart sent again (a client retrying) where the last report put playback
+    assert r("start", 80.1, 4310, **jf)[-1].reason == "already_playing"
+    r("progress", 50, 4400, paused=True, **jf)
+    assert r("progress", 51.4, 4401, paused=False, **jf)[-1].reason == "pause_cancelled"
+    assert r("start", 51.5, 4403, **jf)[-1].reason == "already_playing"
+
+
+# --- multi-episode files --------------------------------------------------------------------------
+
+DOUBLE: dict[str, Any] = {"kind": "episode", "source": "jellyfin", "title": "Pilot / Cat's in the Bag...",
+                          "ids": Ids(tvdb=349232), "show_title": "Breaking Bad", "show_year": 2008,
+                          "season": 1, "number": 1, "number_end": 2, "duration_s": 6000.0}
+
+
+def episode_sends(r: Run) -> list[tuple[str, int | None, float]]:
+    return [(d.send.verb, d.send.event.number, d.send.progress) for d in r.log if d.send]
+
+
+def test_double_episode_watched_to_the_end_scrobbles_each_once() -> None:
+    r = Run()
+    r("start", 0, 0, **DOUBLE)
+    r("pause", 30, 1800, **DOUBLE)  # 30 % of the file: 60 % into the first episode
+    r.tick(1806)
+    r("start", 30, 1900, **DOUBLE)
+    r("pause", 75, 4600, **DOUBLE)  # 75 %: half-way through the second
+    r.tick(4606)
+    r("start", 75, 4700, **DOUBLE)
+    r("stop", 97, 5900, **DOUBLE)
+    r("stop", 98, 5950, **DOUBLE)  # a second stop of the same viewing
+    assert episode_sends(r) == [("start", 1, 0), ("pause", 1, 60), ("start", 1, 60), ("pause", 2, 50),
+                                ("start", 2, 50), ("stop", 1, 100), ("stop", 2, 97)]
+    for d in r.log:
+        if d.send is not None:
+            # each episode goes by its show: the file's ids name the first one at best
+            sent = d.send.event
+            assert sent.ids == Ids() and sent.number_end is None and sent.duration_s == 3000
+            assert "episodes_1-2" in d.notes
+    assert r.reasons()[-1] == "already_watched"
+
+
+def test_double_episode_stopped_in_the_middle_is_a_pause_on_the_one_playing() -> None:
+    r = Run()
+    r("start", 0, 0, **DOUBLE)
+    out = r("stop", 70, 4200, **DOUBLE)
+    assert out[-1].reason == "demoted_to_pause"
+    assert episode_sends(r) == [("start", 1, 0), ("pause", 2, 40)]
+    r2 = Run()
+    r2("stop", 30, 0, **DOUBLE)
+    assert episode_sends(r2) == [("pause", 1, 60)]
+
+
+def test_triple_episode_file_and_a_watched_pause() -> None:
+    r = Run()
+    triple = {**DOUBLE, "number": 4, "number_end": 6, "season": 2}
+    r("start", 50, 0, **triple)  # in the middle of the second episode
+    out = r("pause", 96, 100, **triple)  # at the credits: promoted to a watched stop
+    assert out[0].reason == "promoted_to_stop"
+    assert [round(p, 2) for _, _, p in episode_sends(r)] == [50, 100, 100, 96]
+    assert [(v, n) for v, n, _ in episode_sends(r)] == [("start", 5), ("stop", 4), ("stop", 5), ("stop", 6)]
+
+
+def test_multi_episode_without_show_is_sent_as_one() -> None:
+    r = Run()
+    r("stop", 97, 0, **{**DOUBLE, "show_title": None})
+    assert episode_sends(r) == [("stop", 1, 97)]
+
+
+# --- marks made by hand, Plex's catalogue ---------------------------------------------------------
+
+
+def test_manual_marks_off_by_default() -> None:
+    r = Run()
+    out = r("mark_watched", None, 0)
+    assert [(d.reason, d.send) for d in out] == [("manual_marks_disabled", None)]
+    assert r("mark_unwatched", None, 1)[-1].reason == "manual_marks_disabled"
+
+
+def test_manual_marks_go_to_the_history() -> None:
+    r = Run(replace(CFG, sync_manual_marks=True))
+    assert r("mark_watched", None, 0)[-1].reason == "sent"
+    assert r("mark_watched", None, 5)[-1].reason == "duplicate"
+    assert r("mark_unwatched", None, 10)[-1].reason == "sent"
+    assert r.sends() == [("history_add", 100), ("history_remove", 0)]
+    # once unmarked, a playback may scrobble it again
+    r("start", 1, 20)
+    assert r("stop", 96, 100)[-1].reason == "sent"
+    # marking watched what was just scrobbled adds no second play
+    out = r("mark_watched", None, 200)
+    assert out[-1].reason == "already_watched" and out[-1].send is None
+    # and a mark watched counts as the watch of the hour for the other devices
+    r2 = Run(replace(CFG, sync_manual_marks=True))
+    r2("mark_watched", None, 0)
+    assert r2("stop", 40, 60, player_id="phone")[-1].reason == "already_watched"
+
+
+def test_manual_mark_of_a_double_episode_marks_both() -> None:
+    r = Run(replace(CFG, sync_manual_marks=True))
+    r("mark_watched", None, 0, **DOUBLE)
+    assert episode_sends(r) == [("history_add", 1, 100), ("history_add", 2, 100)]
+
+
+def test_plex_catalogue_items_scrobble_unless_ignored() -> None:
+    r = Run()
+    r("scrobble", 92, 0, vod=True)
+    assert r.sends() == [("stop", 92)]
+    r2 = Run(replace(CFG, ignore_plex_vod=True))
+    for action in ("start", "stop", "scrobble", "rate"):
+        assert r2(action, 92, 0, vod=True, rating=8)[-1].reason == "vod_ignored"
+    assert r2.sends() == []
+
+
+# --- invariants for the new rules -------------------------------------------------------------------
+
+multi_step = st.tuples(
+    st.sampled_from(ACTIONS),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=100, allow_nan=False)),
+    st.floats(min_value=0, max_value=600, allow_nan=False),
+    st.sampled_from(["tv", "phone"]),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(multi_step, max_size=40), end=st.sampled_from([None, 2, 3]))
+def test_each_episode_watched_once_and_never_paused_after(
+        steps: list[tuple[str, float | None, float, str, bool]], end: int | None) -> None:
+    """Whatever the devices report: within the hour after an episode's watched stop, that user
+    sends it no second stop and no pause, unless a viewing began from the top since."""
+    rules = Rules(CFG)
+    now = 0.0
+    watched_at: dict[int | None, float] = {}
+    fresh: dict[str, float] = {}  # session -> when its latest viewing began below 5 %
+    for action, progress, gap, player, paused in steps:
+        now += gap
+        item = {**DOUBLE, "number_end": end} if end else {**DOUBLE, "number_end": None}
+        out = rules.tick(now) + rules.handle(ev(action, progress, player_id=player, paused=paused,
+                                                **item), now)
+        for d in out:
+            if d.send is not None:
+                assert 0 <= d.send.progress <= 100
+            key = d.event.session_key
+            if d.send is not None and d.send.verb == "start" and d.reason == "sent":
+                # the file's position: the episode's share before it plus its own progress
+                count = (end or 1)
+                number = d.send.event.number or 1
+                file_progress = ((number - 1) * 100 + d.send.progress) / count
+                if file_progress < 5:
+                    fresh[key] = now
+            if "new_viewing" in d.notes:
+                fresh[key] = now
+            if d.send is None or d.send.verb not in ("pause", "stop"):
+                continue
+            number = d.send.event.number
+            seen = watched_at.get(number)
+            if seen is not None and now - seen <= 3600:
+                assert fresh.get(key, -1.0) > seen, (d.send.verb, number, d.reason)
+            if d.send.verb == "stop":
+                watched_at[number] = now

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from cwhook import plex
 from cwhook import trakt_bodies as tb
 from cwhook.event import Event, Ids
@@ -110,3 +112,80 @@ def test_form_from_search() -> None:
     assert tb.form_from_search(EPISODE, {"x": 1}, "episode") is None
     assert tb.form_from_search(EPISODE, [{"type": "episode", "episode": {"ids": {"trakt": "x"}}}],
                                "episode") is None
+
+
+# --- absolute numbers and multi-episode files ----------------------------------------------
+
+ANIME = Event(source="plex", action="start", kind="episode", title="Episode 1000", show_title="One Piece",
+              show_year=1999, show_ids=Ids(tvdb=81797), number_abs=1000)
+
+
+def test_absolute_form_matches_trakt_docs_shape() -> None:
+    doc = trakt_example("scrobble_start_episode_absolute.request.json")
+    [form] = tb.item_forms(ANIME)
+    body = tb.scrobble_body(form, 10)
+    assert body == {"show": {"title": "One Piece", "year": 1999, "ids": {"tvdb": 81797}},
+                    "episode": {"number_abs": 1000}, "progress": 10}
+    assert set(body) == set(doc) - {"sharing"} and body["episode"].keys() == doc["episode"].keys()
+
+
+def test_episode_forms_with_season_and_absolute_number() -> None:
+    # AniDB-numbered (season 1, numbered 1..n): the season form first, then the absolute one
+    anidb = replace(ANIME, show_ids=Ids(), show_year=None, season=1, number=1001, number_abs=1001)
+    assert tb.item_forms(anidb) == [
+        {"show": {"title": "One Piece"}, "episode": {"season": 1, "number": 1001}},
+        {"show": {"title": "One Piece"}, "episode": {"number_abs": 1001}}]
+    assert tb.item_forms(replace(ANIME, show_title=None, show_ids=Ids())) == []
+
+
+def test_multi_episode_file_is_not_named_by_its_ids() -> None:
+    double = replace(EPISODE, number_end=2)
+    assert tb.item_forms(double) == tb.item_forms(EPISODE)[1:]
+
+
+def test_sync_bodies_cannot_name_an_absolute_number() -> None:
+    [form] = tb.item_forms(ANIME)
+    for build in (lambda: tb.history_body(form, 0), lambda: tb.history_remove_body(form),
+                  lambda: tb.ratings_body(form, 8), lambda: tb.watchlist_remove_body(form)):
+        with pytest.raises(tb.NotExpressible):
+            build()
+
+
+def test_remembered_form_after_an_absolute_match() -> None:
+    [form] = tb.item_forms(ANIME)
+    answer = {"action": "start", "episode": {"season": 21, "number": 108, "number_abs": 1000,
+                                             "ids": {"trakt": 91, "tvdb": 8790411}}}
+    assert tb.remembered_form(form, answer) == {"episode": {"ids": {"trakt": 91}}}
+    assert tb.remembered_form(form, None) == form
+    assert tb.remembered_form(form, {"episode": {"ids": {"trakt": True}}}) == form
+    movie_form = tb.item_forms(MOVIE)[0]
+    assert tb.remembered_form(movie_form, {"movie": {"ids": {"trakt": 28}}}) == movie_form
+    # what is remembered can go to /sync
+    assert tb.history_body(tb.remembered_form(form, answer), 0) == {
+        "episodes": [{"ids": {"trakt": 91}, "watched_at": "1970-01-01T00:00:00.000Z"}]}
+
+
+def test_history_remove_body() -> None:
+    assert tb.history_remove_body(tb.item_forms(MOVIE)[0]) == {"movies": [
+        {"title": "Guardians of the Galaxy", "year": 2014,
+         "ids": {"trakt": 28, "imdb": "tt2015381", "tmdb": 118340}}]}
+
+
+def test_forms_from_a_show_search() -> None:
+    results = [{"type": "show", "show": {"ids": {"trakt": 5}}}]
+    show = {"ids": {"trakt": 5}}
+    # an absolute-only episode
+    assert tb.forms_from_search(ANIME, results, "show") == [
+        {"show": show, "episode": {"number_abs": 1000}}]
+    # a season-1 episode may be an absolute number in disguise: tried second
+    s1 = replace(EPISODE, season=1, number=1000)
+    assert tb.forms_from_search(s1, results, "show") == [
+        {"show": show, "episode": {"season": 1, "number": 1000}},
+        {"show": show, "episode": {"number_abs": 1000}}]
+    # ...but not in a later season
+    s2 = replace(EPISODE, season=2, number=13)
+    assert tb.forms_from_search(s2, results, "show") == [
+        {"show": show, "episode": {"season": 2, "number": 13}}]
+    assert tb.form_from_search(s2, results, "show") == {"show": show, "episode": {"season": 2, "number": 13}}
+    assert tb.forms_from_search(s2, [{"type": "show", "show": {"ids": {"trakt": True}}}], "show") == []
+    assert tb.form_from_search(s2, [], "show") is None
