@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import hmac
 import itertools
 import time
@@ -21,7 +22,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from cwhook import emby, filters, jellyfin, logs, plex
+from cwhook import emby, filters, jellyfin, logs, plex, routing
 from cwhook.config import Config
 from cwhook.event import BadPayload, Event, Ignored, ParseResult
 from cwhook.health import Counters
@@ -124,6 +125,16 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
     return "application/json", scanner.finish()
 
 
+def _routed(event: Event, config: Config) -> Event | Ignored:
+    """The event with the Trakt accounts it goes to, or ``no_account`` (spec §8)."""
+    routes = {a.name: a.users for a in config.trakt.all_accounts().values()}
+    accounts = routing.route(event, routes)
+    if not accounts:
+        return Ignored("no_account", f"{event.source} user {event.user_name!r} matches no Trakt "
+                       "account's users (trakt.users, trakt.accounts.NAME.users)")
+    return dataclasses.replace(event, accounts=accounts)
+
+
 def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     parser, field = PARSERS[server]
 
@@ -153,9 +164,7 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             notes.update(outcome="bad_payload", detail=str(exc))
             return _json(400, {"error": "bad_payload", "detail": str(exc)})
         if isinstance(result, Event):
-            refused = filters.check(result, hook)
-            if refused is not None:
-                result = refused
+            result = filters.check(result, hook) or _routed(result, config)
         if isinstance(result, Ignored):
             rt.counters.ignored += 1
             notes.update(outcome="ignored", reason=result.reason, detail=result.detail)

@@ -10,7 +10,16 @@ import sys
 from pathlib import Path
 
 from cwhook import __version__, logs
-from cwhook.config import SERVERS, Config, ConfigError, load_config, resolve_config_path
+from cwhook.config import (
+    ACCOUNT_NAME,
+    DEFAULT_ACCOUNT,
+    SERVERS,
+    AccountConfig,
+    Config,
+    ConfigError,
+    load_config,
+    resolve_config_path,
+)
 from cwhook.configfile import (
     ConfigWriteError,
     check_writable,
@@ -50,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     add("urls", "print the webhook URLs with a curl example for each")
     rotate = add("rotate-tokens", "replace webhook tokens (all servers when none named)")
     rotate.add_argument("servers", nargs="*", metavar="SERVER", help="plex, jellyfin or emby")
-    add("auth", "log in to Trakt (device code) and store the tokens in the config file")
+    auth = add("auth", "log in to Trakt (device code) and store the tokens in the config file")
+    auth.add_argument("--account", metavar="NAME", default=DEFAULT_ACCOUNT,
+                      help="the Trakt account (trakt.accounts.NAME) to log in; default: `default`")
+    add("accounts", "one line per Trakt account: users, authorization, token expiry, outbox pending")
     return parser
 
 
@@ -139,12 +151,17 @@ def cmd_rotate(path: Path, servers: list[str]) -> int:
     return 0
 
 
-def cmd_auth(path: Path) -> int:
+def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
     from cwhook.trakt_auth import DeviceFlowError, device_login
 
+    if account != DEFAULT_ACCOUNT and not ACCOUNT_NAME.fullmatch(account):
+        _err(f"--account {account!r}: an account name is 1-32 of a-z 0-9 _ -")
+        return EXIT_USAGE
     config = _load(path)
     if config is None:
         return EXIT_USAGE
+    new_account = config.trakt.account(account) is None
+    key = AccountConfig(account).key
     if not config.trakt.client_id or not config.trakt.client_secret:
         _err(
             f"trakt.client_id and trakt.client_secret are empty in {path}. Create an API app at "
@@ -154,7 +171,10 @@ def cmd_auth(path: Path) -> int:
         return EXIT_USAGE
     check_writable(path)  # find out now, not after the user has entered the code on trakt.tv
     try:
-        changes = asyncio.run(device_login(config.trakt, sys.stdout))
+        if account != DEFAULT_ACCOUNT:
+            print(f"Logging in the Trakt account {account!r}: enter the code while logged in to "
+                  "trakt.tv as that person.")
+        changes = asyncio.run(device_login(config.trakt, sys.stdout, key=key))
     except DeviceFlowError as exc:
         _err(f"Trakt login failed: {exc}")
         return 1
@@ -170,8 +190,25 @@ def cmd_auth(path: Path) -> int:
         _err(f"the Trakt login worked, but the tokens could not be saved: {exc}. "
              "Then run `cwhook auth` again")
         return 1
+    if new_account:
+        print(f"Trakt authorized; added trakt.accounts.{account} with its tokens to {path}.\n"
+              f"Now say who scrobbles to it: add `users:` under trakt.accounts.{account}, e.g.\n"
+              f'      users: ["plex:Anna", "jellyfin:anna"]\n'
+              "(until then `cwhook check-config` reports it and the running daemon keeps its "
+              "previous settings).")
+        return 0
     print(f"Trakt authorized; tokens written to {path}. A running daemon picks them up "
           "within a few seconds.")
+    return 0
+
+
+def cmd_accounts(path: Path) -> int:
+    from cwhook.accountlist import accounts_text
+
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    print(accounts_text(config))
     return 0
 
 
@@ -205,7 +242,9 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "rotate-tokens":
             return cmd_rotate(path, args.servers)
         if args.command == "auth":
-            return cmd_auth(path)
+            return cmd_auth(path, args.account)
+        if args.command == "accounts":
+            return cmd_accounts(path)
     except YamlEditError as exc:
         _err(f"{path}: cannot edit the file in place: {exc}")
         return EXIT_USAGE

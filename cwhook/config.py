@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import yaml
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
 SERVERS = ("plex", "jellyfin", "emby")
+DEFAULT_ACCOUNT = "default"
+ACCOUNT_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 class ConfigError(Exception):
@@ -116,6 +119,35 @@ def _string_list(value: Any) -> Checked:
     return tuple(out), None
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """What is wrong with a user pattern (``SERVER:NAME`` or ``*``), or None."""
+    if pattern.strip() == "*":
+        return None
+    server, sep, name = pattern.partition(":")
+    if not sep or not name.strip():
+        return f"{pattern!r} must look like SERVER:NAME (e.g. plex:Anna, jellyfin:anna, *:*)"
+    if server.strip().lower() not in (*SERVERS, "*"):
+        return f"{pattern!r}: the server must be one of {', '.join(SERVERS)} or *"
+    return None
+
+
+def _user_patterns(value: Any) -> Checked:
+    names, err = _string_list(value)
+    if err:
+        return None, 'must be a list of SERVER:NAME patterns, e.g. ["plex:Anna", "jellyfin:anna"]'
+    for pattern in names:
+        problem = pattern_problem(pattern)
+        if problem:
+            return None, problem
+    return names, None
+
+
+def _mapping(value: Any) -> Checked:
+    if not isinstance(value, dict):
+        return None, "must be a section of accounts by name (name: {users: [...], ...})"
+    return value, None
+
+
 def _webhook(extra: Mapping[str, tuple[Any, Checker]]) -> dict[str, tuple[Any, Checker]]:
     return {
         "enabled": (True, _bool),
@@ -158,6 +190,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "access_token": ("", _string),
         "refresh_token": ("", _string),
         "expires_at": (0, _int_range(0, 1 << 62)),
+        "users": (["*"], _user_patterns),
+        "accounts": ({}, _mapping),
     },
     "state": {"dir": ("./state", _string)},
     "logging": {
@@ -222,6 +256,31 @@ class ScrobbleConfig:
     dry_run: bool = default("scrobble", "dry_run")
 
 
+# The keys a named account (trakt.accounts.NAME) may have; `users` has no default.
+ACCOUNT_KEYS: dict[str, tuple[Any, Checker]] = {
+    "users": ([], _user_patterns),
+    "access_token": ("", _string),
+    "refresh_token": ("", _string),
+    "expires_at": (0, _int_range(0, 1 << 62)),
+}
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One Trakt account: who scrobbles to it and its tokens (spec §8)."""
+
+    name: str
+    users: tuple[str, ...] = ()
+    access_token: str = ""
+    refresh_token: str = ""
+    expires_at: int = 0
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """Where its tokens live in the YAML file."""
+        return ("trakt",) if self.name == DEFAULT_ACCOUNT else ("trakt", "accounts", self.name)
+
+
 @dataclass(frozen=True)
 class TraktConfig:
     api_url: str = default("trakt", "api_url")
@@ -231,10 +290,20 @@ class TraktConfig:
     access_token: str = default("trakt", "access_token")
     refresh_token: str = default("trakt", "refresh_token")
     expires_at: int = default("trakt", "expires_at")
+    users: tuple[str, ...] = default("trakt", "users")
+    accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
     @property
     def authorized(self) -> bool:
         return bool(self.access_token)
+
+    def all_accounts(self) -> dict[str, AccountConfig]:
+        """Every account, `default` (the top-level tokens) first."""
+        return {DEFAULT_ACCOUNT: AccountConfig(DEFAULT_ACCOUNT, self.users, self.access_token,
+                                               self.refresh_token, self.expires_at), **self.accounts}
+
+    def account(self, name: str) -> AccountConfig | None:
+        return self.all_accounts().get(name)
 
 
 @dataclass(frozen=True)
@@ -318,6 +387,25 @@ def _check_section(
     return values
 
 
+def _check_accounts(raw: Mapping[Any, Any], lines: Mapping[tuple[str, ...], int],
+                    problems: list[str]) -> dict[str, AccountConfig]:
+    """trakt.accounts.NAME: a valid name, known keys, and `users` given (it has no default)."""
+    out: dict[str, AccountConfig] = {}
+    for name, section in raw.items():
+        path = ("trakt", "accounts", str(name))
+        if not isinstance(name, str) or not ACCOUNT_NAME.fullmatch(name) or name == DEFAULT_ACCOUNT:
+            problems.append(f"{_where(path, lines)}: an account name is 1-32 of a-z 0-9 _ - "
+                            f"and not {DEFAULT_ACCOUNT!r} (the top-level trakt tokens are that one)")
+            continue
+        values = _check_section(section, ACCOUNT_KEYS, path, lines, problems)
+        if not values["users"]:
+            problems.append(f"{_where((*path, 'users'), lines)}: say who scrobbles to this account, "
+                            'e.g. users: ["plex:Anna", "jellyfin:anna"]')
+            continue
+        out[name] = AccountConfig(name, **values)
+    return out
+
+
 def parse_config(text: str, path: Path) -> Config:
     """Validate YAML text; raise ConfigError with every problem found."""
     try:
@@ -334,6 +422,7 @@ def parse_config(text: str, path: Path) -> Config:
         problems.append(f"{'.'.join(key_path)} (line {line}): duplicate key (already on line {first}); "
                         "keep only one of them")
     values = _check_section(data, SCHEMA, (), lines, problems)
+    accounts = _check_accounts(values["trakt"]["accounts"] or {}, lines, problems)
     if not problems:
         scrobble = values["scrobble"]
         if scrobble["force_stop_at"] < scrobble["stop_pause_threshold"]:
@@ -351,7 +440,7 @@ def parse_config(text: str, path: Path) -> Config:
         server=ServerConfig(**values["server"]),
         webhooks={name: WebhookConfig(**values["webhooks"][name]) for name in SERVERS},
         scrobble=ScrobbleConfig(**values["scrobble"]),
-        trakt=TraktConfig(**values["trakt"]),
+        trakt=TraktConfig(**{**values["trakt"], "accounts": accounts}),
         state_dir=state_dir,
         logging=LoggingConfig(**values["logging"]),
         sections=sections(node),

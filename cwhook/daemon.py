@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import signal
@@ -14,16 +13,16 @@ from typing import Any
 from aiohttp import web
 
 from cwhook import __version__, health, logs
+from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
-from cwhook.config import Config, ConfigError, changed_keys, load_config, lost_sections
+from cwhook.config import DEFAULT_ACCOUNT, Config, ConfigError, changed_keys, load_config, lost_sections
 from cwhook.configfile import remember
-from cwhook.delivery import Lane, Options
 from cwhook.event import Event
 from cwhook.health import Counters
 from cwhook.listen import listen_problem
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
-from cwhook.store import DEFAULT_ACCOUNT, AsyncStore, Store, StoreUnavailable
+from cwhook.store import AsyncStore, Store, StoreUnavailable
 from cwhook.tokenjournal import TokenJournal
 from cwhook.trakt import TraktClient
 from cwhook.trakt_auth import TraktAuth
@@ -64,11 +63,8 @@ class Daemon:
         self.db = AsyncStore(Store(config.state_dir))
         self.store = self.db.store
         self.journal = TokenJournal(config.state_dir)
-        self.auth = TraktAuth(config.path, config.trakt, journal=self.journal)
-        self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh)
-        self.lane = Lane(DEFAULT_ACCOUNT, self.client, self.db, self.counters, self.options,
-                         lambda: self.auth.needs_auth)
-        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.lane.wake.set)
+        self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run)
+        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake)
         self.runtime = Runtime(config, self.counters, self.health, self.ingest)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
@@ -99,13 +95,17 @@ class Daemon:
     # --- state ---------------------------------------------------------------------
 
     @property
-    def dry_run(self) -> bool:
-        return (self.force_dry_run or self.config.scrobble.dry_run
-                or not self.auth.authorized)
+    def auth(self) -> TraktAuth:
+        """The `default` account's login (the `trakt` block of /healthz describes it)."""
+        return self.accounts.default.auth
 
-    def options(self) -> Options:
-        return Options(dry_run=self.dry_run,
-                       watchlist_autoremove_movies=self.config.scrobble.watchlist_autoremove_movies)
+    @property
+    def client(self) -> TraktClient:
+        return self.accounts.default.client
+
+    @property
+    def dry_run(self) -> bool:
+        return self.accounts.default.dry_run
 
     def health(self) -> dict[str, Any]:
         """Built from memory only (the store's stats are cached): answers while SQLite is locked."""
@@ -113,12 +113,16 @@ class Daemon:
         stats = self.store.stats
         oldest = None if stats.oldest_created_at is None else max(0.0, now - stats.oldest_created_at)
         expires = self.auth.expires_at
-        problems = health.problems(self.auth.authorized, self.auth.needs_auth, self.client.unreachable,
-                                   self.dry_run, oldest, self.config_error is not None)
+        default = self.accounts.default
+        problems = ["config_refused"] if self.config_error is not None else []
+        for unit in self.accounts:
+            problems += unit.problems("" if unit.name == DEFAULT_ACCOUNT else f":{unit.name}")
+        if oldest is not None and oldest > health.OUTBOX_AGING:
+            problems.append("outbox_aging")
         if stats.set_aside:
             problems.append("outbox_set_aside")
-        if self.auth.unsaved is not None:
-            problems.append("tokens_not_saved")
+        orphans = self.accounts.orphans(stats)
+        problems += [f"account_removed_with_pending:{name}" for name, _ in orphans]
         if self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR:
             problems.append("store_unavailable")
         return {
@@ -128,19 +132,22 @@ class Daemon:
             "version": __version__,
             "uptime_s": round(now - self.started, 1),
             "queue_depth": self.queue.qsize(),
-            "sessions": self.rules.session_count,
+            "sessions": self.worker.session_count,
             "outbox": {"pending": stats.pending,
                        "oldest_age_s": None if oldest is None else round(oldest, 1),
                        "set_aside": stats.set_aside},
             "inbox": {"undecided": stats.inbox},
             "trakt": {
-                "authorized": self.auth.authorized,
-                "dry_run": self.dry_run,
-                "needs_auth": self.auth.needs_auth,
+                "authorized": default.auth.authorized,
+                "dry_run": default.dry_run,
+                "needs_auth": default.auth.needs_auth,
                 "token_expires_in_s": int(expires - now) if expires else None,
-                "last_success_at": self.client.last_success_at,
-                "last_error": self.client.last_error,
+                "last_success_at": default.client.last_success_at,
+                "last_error": default.client.last_error,
             },
+            "accounts": {unit.name: unit.health(now, stats) for unit in self.accounts},
+            **({"removed_accounts": {name: {"outbox_pending": count} for name, count in orphans}}
+               if orphans else {}),
             "counts": self.counters.as_dict(),
         }
 
@@ -168,20 +175,17 @@ class Daemon:
         self.config_error = None
         remember(config)
         self.runtime.config = config
-        self.rules.update_settings(config.scrobble)
-        self.auth.update_from_config(config.trakt)
-        if (config.trakt.access_token, config.trakt.refresh_token) != (
-                old.trakt.access_token, old.trakt.refresh_token):
+        self.worker.update_settings(config.scrobble)
+        for name in self.accounts.sync(config):
             # New tokens (`cwhook auth`): deliver what waited at once.
-            asyncio.get_running_loop().create_task(self.db.call(self.store.retry_now))
-        self.client.api_url = config.trakt.api_url
+            asyncio.get_running_loop().create_task(self.db.call(self.store.retry_now, name))
         if config.logging != old.logging:
             logs.configure(config.logging.level, config.logging.format)
         if (config.server.host, config.server.port) != (old.server.host, old.server.port):
             log.warning("config_needs_restart", key="server.host/server.port")
         if config.state_dir != old.state_dir:
             log.warning("config_needs_restart", key="state.dir")
-        self.lane.wake.set()
+        self.accounts.wake()
         log.info("config_reloaded", reason=reason, dry_run=self.dry_run, changed=changed_keys(old, config))
         return True
 
@@ -220,11 +224,7 @@ class Daemon:
 
     async def _refresh_tokens(self) -> None:
         while True:
-            try:
-                await self.auth.save_pending()
-                await self.auth.refresh_ahead()
-            except Exception as exc:
-                log.error("trakt_refresh_error", error=repr(exc))
+            await self.accounts.refresh()
             await asyncio.sleep(TOKEN_SAVE_RETRY)
 
     async def _watchdog(self, interval: float) -> None:
@@ -267,7 +267,7 @@ class Daemon:
 
         # Before anything is sent: a refreshed pair that never reached the file, then
         # the events answered 202 whose decision a crash cut short.
-        self.auth.adopt_journal()
+        self.accounts.adopt_journal()
         await self.worker.replay(await self.db.call(self.store.undecided))
 
         app = make_app(self.runtime)
@@ -290,7 +290,6 @@ class Daemon:
                  version=__version__, dry_run=self.dry_run, outbox_pending=pending)
         tasks = [
             asyncio.create_task(self.worker.run(), name="worker"),
-            asyncio.create_task(self.lane.run(), name="sender"),
             asyncio.create_task(self._watch_config(), name="config-watch"),
             asyncio.create_task(self._refresh_tokens(), name="token-refresh"),
             asyncio.create_task(self.db.checkpoints(), name="checkpoints"),
@@ -307,7 +306,7 @@ class Daemon:
                           note="stopping so that systemd restarts the daemon")
                 self._stop.set()
 
-        for task in tasks:
+        for task in [*tasks, *self.accounts.start()]:
             task.add_done_callback(supervise)
         self.notifier.notify("READY=1\nSTATUS=listening")
 
@@ -317,35 +316,17 @@ class Daemon:
         self.notifier.notify("STOPPING=1")
         await site.stop()  # stop accepting; requests in flight finish
         for task in tasks:
-            if task.get_name() not in ("sender",):
-                task.cancel()
-        await asyncio.gather(*[t for t in tasks if t.get_name() != "sender"],
-                             return_exceptions=True)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.worker.drain()
-        sender = next(t for t in tasks if t.get_name() == "sender")
-        # Give an in-flight Trakt call a few seconds; what is left stays in the outbox.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle_sender(), SHUTDOWN_GRACE)
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+        # Give in-flight Trakt calls a few seconds; what is left stays in the outbox.
+        await self.accounts.stop(SHUTDOWN_GRACE)
         await runner.cleanup()
-        await self.client.close()
         left = self.store.stats.pending
         self.db.close()
         self.notifier.close()
         log.info("stopped", outbox_pending=left)
         return 1 if crashed else 0
-
-    async def _idle_sender(self) -> None:
-        """Wait until the outbox holds nothing deliverable right now."""
-        while True:
-            if self.auth.needs_auth:
-                return
-            heads = await self.db.call(self.store.heads, DEFAULT_ACCOUNT, 64)
-            now = time.time()
-            if not self.lane.busy and all(e.next_attempt_at > now for e in heads):
-                return
-            await asyncio.sleep(0.05)
 
 
 def run_daemon(config: Config, force_dry_run: bool) -> int:

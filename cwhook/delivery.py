@@ -23,9 +23,10 @@ from typing import Any
 
 from cwhook import logs
 from cwhook import trakt_bodies as tb
+from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 from cwhook.health import Counters
-from cwhook.store import DEFAULT_ACCOUNT, AsyncStore, Entry, NewEntry, StoreUnavailable
+from cwhook.store import AsyncStore, Entry, NewEntry, StoreUnavailable
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
 
 log = logs.get("cwhook.delivery")

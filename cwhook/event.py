@@ -105,6 +105,7 @@ class Event:
     item_key: str = ""  # the media server's id of the item
     rating: int | None = None  # for `rate`: 1..10, None = rating cleared
     received_at: float = 0.0
+    accounts: tuple[str, ...] = ()  # the Trakt accounts routing sent it to at ingest (spec §8)
     vod: bool = False  # Plex's own free streaming catalogue (tv.plex.provider.vod)
 
     @property
@@ -164,6 +165,8 @@ class Event:
                 out["number_end"] = self.number_end
         if self.action == "rate":
             out["rating"] = self.rating
+        if self.accounts:
+            out["accounts"] = list(self.accounts)
         if self.paused is not None:
             out["paused"] = self.paused
         if self.vod:
@@ -182,6 +185,7 @@ class Event:
         values = {k: v for k, v in data.items() if k in names}
         values["ids"] = Ids(**data.get("ids") or {})
         values["show_ids"] = Ids(**data.get("show_ids") or {})
+        values["accounts"] = tuple(data.get("accounts") or ())
         return cls(**values)
 
 

@@ -11,20 +11,24 @@ def _fold(name: str) -> str:
     return "".join(c for c in name.casefold() if c.isalnum())
 
 
+def user_matches(event: Event, name: str) -> bool:
+    """Does a whitelist entry (or the NAME of a SERVER:NAME pattern) name the event's user?
+
+    Plex: the account title with case and punctuation ignored, ``id:<n>`` or
+    ``uuid:<u>``; Jellyfin and Emby: the user name, case ignored.
+    """
+    entry = name.strip()
+    if event.source != "plex":
+        return bool(entry) and (event.user_name or "").strip().casefold() == entry.casefold()
+    if entry.lower().startswith("id:"):
+        return event.user_id is not None and entry[3:].strip() == event.user_id
+    if entry.lower().startswith("uuid:"):
+        return bool(event.user_uuid) and entry[5:].strip().lower() == (event.user_uuid or "").lower()
+    return bool(event.user_name) and bool(_fold(entry)) and _fold(entry) == _fold(event.user_name or "")
+
+
 def plex_user_allowed(event: Event, whitelist: tuple[str, ...]) -> bool:
-    if not whitelist:
-        return True
-    for entry in whitelist:
-        lowered = entry.strip()
-        if lowered.lower().startswith("id:"):
-            if event.user_id is not None and lowered[3:].strip() == event.user_id:
-                return True
-        elif lowered.lower().startswith("uuid:"):
-            if event.user_uuid and lowered[5:].strip().lower() == event.user_uuid.lower():
-                return True
-        elif event.user_name and _fold(lowered) and _fold(lowered) == _fold(event.user_name):
-            return True
-    return False
+    return not whitelist or any(user_matches(event, entry) for entry in whitelist)
 
 
 def check(event: Event, hook: WebhookConfig) -> Ignored | None:
@@ -40,8 +44,7 @@ def check(event: Event, hook: WebhookConfig) -> Ignored | None:
         if event.action == "rate" and not hook.ratings:
             return Ignored("ratings_disabled", "webhooks.plex.ratings is false")
         return None
-    names = {u.strip().casefold() for u in hook.username_whitelist}
-    if names and (event.user_name or "").strip().casefold() not in names:
+    if hook.username_whitelist and not any(user_matches(event, u) for u in hook.username_whitelist):
         return Ignored("user_not_allowed",
                        f"{event.source} user {event.user_name!r} is not in username_whitelist")
     return None

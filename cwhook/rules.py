@@ -20,7 +20,10 @@ go to Trakt, a ``Send`` (start, pause, stop or rate with a progress percent).
 State is kept per viewing session (source + user + player + item, see
 ``Event.session_key``), bounded in number (least recently seen evicted first)
 and dropped after ``idle_seconds`` without events. Besides sessions, a small
-registry remembers which user watched which item in the last hour.
+registry remembers which items were watched in the last hour. One ``Rules``
+serves one Trakt account (the worker keeps one per account, spec §8), so "the
+same user" of rule 6 is the account: whichever of its media-server users
+(Anna on Plex, anna on Jellyfin, the shared `Family`) played the item.
 
 Rules, in the order they apply to one event (numbers are the spec's, §5):
 
@@ -155,9 +158,9 @@ class Rules:
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._watched: dict[tuple[str, str], float] = {}
-        self._ratings: dict[tuple[str, str], tuple[int | None, float]] = {}
-        self._marks: dict[tuple[str, str], tuple[str, float]] = {}
+        self._watched: dict[str, float] = {}
+        self._ratings: dict[str, tuple[int | None, float]] = {}
+        self._marks: dict[str, tuple[str, float]] = {}
         self._holding: set[str] = set()  # sessions that may hold a pause (checked lazily)
         self._next_sweep = 0.0
 
@@ -374,7 +377,7 @@ class Rules:
     def _watched_stop(
         self, s: _Session, event: Event, progress: float, now: float, reason: str
     ) -> Decision:
-        key = (event.user_key, event.identity)
+        key = _item(event)
         s.last_progress = progress
         if self._watched_elsewhere(s, event, now):
             s.watched = True
@@ -388,7 +391,7 @@ class Rules:
     def _watched_elsewhere(self, s: _Session, event: Event, now: float) -> bool:
         """The user's item was scrobbled within the hour, and this session has not begun
         a new viewing (below 5 %) since."""
-        seen = self._watched.get((event.user_key, event.identity))
+        seen = self._watched.get(_item(event))
         if seen is None or now - seen > WATCHED_WINDOW:
             return False
         return s.fresh_at is None or s.fresh_at <= seen
@@ -397,7 +400,7 @@ class Rules:
         """An item marked watched or unwatched by hand in Jellyfin or Emby."""
         if not self.settings.sync_manual_marks:
             return Decision(event, "manual_marks_disabled", notes=("scrobble.sync_manual_marks",))
-        key = (event.user_key, event.identity)
+        key = _item(event)
         last = self._marks.get(key)
         if last is not None and last[0] == event.action and now - last[1] <= RATING_WINDOW:
             return Decision(event, "duplicate")
@@ -412,7 +415,7 @@ class Rules:
         return Decision(event, "sent", Send("history_add", event, 100.0), 100.0)
 
     def _rate(self, event: Event, now: float) -> Decision:
-        key = (event.user_key, event.identity)
+        key = _item(event)
         last = self._ratings.get(key)
         if last is not None and last[0] == event.rating and now - last[1] <= RATING_WINDOW:
             return Decision(event, "duplicate")
@@ -497,6 +500,13 @@ class Rules:
             self._sessions.move_to_end(key)
         session.last_seen = now
         return session
+
+
+def _item(event: Event) -> str:
+    """The key of the one-hour registries (watched, ratings, marks). One ``Rules`` serves one
+    Trakt account (spec §8), so an item is the same whichever of the account's media-server
+    users played it: Anna on Plex and on Jellyfin, or `Family`, is one person to Trakt."""
+    return event.identity
 
 
 def _bound(progress: float) -> float:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cwhook import logs
+from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 
 log = logs.get("cwhook.store")
@@ -46,7 +47,6 @@ LOCK_RETRY = 0.02
 CHECKPOINT_EVERY = 2.0
 MAX_MATCHES = 5000
 SET_ASIDE_AFTER = 3  # attempts that failed for a reason that is not Trakt's
-DEFAULT_ACCOUNT = "default"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from cwhook import __version__, logs
-from cwhook.config import TraktConfig
+from cwhook.config import DEFAULT_ACCOUNT, AccountConfig, TraktConfig
 from cwhook.configfile import update_file
 from cwhook.tokenjournal import Pair, TokenJournal
 
@@ -72,9 +72,11 @@ class _Tokens:
     oauth_url: str
 
     @classmethod
-    def of(cls, trakt: TraktConfig) -> _Tokens:
-        return cls(trakt.client_id, trakt.client_secret, trakt.access_token, trakt.refresh_token,
-                   trakt.expires_at, trakt.oauth_url)
+    def of(cls, trakt: TraktConfig, account: str = DEFAULT_ACCOUNT) -> _Tokens:
+        """The app's credentials and one account's pair (empty if the account is gone)."""
+        acc = trakt.account(account) or AccountConfig(account)
+        return cls(trakt.client_id, trakt.client_secret, acc.access_token, acc.refresh_token,
+                   acc.expires_at, trakt.oauth_url)
 
     @property
     def pair(self) -> Pair:
@@ -90,16 +92,24 @@ class TraktAuth:
 
     def __init__(self, config_path: Path, trakt: TraktConfig,
                  clock: Callable[[], float] = time.time, journal: TokenJournal | None = None,
-                 account: str = "default", key: tuple[str, ...] = DEFAULT_KEY) -> None:
+                 account: str = DEFAULT_ACCOUNT, key: tuple[str, ...] = DEFAULT_KEY) -> None:
         self.config_path = config_path
         self.clock = clock
         self.journal = journal
         self.account = account
         self.key = key
-        self._t = _Tokens.of(trakt)
+        self._t = _Tokens.of(trakt, account)
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
         self.unsaved: str | None = None  # why the pair in use is not in the file yet
+
+    @property
+    def auth_command(self) -> str:
+        return "cwhook auth" + ("" if self.account == DEFAULT_ACCOUNT else f" --account {self.account}")
+
+    @property
+    def _who(self) -> dict[str, str]:
+        return {} if self.account == DEFAULT_ACCOUNT else {"account": self.account}
 
     @property
     def authorized(self) -> bool:
@@ -119,7 +129,7 @@ class TraktAuth:
         pair that could not be saved is never replaced by the stale one in the file.
         """
         mine = self._t.pair
-        theirs = _Tokens.of(trakt)
+        theirs = _Tokens.of(trakt, self.account)
         # A pair we could not save yet is known to be newer than the file's, even within the
         # same second; otherwise the file wins unless it is older.
         ours_newer = mine.expires_at > theirs.expires_at or (
@@ -148,7 +158,7 @@ class TraktAuth:
             return False
         self._t.use(newest)
         self.unsaved = "recovered from the token journal"
-        log.warning("trakt_tokens_recovered", expires_at=newest.expires_at,
+        log.warning("trakt_tokens_recovered", expires_at=newest.expires_at, **self._who,
                     note="a refreshed pair had not reached the config file; writing it now")
         self.save_pending_sync()
         return True
@@ -161,11 +171,11 @@ class TraktAuth:
             update_file(self.config_path, pair_changes(self._t.pair, self.key))
         except Exception as exc:
             self.unsaved = str(exc)
-            log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path),
+            log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path), **self._who,
                       note="the new pair is used from memory; retrying every minute")
             return False
         self.unsaved = None
-        log.info("trakt_tokens_saved", path=str(self.config_path))
+        log.info("trakt_tokens_saved", path=str(self.config_path), **self._who)
         return True
 
     async def save_pending(self) -> bool:
@@ -192,8 +202,8 @@ class TraktAuth:
             if self.needs_auth:
                 return False
             if not (t.refresh_token and t.client_id and t.client_secret):
-                self.needs_auth = "no refresh token or client secret: run `cwhook auth`"
-                log.error("trakt_needs_auth", reason=self.needs_auth)
+                self.needs_auth = f"no refresh token or client secret: run `{self.auth_command}`"
+                log.error("trakt_needs_auth", reason=self.needs_auth, **self._who)
                 return False
             body = {
                 "refresh_token": t.refresh_token,
@@ -226,13 +236,13 @@ class TraktAuth:
                 t.use(pair)
                 self.unsaved = "not written yet"
                 await asyncio.to_thread(self.save_pending_sync)
-                log.info("trakt_token_refreshed", expires_at=t.expires_at)
+                log.info("trakt_token_refreshed", expires_at=t.expires_at, **self._who)
                 return True
             if 400 <= status < 500:
-                self.needs_auth = f"token refresh refused ({status}): run `cwhook auth`"
-                log.error("trakt_needs_auth", reason=self.needs_auth, status=status)
+                self.needs_auth = f"token refresh refused ({status}): run `{self.auth_command}`"
+                log.error("trakt_needs_auth", reason=self.needs_auth, status=status, **self._who)
                 return False
-            log.warning("trakt_refresh_failed", status=status, transient=True)
+            log.warning("trakt_refresh_failed", status=status, transient=True, **self._who)
             return False
 
 
@@ -255,6 +265,7 @@ async def device_login(
     out: TextIO,
     sleep: Callable[[float], Any] = asyncio.sleep,
     clock: Callable[[], float] = time.time,
+    key: tuple[str, ...] = DEFAULT_KEY,
 ) -> dict[tuple[str, ...], str | int]:
     """Run the device flow; return the YAML changes holding the new tokens."""
     base = trakt.oauth_url
@@ -287,7 +298,7 @@ async def device_login(
                 status = resp.status
                 data = await resp.json(content_type=None) if status == 200 else None
             if status == 200 and isinstance(data, dict) and data.get("access_token"):
-                return token_changes(data, clock())
+                return token_changes(data, clock(), key)
             if status == 400:
                 continue  # pending: the user has not entered the code yet
             if status == 429:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from cwhook import logs
+from cwhook.config import DEFAULT_ACCOUNT, ScrobbleConfig
 from cwhook.event import Event
 from cwhook.health import Counters
 from cwhook.rules import Decision, Rules
@@ -29,6 +30,7 @@ MAX_BATCH = 500
 COMMIT_RETRY_MAX = 5.0
 
 Item = tuple[int, Event]  # (inbox id, event)
+Routed = tuple[str, Decision]  # (Trakt account, decision)
 
 
 class Worker:
@@ -42,7 +44,8 @@ class Worker:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
-        self.rules = rules
+        self.rules = rules  # the default account's; every other account gets its own (spec §8)
+        self._rules: dict[str, Rules] = {DEFAULT_ACCOUNT: rules}
         self.db = db
         self.counters = counters
         self.wake_sender = wake_sender
@@ -53,25 +56,48 @@ class Worker:
 
     # --- deciding (no I/O but the log) ------------------------------------------------
 
-    def step(self, item: Item | None, now: float) -> list[Decision]:
-        """Due timers, then the event; a failing event never loses the timers' decisions."""
-        decisions: list[Decision] = []
-        try:
-            decisions += self.rules.tick(now)
-        except Exception as exc:
-            log.exception("rules_error", error=repr(exc), session=None)
+    def rules_for(self, account: str) -> Rules:
+        """Rules run per Trakt account: one watched stop per viewing, the one-hour dedupe."""
+        rules = self._rules.get(account)
+        if rules is None:
+            rules = self._rules[account] = Rules(self.rules.settings)
+        return rules
+
+    def update_settings(self, settings: ScrobbleConfig) -> None:
+        for rules in self._rules.values():
+            rules.update_settings(settings)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for r in self._rules.values() if (d := r.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    @property
+    def session_count(self) -> int:
+        return sum(r.session_count for r in self._rules.values())
+
+    def step(self, item: Item | None, now: float) -> list[Routed]:
+        """Due timers, then the event for each of its accounts; a failing event never loses
+        the timers' decisions."""
+        decisions: list[Routed] = []
+        for account, rules in list(self._rules.items()):
+            try:
+                decisions += [(account, d) for d in rules.tick(now)]
+            except Exception as exc:
+                log.exception("rules_error", error=repr(exc), session=None, account=account)
         if item is not None:
             _, event = item
-            try:
-                decisions += self.rules.handle(event, now)
-            except Exception as exc:  # never let one odd event stop the worker
-                log.exception("rules_error", error=repr(exc), session=event.session_key)
+            for account in event.accounts or (DEFAULT_ACCOUNT,):
+                try:
+                    decisions += [(account, d) for d in self.rules_for(account).handle(event, now)]
+                except Exception as exc:  # never let one odd event stop the worker
+                    log.exception("rules_error", error=repr(exc), session=event.session_key,
+                                  account=account)
         return decisions
 
-    def entries(self, decisions: list[Decision], now: float) -> list[NewEntry]:
+    def entries(self, decisions: list[Routed], now: float) -> list[NewEntry]:
         """Log each decision on one line; the outbox rows the sends need."""
         out: list[NewEntry] = []
-        for d in decisions:
+        for account, d in decisions:
             e = d.event
             fields: dict[str, object] = {
                 "reason": d.reason,
@@ -81,13 +107,15 @@ class Worker:
                 "user": e.user_name,
                 "session": e.session_key,
             }
+            if account != DEFAULT_ACCOUNT or len(e.accounts) > 1:
+                fields["account"] = account
             if d.progress is not None:
                 fields["progress"] = round(d.progress, 2)
             if d.notes:
                 fields["notes"] = list(d.notes)
             if d.send is not None:
                 fields["trakt"] = d.send.verb
-                out.append(NewEntry(d.send.verb, d.send.event, d.send.progress, now))
+                out.append(NewEntry(d.send.verb, d.send.event, d.send.progress, now, account=account))
             elif d.reason not in NOT_SUPPRESSED:
                 self.counters.suppressed += 1
             log.info("decision", **fields)
@@ -99,7 +127,7 @@ class Worker:
         for seq, event in batch:
             self._held[id(event)] = (seq, event)
             self._upto = max(self._upto, seq)
-        held = {id(e) for e in self.rules.held_events()}
+        held = {id(e) for r in self._rules.values() for e in r.held_events()}
         self._held = {k: v for k, v in self._held.items() if k in held}
         return self._upto, {seq for seq, _ in self._held.values()}
 
@@ -161,7 +189,7 @@ class Worker:
 
     async def run(self) -> None:
         while True:
-            deadline = self.rules.next_deadline()
+            deadline = self.next_deadline()
             timeout = MAX_IDLE_WAIT if deadline is None else max(0.0, deadline - self.clock())
             first = await self.receive(min(timeout, MAX_IDLE_WAIT))
             batch: list[Item] = [] if first is None else [first]
@@ -176,10 +204,11 @@ class Worker:
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
         now = self.clock()
-        decisions: list[Decision] = []
+        decisions: list[Routed] = []
         for item in batch:
             decisions += self.step(item, now)
         decisions += self.step(None, now)
-        decisions += self.rules.flush_pending()
+        for account, rules in self._rules.items():
+            decisions += [(account, d) for d in rules.flush_pending()]
         entries = self.entries(decisions, now)
         await self.commit(entries, self.settle(batch), once=True)

@@ -97,6 +97,7 @@ class Call:
     at: float
     status: int = 0
     answer: Any = None
+    user: str = ""  # whose token the call carried ("" when none or unknown)
 
 
 class FakeTrakt:
@@ -109,7 +110,10 @@ class FakeTrakt:
         self.used_refresh_tokens: set[str] = set()
         self.token_lifetime = 86400
         self.calls: list[Call] = []
-        self.history: list[tuple[str, float]] = []  # (item key, watched_at)
+        self.histories: dict[str, list[tuple[str, float]]] = {"default": []}  # user -> (item key, watched_at)
+        self.token_user: dict[str, str] = {}  # access or refresh token -> the user it belongs to
+        self.user_outage_until: dict[str, float] = {}  # per-user outage (503 for that user's calls)
+        self.device_user = "default"  # who logs in through the device flow
         self.last_post: dict[str, float] = {}
         self.rate_limit = True
         self.outage_until = 0.0
@@ -133,8 +137,23 @@ class FakeTrakt:
 
     # --- set-up helpers -------------------------------------------------------------
 
-    def issue_tokens(self, lifetime: int | None = None) -> tuple[str, str, int]:
+    @property
+    def history(self) -> list[tuple[str, float]]:
+        """The `default` user's history (see ``histories`` for every user's)."""
+        return self.histories.setdefault("default", [])
+
+    @history.setter
+    def history(self, value: list[tuple[str, float]]) -> None:
+        self.histories["default"] = value
+
+    def _hist(self) -> list[tuple[str, float]]:
+        """The history of the user whose call is being handled."""
+        user = (self._current.user if self._current is not None else "") or "default"
+        return self.histories.setdefault(user, [])
+
+    def issue_tokens(self, lifetime: int | None = None, user: str = "default") -> tuple[str, str, int]:
         access, refresh = secrets.token_hex(16), secrets.token_hex(16)
+        self.token_user[access] = self.token_user[refresh] = user
         expires = int(time.time()) + (lifetime if lifetime is not None else self.token_lifetime)
         self.access_tokens[access] = expires
         self.refresh_tokens.add(refresh)
@@ -147,11 +166,11 @@ class FakeTrakt:
         self.movies.extend(made)
         return made
 
-    def history_counts(self) -> dict[str, int]:
-        """How many plays each item has in the history."""
+    def history_counts(self, user: str = "default") -> dict[str, int]:
+        """How many plays each item has in a user's history."""
         counts: dict[str, int] = {}
         with self.lock:
-            for key, _ in self.history:
+            for key, _ in self.histories.get(user, []):
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -237,6 +256,7 @@ class FakeTrakt:
             body = None
         call = Call(request.method, request.path, request.query_string, dict(request.headers), body,
                     time.time())
+        call.user = self.token_user.get(request.headers.get("Authorization", "").removeprefix("Bearer "), "")
         with self.lock:
             self.calls.append(call)
         if self.delay:
@@ -250,7 +270,7 @@ class FakeTrakt:
             request.transport.close()
             call.status = -1
             raise web.HTTPInternalServerError()
-        if time.time() < self.outage_until:
+        if time.time() < max(self.outage_until, self.user_outage_until.get(call.user, 0.0)):
             call.status = 503
             return web.json_response({"error": "outage"}, status=503)
         if self.script:
@@ -290,14 +310,15 @@ class FakeTrakt:
             if not auth.startswith("Bearer ") or expires is None or expires < time.time():
                 return web.json_response({"error": "invalid_token"}, status=401)
             if self.rate_limit and request.method != "GET":
-                last = self.last_post.get(token, 0.0)
+                who = self.token_user.get(token, token)  # Trakt limits per user, whatever the token
+                last = self.last_post.get(who, 0.0)
                 now = time.monotonic()
                 if now - last < 1.0:
                     return web.json_response(
                         {"error": "rate limit"}, status=429,
                         headers={"Retry-After": "1",
                                  "X-Ratelimit": '{"name":"AUTHED_API_POST_LIMIT","period":1,"limit":1}'})
-                self.last_post[token] = now
+                self.last_post[who] = now
         return None
 
     async def scrobble(self, request: web.Request) -> web.Response:
@@ -319,16 +340,16 @@ class FakeTrakt:
                 return web.json_response({"error": "progress below 1"}, status=422)
             if progress >= 80:
                 now = time.time()
-                recent = [t for k, t in self.history if k == key and now - t < 3600]
+                recent = [t for k, t in self._hist() if k == key and now - t < 3600]
                 if recent:
                     watched = recent[-1]
                     return web.json_response({
                         "watched_at": _iso(watched), "expires_at": _iso(watched + 3600)}, status=409)
-                self.history.append((key, now))
+                self._hist().append((key, now))
                 answer_action = "scrobble"
             else:
                 answer_action = "pause"
-        return web.json_response({"id": len(self.history) or 0, "action": answer_action,
+        return web.json_response({"id": len(self._hist()) or 0, "action": answer_action,
                                   "progress": progress, "sharing": {"twitter": False}, **item},
                                  status=201)
 
@@ -348,11 +369,11 @@ class FakeTrakt:
                     added[kind] += 1
                     if request.path == "/sync/history/remove":
                         gone = {key for key, _ in keys}
-                        self.history = [h for h in self.history if h[0] not in gone]
+                        self._hist()[:] = [h for h in self._hist() if h[0] not in gone]
                     if request.path == "/sync/history":
                         watched_at = _parse_iso(item.get("watched_at")) if kind != "shows" else None
                         for key, when in keys:
-                            self.history.append((key, when or watched_at or time.time()))
+                            self._hist().append((key, when or watched_at or time.time()))
                 else:
                     not_found[kind].append(item)
         key = "deleted" if request.path.endswith("/remove") else "added"
@@ -389,7 +410,7 @@ class FakeTrakt:
         key = f"{kind}:{request.match_info['id']}"
         since = _parse_iso(request.query.get("start_at")) or 0.0
         entries = [{"id": i, "watched_at": _iso(t), "action": "scrobble", "type": kind}
-                   for i, (k, t) in enumerate(self.history) if k == key and t >= since]
+                   for i, (k, t) in enumerate(self._hist()) if k == key and t >= since]
         return web.json_response(entries)
 
     async def search_id(self, request: web.Request) -> web.Response:
@@ -433,8 +454,8 @@ class FakeTrakt:
 
     # --- OAuth ----------------------------------------------------------------------------------
 
-    def _token_answer(self) -> dict[str, Any]:
-        access, refresh, _ = self.issue_tokens()
+    def _token_answer(self, user: str) -> dict[str, Any]:
+        access, refresh, _ = self.issue_tokens(user=user)
         return {"access_token": access, "token_type": "bearer", "expires_in": self.token_lifetime,
                 "refresh_token": refresh, "scope": "public", "created_at": int(time.time())}
 
@@ -451,7 +472,7 @@ class FakeTrakt:
         self.refresh_tokens.discard(token)
         self.used_refresh_tokens.add(token)
         self.refresh_count += 1
-        answer = web.json_response(self._token_answer())
+        answer = web.json_response(self._token_answer(self.token_user.get(str(token), "default")))
         await answer.prepare(request)
         await answer.write_eof()  # the new pair has left; the old refresh token is dead
         self.refreshed_at.append(time.time())
@@ -474,7 +495,7 @@ class FakeTrakt:
             status = self.device_script.pop(0)
             if status != 200:
                 return web.json_response({}, status=status)
-        return web.json_response(self._token_answer())
+        return web.json_response(self._token_answer(self.device_user))
 
     # --- life cycle --------------------------------------------------------------------------------
 

@@ -169,8 +169,9 @@ def test_same_item_same_user_other_player_within_an_hour() -> None:
     # ...unless that device started a new viewing from the beginning
     r("start", 1, 100, player_id="tablet")
     assert r("stop", 97, 200, player_id="tablet")[-1].reason == "sent"
-    # another user is not affected
-    assert r("stop", 97, 300, player_id="tv", user_id="2", user_name="bob")[-1].reason == "sent"
+    # another media-server user of the same Trakt account is the same person to Trakt (spec §8:
+    # one Rules per account; another account is not affected, see test_households.py)
+    assert r("stop", 97, 300, player_id="tv", user_id="2", user_name="bob")[-1].reason == "already_watched"
     # after an hour it may be scrobbled again
     assert r("stop", 96, 3700, player_id="laptop")[-1].reason == "already_watched"  # tablet at 200
     assert r("stop", 96, 3900, player_id="laptop2")[-1].reason == "sent"
@@ -426,8 +427,9 @@ def test_pause_elsewhere_after_an_hour_or_in_a_new_viewing_is_sent() -> None:
     # a rewatch started from the top after the watched stop is a new viewing
     r("start", 1, 300, player_id="tablet")
     assert r("stop", 40, 400, player_id="tablet")[-1].reason == "demoted_to_pause"
-    # another user is not concerned; and after the hour the phone may pause again
-    assert r("stop", 38, 500, player_id="phone", user_id="2", user_name="bob")[-1].reason == "demoted_to_pause"
+    # another media-server user of the same account counts as the same person; after the hour
+    # the phone may pause again
+    assert r("stop", 38, 500, player_id="phone", user_id="2", user_name="bob")[-1].reason == "already_watched"
     assert r("stop", 39, 3800, player_id="phone")[-1].reason == "demoted_to_pause"
 
 
