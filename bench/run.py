@@ -209,6 +209,7 @@ def scrobble_latency(events: int, tmp: Path) -> dict[str, Any]:
 
     fake = FakeTrakt().start()
     fake.rate_limit = False
+    fake.add_movies(events)
     access, refresh, _ = fake.issue_tokens()
     port = free_port()
     cfg = tmp / "latency.yml"
@@ -222,8 +223,11 @@ def scrobble_latency(events: int, tmp: Path) -> dict[str, Any]:
         payload = json.loads((ROOT / "tests/fixtures/plex_media.scrobble_movie.json").read_bytes())
         for i in range(events):
             payload["Player"]["uuid"] = f"player-{i}"
-            payload["Account"]["id"] = 1000 + i  # a different user each time: every one is a real watch
-            payload["Account"]["title"] = f"user{i}"
+            # a different film each time: every one is a real watch (one play per film and
+            # account within the hour, so the same film again would rightly be dropped)
+            payload["Metadata"]["Guid"] = [{"id": f"imdb://tt{9000000 + i}"}]
+            payload["Metadata"]["ratingKey"] = str(90000 + i)
+            payload["Metadata"]["title"] = f"Counted Movie {i}"
             body = json.dumps(payload).encode()
             before = len(fake.posts("/scrobble/stop"))
             req = urllib.request.Request(f"http://127.0.0.1:{port}/webhook/plextrakt?{TOKEN}", data=body,
