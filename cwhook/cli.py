@@ -25,6 +25,7 @@ from cwhook.configfile import (
     check_writable,
     create_default,
     fill_missing_tokens,
+    load_settled,
     remember,
     rotate_tokens,
     update_file,
@@ -70,9 +71,11 @@ def _err(message: str) -> None:
     print(f"cwhook: {message}", file=sys.stderr)
 
 
-def _load(path: Path) -> Config | None:
+def _load(path: Path, settled: bool = False) -> Config | None:
+    """The config, or None after printing its problems. ``settled``: a command about to
+    rewrite the file waits (up to 10 s) for a file that has stopped changing and parses."""
     try:
-        config = load_config(path)
+        config = load_settled(path) if settled else load_config(path)
     except ConfigError as exc:
         _err(f"{path}: the configuration has problems:")
         for problem in exc.problems:
@@ -140,7 +143,7 @@ def cmd_urls(path: Path) -> int:
 
 
 def cmd_rotate(path: Path, servers: list[str]) -> int:
-    config = _load(path)
+    config = _load(path, settled=True)
     if config is None:
         return EXIT_USAGE
     chosen = tuple(dict.fromkeys(servers)) or SERVERS
@@ -157,7 +160,7 @@ def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
     if account != DEFAULT_ACCOUNT and not ACCOUNT_NAME.fullmatch(account):
         _err(f"--account {account!r}: an account name is 1-32 of a-z 0-9 _ -")
         return EXIT_USAGE
-    config = _load(path)
+    config = _load(path, settled=True)
     if config is None:
         return EXIT_USAGE
     new_account = config.trakt.account(account) is None

@@ -456,6 +456,16 @@ def lost_sections(before: Config, after: Config) -> list[str]:
             "reload with SIGHUP (`systemctl reload cwhook`)" for p in outermost]
 
 
+def lost_credentials(before: Config, after: Config) -> list[str]:
+    """The Trakt app's id and secret never go from set to empty on a reload: that is a file
+    caught half-written (say, `systemctl reload` while an editor saves), and every call
+    would fail. To clear them on purpose, restart."""
+    return [f"trakt.{key}: empty now, but it was set at the last good read (a file caught "
+            "half-written?); restore it, or restart the daemon to clear it on purpose"
+            for key in ("client_id", "client_secret")
+            if getattr(before.trakt, key) and not getattr(after.trakt, key)]
+
+
 def changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted key paths whose values differ (names only: values may be secrets)."""
     out: list[str] = []

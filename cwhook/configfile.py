@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from cwhook.config import SERVERS, Config, load_config, unreadable, user_name
+from cwhook.config import SERVERS, Config, ConfigError, load_config, unreadable, user_name
 from cwhook.yamledit import Scalar, edit_yaml
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
@@ -291,6 +291,22 @@ def _settled(key: str, stamp: Stamp | None) -> bool:
         return True
     age = time.time() - stamp[0] / 1e9
     return age >= SETTLED or age < -SETTLED  # a clock far off: do not wait for it
+
+
+def load_settled(path: Path, wait: float = REWRITE_WAIT) -> Config:
+    """The config a command is about to rewrite: read once the file has stopped changing
+    and parses, waiting up to ``wait`` seconds (an editor may be saving it right now)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if _settled(_key(path), _stamp(path)):
+            try:
+                return load_config(path)
+            except ConfigError:
+                if time.monotonic() >= deadline:
+                    raise
+        elif time.monotonic() >= deadline:
+            return load_config(path)
+        time.sleep(0.1)
 
 
 def create_default(path: Path) -> None:

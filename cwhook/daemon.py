@@ -15,7 +15,15 @@ from aiohttp import web
 from cwhook import __version__, health, logs
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
-from cwhook.config import DEFAULT_ACCOUNT, Config, ConfigError, changed_keys, load_config, lost_sections
+from cwhook.config import (
+    DEFAULT_ACCOUNT,
+    Config,
+    ConfigError,
+    changed_keys,
+    load_config,
+    lost_credentials,
+    lost_sections,
+)
 from cwhook.configfile import remember
 from cwhook.event import Event
 from cwhook.health import Counters
@@ -160,6 +168,9 @@ class Daemon:
                 lost = lost_sections(self.config, config)
                 if lost:
                     raise ConfigError(lost)
+            lost_app = lost_credentials(self.config, config)
+            if lost_app:  # even on SIGHUP: the file is being written (tokens follow the pair rule)
+                raise ConfigError(lost_app)
         except ConfigError as exc:
             error = ("; ".join(exc.problems) + f". The daemon keeps its previous settings; fix {self.config.path} "
                      "(`cwhook check-config` lists the problems): it is read again when it changes, on SIGHUP "

@@ -32,6 +32,7 @@ from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient,
 log = logs.get("cwhook.delivery")
 
 LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
+HISTORY_LOOKBACK = 3600.0  # how far before a late stop's time its earlier attempt is looked for
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = 300.0
 STORE_RETRY = 5.0  # the state file could not be written (disk full, locked): try again soon
@@ -277,7 +278,9 @@ class Lane:
                 continue
             found = forms[0]
             trakt_id = found[rtype]["ids"]["trakt"]
-            start = tb.iso(since - 60)
+            # An hour back: the play may carry Trakt's clock, not ours (a host whose clock runs
+            # ahead), and the rules allow no second play of the item within the hour anyway.
+            start = tb.iso(since - HISTORY_LOOKBACK)
             resp = await self.client.request("GET", f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
             return isinstance(resp.data, list) and bool(resp.data)
         log.warning("history_check_impossible", item=event.label(),

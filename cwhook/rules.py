@@ -214,6 +214,11 @@ class Rules:
             del self._marks[mkey]
         return self._per_episode(out)
 
+    def remember_watched(self, identity: str, at: float) -> None:
+        """At start: an item watched before the restart (the store keeps the last hour)."""
+        if at > self._watched.get(identity, 0.0):
+            self._watched[identity] = at
+
     def held_events(self) -> list[Event]:
         """The events whose decision is still open (pauses in their debounce window)."""
         sessions = (self._sessions.get(key) for key in self._holding)

@@ -8,6 +8,8 @@ Tables
 * ``outbox``: the Trakt actions that follow from the decisions, per account and
   viewing session, with their attempt state (``attempted`` is set on disk before
   each call, so a late watched stop knows to ask Trakt's history first).
+* ``watched``: per account, the items a watched stop was decided for in the last
+  hour, so the rules' one-hour dedupe survives a restart.
 * ``matches``: how Trakt knows each item (shared by all accounts, bounded).
 
 Only this module writes SQL. Its methods are synchronous and meant to run on
@@ -46,6 +48,8 @@ LOCK_WAIT = 2.0  # how long a call on the loop keeps retrying a locked database
 LOCK_RETRY = 0.02
 CHECKPOINT_EVERY = 2.0
 MAX_MATCHES = 5000
+WATCHED_VERBS = ("stop", "history_add")
+WATCHED_KEPT = 3600.0  # the rules' one-hour window
 SET_ASIDE_AFTER = 3  # attempts that failed for a reason that is not Trakt's
 
 SCHEMA = """
@@ -72,6 +76,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (account, set_aside, session, id);
 CREATE INDEX IF NOT EXISTS outbox_age ON outbox (account, set_aside, created_at);
+CREATE TABLE IF NOT EXISTS watched (
+    account TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (account, identity)
+);
 CREATE TABLE IF NOT EXISTS matches (
     identity TEXT PRIMARY KEY,
     form TEXT NOT NULL,
@@ -273,10 +283,28 @@ class Store:
             for e in entries:
                 ids.append(self._insert(db, e))
                 delta.add(e.account, 1)
+                self._remember(db, e)
             marks = ",".join("?" * len(keep))
             cur = db.execute(f"DELETE FROM inbox WHERE id <= ? AND id NOT IN ({marks})", (upto, *keep))
             delta.inbox -= max(0, cur.rowcount)
         return ids
+
+    @staticmethod
+    def _remember(db: sqlite3.Connection, e: NewEntry) -> None:
+        """Keep the rules' one-hour watched registry across restarts (spec §5 rule 6)."""
+        if e.verb in WATCHED_VERBS:
+            db.execute("INSERT OR REPLACE INTO watched (account, identity, at) VALUES (?, ?, ?)",
+                       (e.account, _safe_text(e.event.identity), e.created_at))
+            db.execute("DELETE FROM watched WHERE at < ?", (e.created_at - WATCHED_KEPT,))
+        elif e.verb == "history_remove":
+            db.execute("DELETE FROM watched WHERE account = ? AND identity = ?",
+                       (e.account, _safe_text(e.event.identity)))
+
+    def recent_watched(self, since: float) -> list[tuple[str, str, float]]:
+        """(account, item identity, when) of the watched stops decided since ``since``."""
+        rows = self._db.execute("SELECT account, identity, at FROM watched WHERE at >= ? ORDER BY at",
+                                (since,)).fetchall()
+        return [(str(a), str(i), float(t)) for a, i, t in rows]
 
     # --- outbox -----------------------------------------------------------------------
 

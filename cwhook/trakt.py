@@ -7,7 +7,8 @@ Retry policy (spec §6):
 * 401 refreshes the access token once and retries once;
 * 409 (already scrobbled) counts as success; 404 and 422 are final (404 lets
   the caller try another way of naming the item); 420/423 stop that action and
-  are logged as errors; any other 4xx is final.
+  are logged as errors; 403 (the API key, not the item) is kept and retried like
+  an outage; any other 4xx is final.
 When the attempts run out the error goes back to the caller (the outbox keeps
 the action and tries again later), so nothing is lost to a long outage.
 """
@@ -72,6 +73,10 @@ class NotFound(TraktError):
 
 class FinalError(TraktError):
     """Not worth retrying (422, 420, 423, other 4xx)."""
+
+
+class AppRefused(TraktError):
+    """403: Trakt does not know the API app (trakt.client_id); kept and retried, never final."""
 
 
 class AuthError(TraktError):
@@ -189,6 +194,9 @@ class TraktClient:
             raise TransientError(status, "Trakt server error")
         if status == 401:
             raise AuthError(401, "access token rejected")
+        if status == 403:
+            # The app, not the item: a wrong trakt.client_id. Nothing is dropped for it.
+            raise AppRefused(403, "Trakt refused the API key: check trakt.client_id")
         if status == 404:
             raise NotFound(404, "not found on Trakt")
         if status == 420:

@@ -134,12 +134,14 @@ class TraktAuth:
         # same second; otherwise the file wins unless it is older.
         ours_newer = mine.expires_at > theirs.expires_at or (
             self.unsaved is not None and mine.expires_at == theirs.expires_at)
-        if mine.access_token and theirs.access_token and ours_newer and mine != theirs.pair:
+        # A file whose tokens are empty or missing (half-written, or cleared by hand) is older
+        # too: it never logs a running daemon out (revoke the app on trakt.tv for that).
+        if mine.access_token and ours_newer and mine != theirs.pair:
             theirs.use(mine)  # ours is newer: keep it, and bring the file up to date
             if self.unsaved is None:
                 self.unsaved = "the file holds an older token pair"
         elif theirs.pair != mine:
-            self.needs_auth = None  # new tokens (`cwhook auth`), or removed on purpose
+            self.needs_auth = None  # new tokens (`cwhook auth`)
             self.unsaved = None
         elif self.unsaved is not None:
             self.unsaved = None  # the file has caught up

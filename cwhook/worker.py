@@ -18,7 +18,7 @@ from cwhook import logs
 from cwhook.config import DEFAULT_ACCOUNT, ScrobbleConfig
 from cwhook.event import Event
 from cwhook.health import Counters
-from cwhook.rules import Decision, Rules
+from cwhook.rules import WATCHED_WINDOW, Decision, Rules
 from cwhook.store import AsyncStore, NewEntry, StoreUnavailable
 
 log = logs.get("cwhook.worker")
@@ -170,6 +170,9 @@ class Worker:
         Each is handled at the time it was received, so a held pause keeps its
         window; the rules' timers then catch up with the present.
         """
+        now = self.clock()
+        for account, identity, at in await self.db.call(self.db.store.recent_watched, now - WATCHED_WINDOW):
+            self.rules_for(account).remember_watched(identity, at)
         times, last = [], 0.0
         for _, event in items:
             last = max(last, event.received_at)

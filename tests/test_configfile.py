@@ -227,3 +227,30 @@ def test_write_atomic_new_file_is_0600_whatever_the_umask(tmp_path: Path) -> Non
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o600
+
+
+def test_rotate_waits_for_an_editor_that_is_still_saving(tmp_path: Path) -> None:
+    """`rotate-tokens` while an editor has written half the file (it does not parse yet):
+    the command waits for the whole file, and the editor's change and the new tokens both stay."""
+    from tests.conftest import config_text
+
+    path = tmp_path / "cwhook.yml"
+    whole = config_text(8999, tmp_path / "state")
+    path.write_text(whole)
+    os.utime(path, (time.time() - 10, time.time() - 10))
+    edited = whole.replace("level: debug", "level: info")
+    path.write_text(edited[: edited.index("  jellyfin:") + 5])  # half-way: does not parse
+
+    def finish() -> None:
+        time.sleep(1.5)
+        path.write_text(edited)
+
+    editor = threading.Thread(target=finish)
+    editor.start()
+    out = subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "plex", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    editor.join()
+    assert out.returncode == 0, out.stderr
+    text = path.read_text()
+    assert "level: info" in text and "jellyfin-token-0123456789ab" in text
+    assert "plex-token-0123456789abcdef" not in text  # rotated

@@ -403,3 +403,29 @@ async def test_dry_run_sends_nothing(fake_trakt: FakeTrakt, tmp_path: Path,
     out = capsys.readouterr()
     assert "trakt_would_send" in out.out + out.err
     await rig.close()
+
+
+async def test_history_check_allows_for_a_clock_that_runs_ahead(rig: Rig, fake_trakt: FakeTrakt) -> None:
+    """The earlier attempt landed with Trakt's time, 90 s before this host's clock says."""
+    rig.add("stop", MOVIE, 95, time.time() - 1200)
+    rig.store._db.execute("UPDATE outbox SET attempted = 1")
+    fake_trakt.history.append(("movie:28", time.time() - 1200 - 90))
+    await rig.drain()
+    assert fake_trakt.posts("/sync/history") == [] and rig.pending() == 0
+    assert len(fake_trakt.history) == 1
+
+
+async def test_a_refused_api_key_keeps_the_entry(fake_trakt: FakeTrakt, tmp_path: Path) -> None:
+    """403 is about the app (trakt.client_id), not the item: never final, nothing dropped."""
+    rig = Rig(fake_trakt, tmp_path)
+    fake_trakt.client_id = "another-app"
+    rig.add("stop", MOVIE, 95)
+    await rig.drain(limit=1)
+    entry = rig.head()
+    assert entry is not None and entry.attempts == 1 and "client_id" in (entry.last_error or "")
+    assert rig.counters.failed == 0
+    fake_trakt.client_id = "test-client-id"
+    rig.store._db.execute("UPDATE outbox SET next_attempt_at = 0")
+    await rig.drain()
+    assert rig.pending() == 0 and len(fake_trakt.watched_stops()) == 1
+    await rig.close()

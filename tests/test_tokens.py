@@ -109,5 +109,7 @@ def test_reload_takes_a_newer_pair_from_the_file(tmp_path: Path) -> None:
     assert auth.tokens()[1] == "a2" and auth.unsaved is not None
     auth.update_from_config(trakt("http://x", "a2", "r2", 5000))  # the file caught up
     assert auth.unsaved is None
-    auth.update_from_config(trakt("http://x", "", "", 0))  # tokens removed on purpose: log out
-    assert auth.tokens()[1] == "" and not auth.authorized
+    # a file caught half-written (or tokens cleared by hand) never logs the running daemon out:
+    # an empty pair is older than the one in use, which is kept and written back
+    auth.update_from_config(trakt("http://x", "", "", 0))
+    assert auth.tokens()[1] == "a2" and auth.authorized and auth.unsaved is not None

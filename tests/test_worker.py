@@ -217,3 +217,24 @@ def test_a_crashed_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> None:
     started = time.time()
     assert asyncio.run(scenario()) == 1
     assert time.time() - started < 10
+
+
+async def test_the_one_hour_watched_registry_survives_a_restart(tmp_path: Path) -> None:
+    """A scrobble at 90 %, a restart, then the same viewing's stop at 97 %: one play, not two
+    (while Trakt is down both would otherwise go to /sync/history, which does not deduplicate)."""
+    clock = Clock()
+    worker, store = make(tmp_path, clock=clock)
+    scrobble = replace(MOVIE, action="scrobble", progress=90.0, received_at=clock.now)
+    await worker.process(ingest(store, scrobble), [clock.now])
+    assert [v for v, _, _ in outbox(store)] == ["stop"]
+    store.close()
+    clock.now += 90
+    worker, store = make(tmp_path, clock=clock)  # a fresh process: no session state
+    await worker.replay(store.undecided())
+    stop = replace(MOVIE, action="stop", progress=97.0, received_at=clock.now)
+    await worker.process(ingest(store, stop))
+    assert [v for v, _, _ in outbox(store)] == ["stop"]
+    # after the hour, or for a new viewing from the top, it counts again
+    clock.now += 3600
+    await worker.process(ingest(store, replace(stop, player_id="tv2", received_at=clock.now)))
+    assert [v for v, _, _ in outbox(store)] == ["stop", "stop"]
