@@ -12,8 +12,19 @@ Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress",
 Kind = Literal["movie", "episode", "show", "season"]
 
 
+MAX_DETAIL = 300  # a detail quotes the payload at times: never a megabyte of it
+MAX_ID = 2**63 - 1  # no media id is larger; longer digit strings are bad values
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."
+
+
 class BadPayload(Exception):
     """The request body is not understood (answered 400 with this detail)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(_short(detail))
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,9 @@ class Ignored:
 
     reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", _short(self.detail))
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,10 @@ class Ids:
 
 
 def normalize_imdb(value: Any) -> str | None:
-    text = str(value).strip().lower() if value is not None else ""
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or (
+            isinstance(value, int) and not 0 < value <= MAX_ID):
+        return None
+    text = str(value).strip().lower()
     m = re.fullmatch(r"(?:tt)?0*(\d{1,10})", text)
     if not m:
         return None
@@ -60,13 +77,15 @@ def normalize_numeric_id(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value if value > 0 else None
+        return value if 0 < value <= MAX_ID else None
     if isinstance(value, float):
-        return int(value) if value.is_integer() and value > 0 else None
-    text = str(value).strip()
-    if text.isascii() and text.isdigit():
+        return int(value) if value.is_integer() and 0 < value <= MAX_ID else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 19:
         number = int(text)
-        return number if number > 0 else None
+        return number if 0 < number <= MAX_ID else None
     return None
 
 

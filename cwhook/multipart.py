@@ -46,6 +46,16 @@ class PartScanner:
         self._state = "preamble"  # preamble | after_delimiter | headers | body | done
         self._wanted = False
         self._kept: list[bytes] = []
+        self._kept_bytes = 0
+
+    @property
+    def held(self) -> int:
+        """Bytes of the body this scanner keeps in memory now (the wanted part so far and a tail)."""
+        return self._kept_bytes + len(self._buf)
+
+    def _keep(self, data: bytes) -> None:
+        self._kept.append(data)
+        self._kept_bytes += len(data)
 
     def feed(self, chunk: bytes) -> bytes | None:
         """Take more of the body; the wanted part's bytes once it is complete."""
@@ -89,6 +99,7 @@ class PartScanner:
                     return None
                 self._wanted = part_name(buf[pos:end]) == self.field
                 self._kept = []
+                self._kept_bytes = 0
                 pos = end + skip
                 self._state = "body"
             if self._state == "body":
@@ -96,12 +107,12 @@ class PartScanner:
                 if at < 0:
                     keep_from = max(pos, len(buf) - len(delim) - 1)
                     if self._wanted and keep_from > pos:
-                        self._kept.append(buf[pos:keep_from])
+                        self._keep(buf[pos:keep_from])
                     self._buf = buf[keep_from:]
                     return None
                 content_end = at - 1 if at > pos and buf[at - 1] == 0x0D else at
                 if self._wanted:
-                    self._kept.append(buf[pos:content_end])
+                    self._keep(buf[pos:content_end])
                     self._state = "done"
                     return b"".join(self._kept)
                 pos = at + 1 + len(delim)

@@ -10,10 +10,44 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 from cwhook.event import BadPayload, Ignored
+
+# Hostile numbers are bad values, read as absent, never a crash: JSON integers longer than
+# this many digits (no id, year or tick count is), and NaN/Infinity.
+MAX_INT_DIGITS = 19
+LONGEST_INT = 2**63 - 1
+# A JSON escape of a UTF-16 surrogate: the decoded text may hold a lone one, which no
+# UTF-8 writer (SQLite, logs, JSON with ensure_ascii=False) can encode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _int_or_none(literal: str) -> int | None:
+    digits = len(literal) - literal.startswith("-")
+    return int(literal) if digits <= MAX_INT_DIGITS else None
+
+
+def _no_constant(_: str) -> None:
+    return None
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every lone UTF-16 surrogate replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
@@ -24,7 +58,9 @@ def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise BadPayload(f"{what} is not UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_int_or_none, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE.search(raw):
+            data = _scrub(data)
     except RecursionError:
         raise BadPayload(f"{what} is nested too deeply") from None
     except ValueError as exc:
@@ -91,7 +127,9 @@ def required_object(data: dict[str, Any], key: str, server: str) -> dict[str, An
 def as_str(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list, bool)):
         return None
-    text = str(value).strip()
+    if isinstance(value, int) and abs(value) > LONGEST_INT:
+        return None
+    text = safe_text(str(value).strip())
     return text or None
 
 
@@ -99,11 +137,14 @@ def as_float(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
     else:
         return None

@@ -389,7 +389,10 @@ class Rules:
             return Decision(event, "already_watched", progress=progress,
                             notes=(*s.notes, "watched_elsewhere"))
         s.watched = True
+        self._watched.pop(key, None)  # re-inserted last: the oldest go first when over the bound
         self._watched[key] = now
+        while len(self._watched) > self.max_sessions:
+            del self._watched[next(iter(self._watched))]
         progress = max(STOP_FLOOR, _bound(progress))
         return Decision(event, reason, Send("stop", event, progress), progress, tuple(s.notes))
 
