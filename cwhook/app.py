@@ -21,8 +21,10 @@ from urllib.parse import unquote
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from cwhook import emby, filters, jellyfin, logs, plex, routing
+from cwhook import edge, emby, filters, jellyfin, logs, plex, redact, routing
 from cwhook.config import Config
 from cwhook.event import BadPayload, Event, Ignored, ParseResult
 from cwhook.health import Counters
@@ -55,13 +57,24 @@ class ClientGone(Exception):
     """The client closed the connection before its body was complete."""
 
 
+class BodyTimeout(Exception):
+    """The body did not arrive within the limits' body deadline."""
+
+
 async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The body as it arrives, never more than ``limit`` bytes in all."""
+    """The body as it arrives (decoded), never more than ``limit`` bytes in all."""
     total = 0
     while True:
         try:
             chunk = await request.content.read(CHUNK)
+        except RequestPayloadError as exc:
+            edge.no_linger(request)  # the rest of the body cannot be read either
+            if isinstance(exc.__cause__, ContentEncodingError):
+                raise BadPayload(f"the body is not valid {request.headers.get('Content-Encoding', '')[:20]} "
+                                 "data (Content-Encoding)") from None
+            raise ClientGone(str(exc)) from None
         except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+            edge.no_linger(request)
             raise ClientGone(str(exc)) from None
         if not chunk:
             return
@@ -110,19 +123,48 @@ def token_ok(presented: str, expected: str) -> bool:
 
 
 async def read_payload(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
-    """(content type, bytes) of the body, or of its multipart part named ``field``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge()
+    """(content type, bytes) of the body, or of its multipart part named ``field``.
+
+    ``limit`` bounds a multipart body; a raw body, and the part kept from a multipart one,
+    are bounded by the edge limits too (1 MiB). What is kept counts against the body budget
+    shared by all requests (``edge.Busy`` when there is no room in time).
+    """
+    limits = request.app[edge.LIMITS]
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in edge.ENCODINGS:
+        raise BadPayload(f"unsupported Content-Encoding {encoding[:20]!r} (gzip and deflate are accepted)")
     ctype = request.headers.get("Content-Type", "")
-    if not ctype.lower().startswith("multipart/"):
-        return ctype, b"".join([chunk async for chunk in _chunks(request, limit)])
-    scanner = PartScanner(ctype, field)
-    async for chunk in _chunks(request, limit):
-        found = scanner.feed(chunk)
-        if found is not None:
-            # The rest of the body (Plex's thumbnail) is never read into memory.
-            return "application/json", found
-    return "application/json", scanner.finish()
+    multipart = ctype.lower().startswith("multipart/")
+    cap = limit if multipart else min(limit, limits.max_raw_body)
+    if request.content_length is not None and request.content_length > cap:
+        raise TooLarge()
+    lease = edge.Lease(request.app[edge.BUDGET], limits.budget_wait)
+    try:
+        async with asyncio.timeout(limits.body_deadline):
+            if not multipart:
+                parts: list[bytes] = []
+                size = 0
+                async for chunk in _chunks(request, cap):
+                    size += len(chunk)
+                    await lease.grow_to(size)
+                    parts.append(chunk)
+                return ctype, b"".join(parts)
+            scanner = PartScanner(ctype, field)
+            async for chunk in _chunks(request, cap):
+                found = scanner.feed(chunk)
+                if found is not None:
+                    if len(found) > limits.max_raw_body:
+                        raise TooLarge()
+                    # The rest of the body (Plex's thumbnail) is never read into memory.
+                    return "application/json", found
+                if scanner.held > limits.max_raw_body:
+                    raise TooLarge()
+                await lease.grow_to(scanner.held)
+            return "application/json", scanner.finish()
+    except TimeoutError:
+        raise BodyTimeout() from None
+    finally:
+        lease.release()
 
 
 def _routed(event: Event, config: Config) -> Event | Ignored:
@@ -160,6 +202,15 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         except ClientGone as exc:
             notes.update(outcome="client_gone", detail=str(exc))
             return _json(400, {"error": "bad_payload", "detail": "the request body was cut off"})
+        except edge.Busy:
+            notes["outcome"] = "busy"
+            return _json(503, {"error": "busy"}, {"Retry-After": RETRY_AFTER_BUSY})
+        except BodyTimeout:
+            notes["outcome"] = "body_timeout"
+            edge.no_linger(request)
+            late = _json(408, {"error": "timeout", "detail": "the request body took too long"})
+            late.force_close()
+            return late
         except BadPayload as exc:
             notes.update(outcome="bad_payload", detail=str(exc))
             return _json(400, {"error": "bad_payload", "detail": str(exc)})
@@ -198,7 +249,8 @@ async def access_log(
 ) -> web.StreamResponse:
     """One line per request; the query (the token) is never logged."""
     started = time.monotonic()
-    path = request.path + ("?<redacted>" if request.rel_url.raw_query_string else "")
+    path = redact.safe_path(request.rel_url.raw_path) + (
+        "?<redacted>" if request.rel_url.raw_query_string else "")
     structlog.contextvars.bind_contextvars(request_id=next(_request_ids))
     notes: dict[str, Any] = {}
     _request_notes.set(notes)
@@ -220,9 +272,17 @@ async def access_log(
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+def _secrets(config: Config) -> tuple[str, ...]:
+    trakt = config.trakt
+    return (*(config.webhook(server).token for server in ROUTES), trakt.access_token,
+            trakt.refresh_token, trakt.client_secret)
+
+
 def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
     app[RUNTIME] = runtime
+    edge.install(app)
+    redact.set_secrets(lambda: _secrets(runtime.config))
     for server, path in ROUTES.items():
         app.router.add_post(path, _webhook_handler(server))
     app.router.add_get("/healthz", healthz)

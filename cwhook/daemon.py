@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, health, logs
+from cwhook import __version__, edge, health, logs
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (
@@ -282,10 +282,10 @@ class Daemon:
         await self.worker.replay(await self.db.call(self.store.undecided))
 
         app = make_app(self.runtime)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
+        runner = edge.Runner(app, shutdown_timeout=3.0)  # limits, timeouts, JSON protocol errors
         await runner.setup()
         site = web.TCPSite(runner, self.config.server.host, self.config.server.port,
-                           reuse_address=True)
+                           reuse_address=True, backlog=edge.BACKLOG)
         try:
             await site.start()
         except OSError as exc:

@@ -1,0 +1,119 @@
+"""Keeping secrets out of every log line (pure helpers plus two logging hooks).
+
+The webhook token is the query string of a webhook URL, so anything that quotes a
+request (an access log, aiohttp's parse errors) would leak it. Three nets:
+
+- ``safe_path``: the path cwhook's access log writes: the query, whatever follows an
+  encoded ``%3F``, and any long or token-shaped segment are replaced by ``<redacted>``.
+- ``redact_text``: for text cwhook does not write itself (aiohttp's and asyncio's own log
+  records, tracebacks): queries and token-shaped words are cut, and the known secrets.
+- the known secrets (webhook tokens, Trakt tokens and client secret, from the live config)
+  are scrubbed from every structlog line, raw or percent-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+REDACTED = "<redacted>"
+MAX_SEGMENT = 15  # longer path segments are redacted (cwhook's own are shorter)
+MIN_SECRET = 4  # shorter "secrets" would match everywhere; they are not scrubbed
+_QUERY = re.compile(r"(?:\?|%3[fF])[^\s\"'<>]*")
+# A run of URL-safe characters at least 20 long with a letter and a digit: a token, whoever's.
+_TOKENISH = re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])"
+                       r"[A-Za-z0-9_\-]{20,}(?![A-Za-z0-9_\-])")
+# A word as it may appear in a URL, percent-escapes included.
+_WORD = re.compile(r"[A-Za-z0-9%_\-.~+=]+")
+
+_secrets: Callable[[], Iterable[str]] = tuple
+
+
+def set_secrets(provider: Callable[[], Iterable[str]]) -> None:
+    """Where the current secrets come from (called on every log line: keep it cheap)."""
+    global _secrets
+    _secrets = provider
+
+
+def current_secrets() -> list[str]:
+    return [s for s in _secrets() if s and len(s) >= MIN_SECRET]
+
+
+def scrub_secrets(text: str, secrets: list[str]) -> str:
+    """``text`` without any of ``secrets``, also where they are percent-encoded."""
+    if not secrets:
+        return text
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    if "%" not in text:
+        return text
+
+    def word(m: re.Match[str]) -> str:
+        plain = unquote(m.group(0))
+        return REDACTED if any(s in plain for s in secrets) else m.group(0)
+
+    return _WORD.sub(word, text)
+
+
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    """Text from outside cwhook (aiohttp, asyncio, tracebacks) made safe to log."""
+    text = scrub_secrets(text, current_secrets() if secrets is None else secrets)
+    text = _QUERY.sub("?" + REDACTED, text)
+    return _TOKENISH.sub(REDACTED, text)
+
+
+def safe_path(raw_path: str) -> str:
+    """A raw request path for the access log: no query, no encoded query, no token-like segment."""
+    out: list[str] = []
+    for segment in raw_path.split("/"):
+        plain = unquote(segment)
+        cut = plain.find("?")
+        if cut >= 0:
+            head = plain[:cut]
+            out.append((head if _plain_ok(head) else REDACTED) + "?" + REDACTED)
+            break
+        out.append(segment if _plain_ok(plain) and _plain_ok(segment) else REDACTED)
+    return "/".join(out)
+
+
+def _plain_ok(segment: str) -> bool:
+    return len(segment) <= MAX_SEGMENT and segment.isprintable() and not _TOKENISH.search(segment)
+
+
+# --- hooks ------------------------------------------------------------------------------------
+
+
+def structlog_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Scrub the known secrets from every string value of a structlog event."""
+    secrets = current_secrets()
+    for key, value in event.items():
+        if isinstance(value, str):
+            if key == "exception":
+                event[key] = redact_text(value, secrets)
+            elif secrets:
+                event[key] = scrub_secrets(value, secrets)
+    return event
+
+
+class RecordFilter(logging.Filter):
+    """Redacts standard-library log records (aiohttp's and asyncio's own), tracebacks included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: log what there is
+            message = str(record.msg)
+        record.msg = redact_text(message)
+        record.args = None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact_text(text)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True

@@ -1,0 +1,365 @@
+"""Timeouts, connection and memory limits of the edge, on real sockets (in-process server).
+
+The timeouts are shortened through ``edge.Limits`` so that each test takes about a second;
+test_edge_process.py checks the real defaults and the real `cwhook run` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import json
+import resource
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from cwhook import edge, logs
+from tests import fuzzkit
+from tests.conftest import TOKENS, fixture_bytes
+
+FAST = edge.Limits(idle_timeout=0.8, header_timeout=0.5, body_stall=0.6, body_deadline=3.0)
+PLEX = f"/webhook/plextrakt?{TOKENS['plex']}"
+SAMPLE = fixture_bytes("plex_media.scrobble_movie.json")
+
+
+def post(body: bytes, path: str = PLEX, ctype: str = "application/json", length: int | None = None,
+         extra: str = "") -> bytes:
+    n = len(body) if length is None else length
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {ctype}\r\nContent-Length: {n}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+GET_HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+async def until_closed(reader: asyncio.StreamReader, limit: float = 10) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took."""
+    started = time.monotonic()
+    data = b""
+    try:
+        async with asyncio.timeout(limit):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except (ConnectionError, TimeoutError):
+        pass
+    return data, time.monotonic() - started
+
+
+def answer_of(data: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"application/json" in head, data[:300]
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.fixture
+def sink() -> Any:
+    out = io.StringIO()
+    logs.configure("debug", "json", out)
+    yield out
+    logs.configure("info", "json")
+
+
+def events(sink: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in sink.getvalue().splitlines() if line.startswith("{")]
+
+
+# --- timeouts ------------------------------------------------------------------------------------
+
+
+async def test_headers_that_do_not_arrive_in_time_get_408_and_a_close(sink: io.StringIO) -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        partial = await asyncio.open_connection("127.0.0.1", port)
+        partial[1].write(b"POST " + PLEX.encode() + b" HTTP/1.1\r\nHost: t\r\n")
+        results = await asyncio.gather(until_closed(silent[0]), until_closed(partial[0]))
+        for data, took in results:
+            assert 0.4 < took < 2.0
+            assert answer_of(data) == (408, {"error": "timeout", "detail": "the request headers took too long"})
+    assert TOKENS["plex"] not in sink.getvalue()
+    assert [e["outcome"] for e in events(sink) if e.get("status") == 408] == ["header_timeout"] * 2
+
+
+async def test_slowloris_connections_are_closed() -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
+        line = b"POST " + PLEX.encode() + b" HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100
+
+        async def trickle(writer: asyncio.StreamWriter) -> None:
+            for byte in line:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        feeders = [asyncio.ensure_future(trickle(w)) for _, w in conns]
+        results = await asyncio.gather(*(until_closed(r, 5) for r, _ in conns))
+        for f in feeders:
+            f.cancel()
+        assert all(took < 2.0 for _, took in results)
+        assert all(answer_of(data)[0] == 408 for data, _ in results)
+
+
+async def test_idle_keep_alive_connection_closes_after_the_idle_timeout() -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET_HEALTH)
+        first = await fuzzkit.read_answer(reader)
+        assert first.status == 200
+        writer.write(GET_HEALTH)  # still alive before the timeout
+        assert (await fuzzkit.read_answer(reader)).status == 200
+        data, took = await until_closed(reader)
+        assert data == b"" and 0.6 < took < 2.0
+
+
+async def test_a_stalled_body_is_closed_and_a_moving_one_is_not(sink: io.StringIO) -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        stalled = await asyncio.open_connection("127.0.0.1", port)
+        stalled[1].write(post(SAMPLE[:100], length=len(SAMPLE)))
+        moving = await asyncio.open_connection("127.0.0.1", port)
+        moving[1].write(post(SAMPLE[:100], length=len(SAMPLE)))
+
+        async def trickle() -> None:
+            step = len(SAMPLE) // 6 + 1
+            for i in range(100, len(SAMPLE), step):
+                await asyncio.sleep(0.3)  # under the 0.6 s stall, 3 s deadline overall
+                moving[1].write(SAMPLE[i:i + step])
+
+        feeder = asyncio.ensure_future(trickle())
+        data, took = await until_closed(stalled[0])
+        assert data == b"" and 0.5 < took < 2.0
+        answer = await fuzzkit.read_answer(moving[0])
+        await feeder
+        assert answer.status == 202
+    assert [e["event"] for e in events(sink) if e["event"] == "body_stalled"] == ["body_stalled"]
+
+
+async def test_a_body_that_takes_longer_than_the_deadline_gets_408() -> None:
+    limits = replace(FAST, body_deadline=1.0)
+    async with fuzzkit.served(limits) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(b"{", length=100000))
+
+        async def trickle() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                writer.write(b" " * 10)
+
+        feeder = asyncio.ensure_future(trickle())
+        data, took = await until_closed(reader, 5)
+        feeder.cancel()
+        assert answer_of(data) == (408, {"error": "timeout", "detail": "the request body took too long"})
+        assert 0.9 < took < 2.5
+
+
+# --- memory -----------------------------------------------------------------------------------------
+
+
+async def test_raw_bodies_over_one_mebibyte_are_413() -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        big = b"{" + b" " * (1 << 20) + b"}"
+        for request in (post(big), post(b"{}", length=len(big)),
+                        post(big, path=f"/webhook/jellyfintrakt?{TOKENS['jellyfin']}", ctype="text/plain")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            answer = await fuzzkit.read_answer(reader)
+            assert (answer.status, json.loads(answer.body)) == (413, {"error": "too_large"})
+            writer.close()
+        # exactly the limit is fine (and not JSON here: 400)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(b"x" * (1 << 20)))
+        assert (await fuzzkit.read_answer(reader)).status == 400
+
+
+async def test_chunked_raw_body_over_the_limit_is_413() -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {PLEX} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+        for _ in range(17):
+            writer.write(chunk)
+        answer = await fuzzkit.read_answer(reader)
+        assert answer.status == 413
+
+
+def multipart_body(payload: bytes, thumb: bytes, payload_first: bool = True) -> tuple[bytes, str]:
+    parts = [b'Content-Disposition: form-data; name="payload"\r\n\r\n' + payload,
+             b'Content-Disposition: form-data; name="thumb"; filename="t.jpg"\r\n\r\n' + thumb]
+    if not payload_first:
+        parts.reverse()
+    body = b"".join(b"--BB\r\n" + p + b"\r\n" for p in parts) + b"--BB--\r\n"
+    return body, "multipart/form-data; boundary=BB"
+
+
+async def test_multipart_thumbnail_is_skipped_and_a_huge_json_part_is_413() -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        body, ctype = multipart_body(SAMPLE, b"\xff" * (9 << 20))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(body, ctype=ctype))
+        assert (await fuzzkit.read_answer(reader)).status == 202
+        writer.close()
+        body, ctype = multipart_body(SAMPLE, b"\xff" * (3 << 20), payload_first=False)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(body, ctype=ctype))
+        assert (await fuzzkit.read_answer(reader)).status == 202
+        writer.close()
+        body, ctype = multipart_body(b"{" + b" " * (2 << 20) + b"}", b"")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(body, ctype=ctype))
+        assert (await fuzzkit.read_answer(reader)).status == 413
+        writer.close()
+
+
+async def test_bodies_received_at_once_are_capped_wait_then_503() -> None:
+    limits = replace(FAST, body_budget=300_000, budget_wait=0.5, body_stall=5, body_deadline=8)
+    async with fuzzkit.served(limits) as (port, _):
+        # an upload holds 250 kB of the 300 kB budget and is not finished
+        holder_r, holder_w = await asyncio.open_connection("127.0.0.1", port)
+        holder_w.write(post(b"[" + b" " * 250_000, length=250_010))
+        await asyncio.sleep(0.2)
+        # a 100 kB body waits for room, then is told to come back
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = b'{"event": "media.play", "x": "' + b"x" * 100_000 + b'"}'
+        writer.write(post(big))
+        started = time.monotonic()
+        answer = await fuzzkit.read_answer(reader)
+        assert (answer.status, json.loads(answer.body)) == (503, {"error": "busy"})
+        assert answer.headers["retry-after"] == "5"
+        assert 0.4 < time.monotonic() - started < 2
+        # a small one fits beside the holder
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(SAMPLE))
+        assert (await fuzzkit.read_answer(reader)).status == 202
+        # once the holder is done, its room is given back
+        holder_w.write(b" " * 8 + b"]")
+        assert (await fuzzkit.read_answer(holder_r)).status == 400
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(big))
+        assert (await fuzzkit.read_answer(reader)).status == 400  # not a Plex payload, but read
+
+
+async def test_budget_wakes_waiters_in_order_and_gives_back_on_expiry() -> None:
+    budget = edge.BodyBudget(100)
+    assert await budget.take(80, 1)
+    first = asyncio.ensure_future(budget.take(50, 1))
+    second = asyncio.ensure_future(budget.take(10, 1))  # would fit, but waits its turn
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done()
+    budget.give(80)
+    assert await first and await second and budget.used == 60
+    late = await budget.take(50, 0.1)
+    assert late is False and budget.used == 60
+    budget.give(60)
+    assert budget.used == 0
+
+
+# --- connections ----------------------------------------------------------------------------------
+
+
+async def test_over_capacity_the_oldest_idle_connections_are_closed_first(sink: io.StringIO) -> None:
+    limits = replace(FAST, max_connections=40, header_timeout=30, idle_timeout=30)
+    async with fuzzkit.served(limits) as (port, _):
+        old = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+        await asyncio.sleep(0.1)
+        new = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+        await asyncio.sleep(0.2)
+        closed_old = [r.at_eof() or await _closed(r) for r, _ in old]
+        closed_new = [await _closed(r) for r, _ in new]
+        assert sum(closed_old) >= 30 and sum(closed_new) <= 10
+        assert closed_old[:10] == [True] * 10  # the oldest went first
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET_HEALTH)
+        assert (await fuzzkit.read_answer(reader)).status == 200
+    short = [e for e in events(sink) if e["event"] == "connections_short"]
+    assert len(short) == 1 and short[0]["level"] == "warning"  # once a minute at most
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.05) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def test_with_no_idle_connection_a_newcomer_gets_503() -> None:
+    limits = replace(FAST, max_connections=16, header_timeout=30, body_stall=30, body_deadline=30)
+    async with fuzzkit.served(limits) as (port, _):
+        busy = []
+        for _ in range(16):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post(b"{", length=1000))  # mid-body: not idle
+            busy.append((reader, writer))
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        data, _ = await until_closed(reader, 3)
+        assert answer_of(data) == (503, {"error": "busy"})
+
+
+async def test_accept_failures_for_want_of_descriptors_close_idle_ones_quietly(sink: io.StringIO) -> None:
+    limits = replace(FAST, max_connections=1000, header_timeout=30, idle_timeout=30)
+    async with fuzzkit.served(limits) as (port, _):
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": OSError(errno.EMFILE, "Too many open files")})
+        await asyncio.sleep(0.1)
+        assert all([await _closed(r) for r, _ in conns])
+        loop.call_exception_handler({"message": "something else", "exception": ValueError("x")})
+    found = events(sink)
+    assert len([e for e in found if e["event"] == "connections_short"]) == 1
+    assert "Traceback" not in sink.getvalue()
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(512, hard), hard))
+        assert edge.raise_open_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_limits_defaults_and_hidden_overrides() -> None:
+    default = edge.Limits()
+    assert (default.idle_timeout, default.header_timeout, default.body_stall) == (15, 10, 30)
+    assert default.max_raw_body == 1 << 20
+    tuned = edge.Limits.from_env({"_CWHOOK_EDGE_IDLE_TIMEOUT": "1.5", "_CWHOOK_EDGE_BODY_BUDGET": "1000",
+                                  "_CWHOOK_EDGE_HEADER_TIMEOUT": "junk", "_CWHOOK_EDGE_BODY_STALL": "-1"})
+    assert (tuned.idle_timeout, tuned.body_budget, tuned.header_timeout, tuned.body_stall) == (1.5, 1000, 10, 30)
+    assert default.capacity(1024) == 768 and default.capacity(65536) == 4096 and default.capacity(100) == 16
+
+
+# --- protocol errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "error", "detail"), [
+    (f"POST {PLEX} HTTP/1.1\r\nHost: t\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{{}}",
+     "bad_payload", "Content-Encoding"),
+    (f"POST {PLEX} HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd",
+     "bad_payload", "not valid gzip"),
+    (f"POST {PLEX} HTTP/1.1\r\nHost: t\r\nContent-Encoding: compress\r\nContent-Length: 2\r\n\r\n{{}}",
+     "bad_payload", "unsupported Content-Encoding"),
+    (f"POST {PLEX} HTTP/1.1\x00\r\nHost: t\r\n\r\n", "bad_request", "malformed request line"),
+    (f"POST {PLEX} HTTP/1.1\r\nHost: t\r\nbroken header {TOKENS['plex']}\r\n\r\n", "bad_request", "malformed"),
+    (f"POST /{'x' * 9000}?{TOKENS['plex']} HTTP/1.1\r\nHost: t\r\n\r\n", "bad_request", "too long"),
+    (f"POST {PLEX} HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{{}}",
+     "expectation_failed", None),
+])
+async def test_protocol_errors_are_json_and_never_quote_the_request(sink: io.StringIO, raw: str, error: str,
+                                                                    detail: str | None) -> None:
+    async with fuzzkit.served(FAST) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw.encode("latin-1"))
+        answer = await fuzzkit.read_answer(reader)
+        body = json.loads(answer.body)
+        assert answer.status in (400, 417) and body["error"] == error
+        assert detail is None or detail in body["detail"]
+        assert TOKENS["plex"].encode() not in answer.body
+    assert TOKENS["plex"] not in sink.getvalue()
+    assert "Traceback" not in sink.getvalue()
