@@ -114,8 +114,11 @@ def cmd_run(path: Path, dry_run: bool) -> int:
     out = sys.stdout
     if first_run:
         out.write(f"Created {path} with fresh webhook tokens (mode 0600).\n")
-    out.write("Webhook URLs (paste each into its media server):\n")
-    out.write(urls_text(config) + "\n")
+    if first_run and out.isatty():
+        out.write("Webhook URLs (paste each into its media server):\n")
+        out.write(urls_text(config) + "\n")
+    else:  # never a token in a log (journald keeps stdout)
+        out.write(f"The webhook URLs hold their tokens: run `cwhook urls -c {path}` to see them.\n")
     if not config.trakt.access_token:
         out.write(
             "Trakt is not authorized yet: running in dry-run (nothing is sent to Trakt).\n"

@@ -335,16 +335,17 @@ class EdgeServer(web.Server):
         self._warn("connections are at the limit and none is idle; refused a new one")
         return False
 
-    def relieve(self, exclude: EdgeProtocol | None = None) -> int:
+    def relieve(self, exclude: EdgeProtocol | None = None, batch: int | None = None,
+                why: str = "connections are at the limit") -> int:
         """Close a batch of the oldest idle connections; how many were closed."""
         idle = sorted((p for p in self.live if p is not exclude and p.idle), key=lambda p: p.last_active)
-        victims = idle[:self.batch]
+        victims = idle[:batch or self.batch]
         for proto in victims:
             self.live.discard(proto)
             proto.evict()
         self._closed_idle += len(victims)
         if victims:
-            self._warn("connections are at the limit; closed the oldest idle ones")
+            self._warn(f"{why}; closed the oldest idle ones")
         return len(victims)
 
     def gone(self, proto: EdgeProtocol) -> None:
@@ -366,8 +367,10 @@ class EdgeServer(web.Server):
                                                            errno.ENOMEM)
                 and "accept" in str(context.get("message", ""))):
             return False
-        if not self.relieve():
-            self._warn(f"accept() failed: {os.strerror(exc.errno or 0)}; no idle connection to close")
+        # asyncio retries accept() in a second: make room for a whole accept batch by then
+        why = f"accept() failed: {os.strerror(exc.errno or 0)}"
+        if not self.relieve(batch=max(self.batch, BACKLOG), why=why):
+            self._warn(f"{why}; no idle connection to close")
         return True
 
 

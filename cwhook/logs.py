@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from cwhook import redact
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -33,7 +35,7 @@ Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
 
 # Processors run on every event dict (ours and the standard library's) just before
 # rendering. Append to this list (then call configure()) to add one.
-EXTRA_PROCESSORS: list[Processor] = []
+EXTRA_PROCESSORS: list[Processor] = [redact.structlog_processor]  # no secret in any line
 
 
 class _Stderr:

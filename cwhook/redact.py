@@ -8,12 +8,14 @@ request (an access log, aiohttp's parse errors) would leak it. Three nets:
 - ``redact_text``: for text cwhook does not write itself (aiohttp's and asyncio's own log
   records, tracebacks): queries and token-shaped words are cut, and the known secrets.
 - the known secrets (webhook tokens, Trakt tokens and client secret, from the live config)
-  are scrubbed from every structlog line, raw or percent-encoded.
+  are scrubbed from every log line, raw or percent-encoded.
+
+``structlog_processor`` is in ``logs.EXTRA_PROCESSORS``: it sees every event of both
+structlog and the standard library.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
@@ -87,33 +89,18 @@ def _plain_ok(segment: str) -> bool:
 
 
 def structlog_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Scrub the known secrets from every string value of a structlog event."""
+    """Scrub every string value of a log event (ours, or a standard-library record's).
+
+    cwhook's own lines lose the known secrets; what aiohttp and asyncio log (they quote
+    request lines) and tracebacks are redacted in full (queries, token-shaped words).
+    """
     secrets = current_secrets()
+    foreign = "_record" in event
     for key, value in event.items():
-        if isinstance(value, str):
-            if key == "exception":
-                event[key] = redact_text(value, secrets)
-            elif secrets:
-                event[key] = scrub_secrets(value, secrets)
+        if not isinstance(value, str):
+            continue
+        if foreign or key == "exception":
+            event[key] = redact_text(value, secrets)
+        elif secrets:
+            event[key] = scrub_secrets(value, secrets)
     return event
-
-
-class RecordFilter(logging.Filter):
-    """Redacts standard-library log records (aiohttp's and asyncio's own), tracebacks included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string: log what there is
-            message = str(record.msg)
-        record.msg = redact_text(message)
-        record.args = None
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact_text(text)
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact_text(record.stack_info)
-        return True

@@ -1,0 +1,83 @@
+"""No secret in any log line: the access log's path, aiohttp's own records, structlog lines (pure + hooks)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from urllib.parse import quote
+
+import pytest
+
+from cwhook import logs, redact
+
+TOKEN = "AbCdEf0123456789_-xYz9876543210qwertyUIOP12"
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> object:
+    yield None
+    redact.set_secrets(tuple)
+    logs.configure("info", "json")
+
+
+def encodings(token: str) -> list[str]:
+    every = "".join(f"%{b:02X}" for b in token.encode())
+    return [token, quote(token, safe=""), every, every.lower()]
+
+
+@pytest.mark.parametrize(("raw", "logged"), [
+    ("/webhook/plextrakt", "/webhook/plextrakt"),
+    ("/healthz", "/healthz"),
+    (f"/webhook/plextrakt%3F{TOKEN}", "/webhook/plextrakt?<redacted>"),
+    (f"/webhook/plextrakt%3f{TOKEN}/more", "/webhook/plextrakt?<redacted>"),
+    (f"/webhook/{TOKEN}", "/webhook/<redacted>"),
+    ("/webhook/" + "".join(f"%{b:02x}" for b in TOKEN.encode()), "/webhook/<redacted>"),
+    ("/webhook/short%3Fx", "/webhook/short?<redacted>"),
+    ("/a/%00b", "/a/<redacted>"),
+    ("/" + "x" * 16, "/<redacted>"),
+])
+def test_safe_path(raw: str, logged: str) -> None:
+    assert redact.safe_path(raw) == logged
+
+
+def test_redact_text_cuts_queries_tokens_and_known_secrets() -> None:
+    line = f"Bad status line 'POST /webhook/plextrakt?{TOKEN} HTTP/1.1\\x00'"
+    assert TOKEN not in redact.redact_text(line, [])
+    assert redact.redact_text(f"GET /x%3F{TOKEN} HTTP/1.1", []) == "GET /x?<redacted> HTTP/1.1"
+    assert redact.redact_text(f"segment /webhook/{TOKEN} here", []) == "segment /webhook/<redacted> here"
+    # a short secret is no token-shaped word: only knowing it removes it
+    for form in encodings("s3cr3t!"):
+        assert "s3cr3t" not in redact.redact_text(f"path /webhook/{form} x", ["s3cr3t!"]).replace("<redacted>", "")
+    assert redact.redact_text("plain words, nothing secret: 42", []) == "plain words, nothing secret: 42"
+
+
+def test_structlog_lines_never_carry_a_known_secret() -> None:
+    redact.set_secrets(lambda: (TOKEN, "", "ab"))
+    out = io.StringIO()
+    logs.configure("debug", "json", out)
+    log = logs.get("t")
+    for form in encodings(TOKEN):
+        log.info("something", detail=f"value {form} end", other=form)
+    try:
+        raise ValueError(f"boom /webhook/plextrakt?{TOKEN}")
+    except ValueError:
+        log.exception("failed")
+    text = out.getvalue()
+    for form in encodings(TOKEN):
+        assert form not in text
+    assert text.count("<redacted>") >= 9
+    assert json.loads(text.splitlines()[0])["detail"] == "value <redacted> end"
+
+
+def test_standard_library_records_are_redacted_tracebacks_included() -> None:
+    out = io.StringIO()
+    logs.configure("debug", "json", out)
+    logger = logging.getLogger("aiohttp.server")
+    logger.error("Error handling request %s", f"POST /webhook/plextrakt?{TOKEN} HTTP/1.1")
+    try:
+        raise RuntimeError(f"Bad status line 'GET /webhook/embytrakt%3F{TOKEN}'")
+    except RuntimeError as exc:
+        logger.error("Unhandled exception", exc_info=exc)
+    text = out.getvalue()
+    assert TOKEN not in text and "Unhandled exception" in text and "RuntimeError" in text
