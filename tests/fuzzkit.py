@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from aiohttp import web
 
 from cwhook import edge
 from cwhook.app import Runtime, make_app
 from cwhook.config import parse_config
+from cwhook.event import Event
 from cwhook.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text
 
@@ -186,7 +188,7 @@ def request(server: str, body: bytes, ctype: str, rnd: random.Random, encoding: 
 
 def requests_for(server: str, n: int, rnd: random.Random) -> Iterator[Req]:
     docs = [json.loads(p.read_bytes()) for p in SAMPLES[server]]
-    for _ in range(n):
+    for i in range(n):
         doc = rnd.choice(docs)
         roll = rnd.random()
         if roll < 0.45:
@@ -198,7 +200,10 @@ def requests_for(server: str, n: int, rnd: random.Random) -> Iterator[Req]:
         ctype = "application/json" if server != "jellyfin" else "text/plain"
         encoding: str | None = None
         wrap = rnd.random()
-        if wrap < 0.12:
+        if i == 0 or 0.32 <= wrap < 0.3205:  # one in every batch at least
+            kind += "+too_large"
+            body = b"{" + b" " * (1 << 20) + b"}"
+        elif wrap < 0.12:
             kind += "+multipart"
             body = multipart(FIELD[server], body, rnd)
             ctype = "multipart/form-data; boundary=fuzzB0undary"
@@ -207,7 +212,6 @@ def requests_for(server: str, n: int, rnd: random.Random) -> Iterator[Req]:
                 body = break_multipart(body, rnd)
         elif wrap < 0.17:
             kind += "+form"
-            from urllib.parse import quote_from_bytes
             body = f"{FIELD[server]}=".encode() + quote_from_bytes(body).encode()
             if rnd.random() < 0.3:
                 body += b"&x=%zz%" + bytes([rnd.randrange(256)])
@@ -220,9 +224,6 @@ def requests_for(server: str, n: int, rnd: random.Random) -> Iterator[Req]:
         elif wrap < 0.32:
             kind += "+ctype"
             ctype = rnd.choice(CTYPES)
-        elif wrap < 0.3205:
-            kind += "+too_large"
-            body = b"{" + b" " * (1 << 20) + b"}"
         token = None
         if rnd.random() < 0.03:
             token = rnd.choice(["", "wrong", TOKENS[server] + "x", "%" + TOKENS[server]])
@@ -453,12 +454,19 @@ async def fuzz(port: int, per_endpoint: int, seed: int, connections: int = 6, wi
 
 
 @contextlib.asynccontextmanager
-async def served(limits: edge.Limits | None = None, queue_size: int = 0,
+async def served(limits: edge.Limits | None = None, keep_events: bool = False,
                  extra_config: str = "") -> AsyncIterator[tuple[int, Runtime]]:
     """The real app behind the real edge runner, on a free loopback port, in this event loop."""
     cfg = parse_config(config_text(8787, Path("/tmp/cwhook-fuzz-state"), plex_extra=extra_config),
                        Path("/tmp/cwhook-fuzz.yml"))
-    rt = Runtime(cfg, asyncio.Queue(queue_size), Counters(), lambda: {"status": "ok"})
+    ingested: list[Event] = []
+
+    async def ingest(event: Event) -> None:
+        """Stands in for the daemon's inbox commit (kept only when ``keep_events``)."""
+        if keep_events:
+            ingested.append(event)
+
+    rt = Runtime(cfg, Counters(), lambda: {"status": "ok"}, ingest)
     app = make_app(rt)
     if limits is not None:
         edge.install(app, limits)

@@ -307,7 +307,19 @@ def _complete(data: bytes) -> bool:
     return False
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Path) -> None:
+    if not _port_free(8787):  # a first run listens on the example's port
+        pytest.skip("port 8787 is taken by another program")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "_CWHOOK_EDGE_RESERVED_FDS": "64"}
     cfg = tmp_path / "cwhook.yml"
 
