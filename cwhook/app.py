@@ -273,9 +273,10 @@ async def access_log(
 
 
 def _secrets(config: Config) -> tuple[str, ...]:
+    """What no log line may show: webhook tokens, every Trakt account's tokens, the client secret."""
     trakt = config.trakt
-    return (*(config.webhook(server).token for server in ROUTES), trakt.access_token,
-            trakt.refresh_token, trakt.client_secret)
+    tokens = [t for a in trakt.all_accounts().values() for t in (a.access_token, a.refresh_token)]
+    return (*(config.webhook(server).token for server in ROUTES), *tokens, trakt.client_secret)
 
 
 def make_app(runtime: Runtime) -> web.Application:

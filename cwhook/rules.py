@@ -389,10 +389,7 @@ class Rules:
             return Decision(event, "already_watched", progress=progress,
                             notes=(*s.notes, "watched_elsewhere"))
         s.watched = True
-        self._watched.pop(key, None)  # re-inserted last: the oldest go first when over the bound
-        self._watched[key] = now
-        while len(self._watched) > self.max_sessions:
-            del self._watched[next(iter(self._watched))]
+        self._remember_watched(key, now)
         progress = max(STOP_FLOOR, _bound(progress))
         return Decision(event, reason, Send("stop", event, progress), progress, tuple(s.notes))
 
@@ -419,8 +416,15 @@ class Rules:
         seen = self._watched.get(key)
         if seen is not None and now - seen <= WATCHED_WINDOW:
             return Decision(event, "already_watched", progress=100.0, notes=("watched_recently",))
-        self._watched[key] = now
+        self._remember_watched(key, now)
         return Decision(event, "sent", Send("history_add", event, 100.0), 100.0)
+
+    def _remember_watched(self, key: str, now: float) -> None:
+        """Bounded like sessions: the oldest entries go first."""
+        self._watched.pop(key, None)
+        self._watched[key] = now
+        while len(self._watched) > self.max_sessions:
+            del self._watched[next(iter(self._watched))]
 
     def _rate(self, event: Event, now: float) -> Decision:
         key = _item(event)

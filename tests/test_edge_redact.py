@@ -81,3 +81,17 @@ def test_standard_library_records_are_redacted_tracebacks_included() -> None:
         logger.error("Unhandled exception", exc_info=exc)
     text = out.getvalue()
     assert TOKEN not in text and "Unhandled exception" in text and "RuntimeError" in text
+
+
+def test_the_live_secrets_include_every_account_and_webhook() -> None:
+    from pathlib import Path
+
+    from cwhook.app import _secrets
+    from cwhook.config import parse_config
+
+    text = ("webhooks:\n  plex:\n    token: plextok-1234567890ab\ntrakt:\n  client_secret: csecret-1\n"
+            "  access_token: main-access\n  accounts:\n    anna:\n      users: ['plex:anna']\n"
+            "      access_token: anna-access\n      refresh_token: anna-refresh\n")
+    secrets = _secrets(parse_config(text, Path("c.yml")))
+    for value in ("plextok-1234567890ab", "csecret-1", "main-access", "anna-access", "anna-refresh"):
+        assert value in secrets
