@@ -217,7 +217,7 @@ class Rules:
     def remember_watched(self, identity: str, at: float) -> None:
         """At start: an item watched before the restart (the store keeps the last hour)."""
         if at > self._watched.get(identity, 0.0):
-            self._watched[identity] = at
+            self._remember_watched(identity, at)
 
     def held_events(self) -> list[Event]:
         """The events whose decision is still open (pauses in their debounce window)."""

@@ -353,8 +353,8 @@ def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Pat
     cfg.unlink()
     piped = subprocess.Popen([sys.executable, "-m", "cwhook", "run", "-c", str(cfg)], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (tmp_path / "state" / "outbox.sqlite3").exists(), 15)
-    time.sleep(0.3)
+    wait_for(lambda: (tmp_path / "state").is_dir(), 15)  # made just before the banner
+    time.sleep(1)
     piped.send_signal(signal.SIGTERM)
     out, _ = piped.communicate(timeout=15)
     assert "cwhook urls" in out.decode() and "/webhook/" not in out.decode()
