@@ -220,29 +220,25 @@ def test_fuzz_against_the_process_and_rss_after(daemon_factory: Callable[..., Da
 
 
 def test_real_default_timeouts(daemon_factory: Callable[..., Daemon]) -> None:
+    """The defaults on the real process: a silent connection gets 408 at 10 s, while an idle
+    keep-alive one is still open then (it closes at 15 s: the in-process tests show the
+    mechanism with short values, and test_edge_limits the default itself)."""
     d = daemon_factory()
     silent = socket.create_connection(("127.0.0.1", d.port))
     idle = socket.create_connection(("127.0.0.1", d.port))
     idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
     started = time.monotonic()
-    first = idle.recv(65536)
-    assert first.startswith(b"HTTP/1.1 200")
-    closed_at = {}
-    pending = {"silent": silent, "idle": idle}
-    got = {"silent": b"", "idle": b""}
-    while pending and time.monotonic() - started < 25:
-        ready, _, _ = select.select(list(pending.values()), [], [], 1)
-        for name, s in list(pending.items()):
-            if s in ready:
-                data = s.recv(65536)
-                got[name] += data
-                if not data:
-                    closed_at[name] = time.monotonic() - started
-                    del pending[name]
-    print(f"\nreal defaults: silent connection closed after {closed_at.get('silent', 0):.1f}s, "
-          f"idle keep-alive after {closed_at.get('idle', 0):.1f}s")
-    assert 9.5 < closed_at["silent"] < 11.5 and b" 408 " in got["silent"]
-    assert 14.5 < closed_at["idle"] < 16.5 and got["idle"] == b""
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    silent.settimeout(13)
+    answer = b""
+    while chunk := silent.recv(65536):
+        answer += chunk
+    closed_after = time.monotonic() - started
+    idle.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        idle.recv(1)  # nothing to read, and not closed
+    print(f"\nreal defaults: silent connection closed after {closed_after:.1f}s; idle keep-alive still open")
+    assert 9.5 < closed_after < 11.5 and b" 408 " in answer
     assert d.stop() == 0
 
 
