@@ -325,17 +325,22 @@ def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Pat
                                 stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         os.close(slave)
         out = b""
-        deadline = time.time() + 15
-        while time.time() < deadline and b"cwhook auth" not in out:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    out += os.read(master, 65536)
-                except OSError:
-                    break
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
-        os.close(master)
+        try:
+            deadline = time.time() + 15
+            while time.time() < deadline and b"cwhook auth" not in out:
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if ready:
+                    try:
+                        out += os.read(master, 65536)
+                    except OSError:
+                        break
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        finally:  # never leave a daemon behind on the example's port
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
         return out.decode(errors="replace")
 
     first = run_on_tty()
@@ -349,10 +354,15 @@ def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Pat
     cfg.unlink()
     piped = subprocess.Popen([sys.executable, "-m", "cwhook", "run", "-c", str(cfg)], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (tmp_path / "state").is_dir(), 15)  # made just before the banner
-    time.sleep(1)
-    piped.send_signal(signal.SIGTERM)
-    out, _ = piped.communicate(timeout=15)
+    try:
+        wait_for(lambda: (tmp_path / "state").is_dir(), 15)  # made just before the banner
+        time.sleep(1)
+        piped.send_signal(signal.SIGTERM)
+        out, _ = piped.communicate(timeout=15)
+    finally:
+        if piped.poll() is None:
+            piped.kill()
+            piped.wait()
     assert "cwhook urls" in out.decode() and "/webhook/" not in out.decode()
 
 
