@@ -13,14 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, health, logs
+from cwhook import __version__, logs, status
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import Config, ConfigError, changed_keys, load_config, lost_sections
 from cwhook.configfile import remember
 from cwhook.delivery import Lane, Options
-from cwhook.event import Event
+from cwhook.event import Event, Ignored
 from cwhook.health import Counters
+from cwhook.journal import Arrived, IgnoredRow
 from cwhook.listen import listen_problem
+from cwhook.metrics import Metrics
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
 from cwhook.store import DEFAULT_ACCOUNT, AsyncStore, Store, StoreUnavailable
@@ -65,11 +67,15 @@ class Daemon:
         self.store = self.db.store
         self.journal = TokenJournal(config.state_dir)
         self.auth = TraktAuth(config.path, config.trakt, journal=self.journal)
-        self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh)
+        self.metrics = Metrics(self.counters, self.snapshot)
+        self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh,
+                                  account=DEFAULT_ACCOUNT, observe=self.metrics.trakt_request)
+        self.auth.observe = self.metrics.trakt_request
         self.lane = Lane(DEFAULT_ACCOUNT, self.client, self.db, self.counters, self.options,
                          lambda: self.auth.needs_auth)
         self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.lane.wake.set)
-        self.runtime = Runtime(config, self.counters, self.health, self.ingest)
+        self.runtime = Runtime(config, self.counters, self.health, self.ingest, metrics=self.metrics,
+                               journal_ignored=self.journal_ignored)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
         self.config_error: str | None = None  # why the file on disk is refused, with the fix
@@ -96,6 +102,11 @@ class Daemon:
         finally:
             self._admitting -= 1
 
+    def journal_ignored(self, server: str, ignored: Ignored, event: Event | None) -> None:
+        arrived = (Arrived.of(event) if event is not None
+                   else Arrived(time.time(), server, user=ignored.user, item=ignored.item))
+        self.db.journal_ignored(IgnoredRow(arrived, ignored.reason, ignored.detail))
+
     # --- state ---------------------------------------------------------------------
 
     @property
@@ -107,42 +118,20 @@ class Daemon:
         return Options(dry_run=self.dry_run,
                        watchlist_autoremove_movies=self.config.scrobble.watchlist_autoremove_movies)
 
-    def health(self) -> dict[str, Any]:
-        """Built from memory only (the store's stats are cached): answers while SQLite is locked."""
+    def snapshot(self) -> status.Snapshot:
+        """Built from memory only (the store's stats are cached): ready while SQLite is locked."""
         now = time.time()
         stats = self.store.stats
-        oldest = None if stats.oldest_created_at is None else max(0.0, now - stats.oldest_created_at)
-        expires = self.auth.expires_at
-        problems = health.problems(self.auth.authorized, self.auth.needs_auth, self.client.unreachable,
-                                   self.dry_run, oldest, self.config_error is not None)
-        if stats.set_aside:
-            problems.append("outbox_set_aside")
-        if self.auth.unsaved is not None:
-            problems.append("tokens_not_saved")
-        if self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR:
-            problems.append("store_unavailable")
-        return {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            **({"config_refused": self.config_error} if self.config_error else {}),
-            "version": __version__,
-            "uptime_s": round(now - self.started, 1),
-            "queue_depth": self.queue.qsize(),
-            "sessions": self.rules.session_count,
-            "outbox": {"pending": stats.pending,
-                       "oldest_age_s": None if oldest is None else round(oldest, 1),
-                       "set_aside": stats.set_aside},
-            "inbox": {"undecided": stats.inbox},
-            "trakt": {
-                "authorized": self.auth.authorized,
-                "dry_run": self.dry_run,
-                "needs_auth": self.auth.needs_auth,
-                "token_expires_in_s": int(expires - now) if expires else None,
-                "last_success_at": self.client.last_success_at,
-                "last_error": self.client.last_error,
-            },
-            "counts": self.counters.as_dict(),
-        }
+        accounts = {DEFAULT_ACCOUNT: status.account_status(DEFAULT_ACCOUNT, self.auth, self.client,
+                                                           self.dry_run, stats, now)}
+        unavailable = self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR
+        return status.build(version=__version__, started=self.started, queue_depth=self.queue.qsize(),
+                            sessions=self.rules.session_count, stats=stats, accounts=accounts,
+                            counters=self.counters, config_refused=self.config_error,
+                            store_unavailable=unavailable, now=now)
+
+    def health(self) -> dict[str, Any]:
+        return status.to_healthz(self.snapshot())
 
     # --- reload ----------------------------------------------------------------------
 

@@ -22,6 +22,9 @@ class Ignored:
 
     reason: str
     detail: str = ""
+    # What the decision journal shows of it, when the parser got that far (no effect on the answer).
+    user: str | None = field(default=None, compare=False)
+    item: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

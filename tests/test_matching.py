@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cwhook.store import AsyncStore, NewEntry, Store
 
 from cwhook import emby, jellyfin, plex
 from cwhook.config import ScrobbleConfig
@@ -23,6 +22,7 @@ from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ignored
 from cwhook.health import Counters
 from cwhook.rules import Decision, Rules
+from cwhook.store import AsyncStore, NewEntry, Store
 from cwhook.trakt import NotFound, RetryPolicy, TraktClient
 from tests.conftest import fixture_json
 from tests.faketrakt import FakeTrakt
