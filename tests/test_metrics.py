@@ -141,6 +141,16 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
                for s in families["cwhook_webhooks"].samples)
 
 
+def test_a_trakt_request_is_counted_and_timed_by_its_template() -> None:
+    counters = Counters()
+    m = metrics.Metrics(counters, lambda: status.Snapshot("1", "ok", ()))
+    m.trakt_request("anna", "/search/imdb/tt0090728?type=movie", "200", 0.3)
+    assert counters.trakt_requests == {("anna", "/search/{id_type}/{id}", "200"): 1}
+    found = samples(m.render()[0].decode())
+    assert value(found, "cwhook_trakt_request_seconds_count", endpoint="/search/{id_type}/{id}") == 1
+    assert "tt0090728" not in m.render()[0].decode()
+
+
 def test_each_daemon_has_its_own_registry() -> None:
     a = metrics.Metrics(Counters(), lambda: status.Snapshot("1", "ok", ()))
     b = metrics.Metrics(Counters(), lambda: status.Snapshot("1", "ok", ()))
@@ -216,29 +226,37 @@ def test_counters_after_a_known_sequence(daemon_factory: Callable[..., Daemon], 
     assert d.post("jellyfin", b"{not json", "text/plain")[0] == 400  # bad payload
     assert d.post("emby", b"{}", token="wrong-token-0123456789")[0] == 401
     assert d.post("plex", plex("media.stop", int(duration * 0.97)))[0] == 202  # queued, delivered
-    wait_for(lambda: fake_trakt.watched_stops())
+    # An episode Trakt knows by none of the forms sent: found by a search on its imdb id.
+    episode = fixture_json("plex_media.scrobble_episode.json")
+    episode["Metadata"]["Guid"] = [{"id": "imdb://tt14765720"}]
+    assert d.post("plex", json.dumps(episode).encode())[0] == 202
+    wait_for(lambda: len(fake_trakt.watched_stops()) == 2, timeout=20)
     wait_for(lambda: d.health()["outbox"]["pending"] == 0)
 
     text = scrape(d)
     found = samples(text)
     webhooks = {(dict(ls)["server"], dict(ls)["outcome"]): v for (n, ls), v in found.items()
                 if n == "cwhook_webhooks_total" and v}
-    assert webhooks == {("plex", "queued"): 3, ("plex", "ignored"): 2, ("jellyfin", "bad_payload"): 1,
+    assert webhooks == {("plex", "queued"): 4, ("plex", "ignored"): 2, ("jellyfin", "bad_payload"): 1,
                         ("emby", "invalid_token"): 1}
     assert value(found, "cwhook_ignored_total", server="plex", reason="media_type_not_supported") == 1
     assert value(found, "cwhook_ignored_total", server="plex", reason="event_not_handled") == 1
     decisions = {dict(ls)["reason"]: v for (n, ls), v in found.items() if n == "cwhook_decisions_total" and v}
-    assert decisions == {"sent": 2, "duplicate": 1}
+    assert decisions == {"sent": 3, "duplicate": 1}
     assert value(found, "cwhook_trakt_requests_total", account="default", endpoint="/scrobble/start",
                  status="201") == 1
     assert value(found, "cwhook_trakt_requests_total", account="default", endpoint="/scrobble/stop",
-                 status="201") == 1
+                 status="201") == 2
+    assert value(found, "cwhook_trakt_requests_total", account="default", endpoint="/scrobble/stop",
+                 status="404") == 2  # the episode by its ids, then by its show
+    assert value(found, "cwhook_trakt_requests_total", account="default", endpoint="/search/{id_type}/{id}",
+                 status="200") == 1
     assert value(found, "cwhook_trakt_requests_total", account="default", endpoint="/oauth/token",
                  status="200") == 1
-    assert value(found, "cwhook_trakt_request_seconds_count", endpoint="/scrobble/stop") == 1
-    assert value(found, "cwhook_webhook_ack_seconds_count", server="plex") == 5
+    assert value(found, "cwhook_trakt_request_seconds_count", endpoint="/scrobble/stop") == 4
+    assert value(found, "cwhook_webhook_ack_seconds_count", server="plex") == 6
     assert value(found, "cwhook_webhook_ack_seconds_count", server="emby") == 1
-    assert value(found, "cwhook_deliveries_total", result="sent") == 2
+    assert value(found, "cwhook_deliveries_total", result="sent") == 3
     assert value(found, "cwhook_outbox_pending", account="default") == 0
     assert value(found, "cwhook_trakt_authorized", account="default") == 1
     assert 80000 < value(found, "cwhook_trakt_token_expires_in_seconds", account="default") <= 86400
@@ -247,7 +265,7 @@ def test_counters_after_a_known_sequence(daemon_factory: Callable[..., Daemon], 
 
     # /healthz and /metrics are two renderings of the same counts.
     counts = d.health()["counts"]
-    assert counts["received"] == total(found, "cwhook_webhooks_total") == 7
+    assert counts["received"] == total(found, "cwhook_webhooks_total") == 8
     assert counts["queued"] == total(found, "cwhook_webhooks_total", outcome="queued")
     assert counts["ignored"] == total(found, "cwhook_ignored_total")
     assert counts["sent"] == value(found, "cwhook_deliveries_total", result="sent")
@@ -258,7 +276,7 @@ def test_counters_after_a_known_sequence(daemon_factory: Callable[..., Daemon], 
     secrets = [*TOKENS.values(), access, refresh, "test-secret", "test-client-id",
                *(line.split('"')[1] for line in config.splitlines() if "_token:" in line and '"' in line)]
     for private in ("Anna", "Privatperson", "Big Trouble", "Secret Trailer", "tt0090728", "6978", "26697",
-                    "f34345234ef4523423432", *secrets):
+                    "f34345234ef4523423432", "tt14765720", "范马刃牙", "Strongest", *secrets):
         assert private not in text, private
     assert d.stop() == 0
 
