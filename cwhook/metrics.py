@@ -19,7 +19,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -125,7 +131,7 @@ def _gauges(s: Snapshot) -> Iterator[Metric]:
     authorized = GaugeMetricFamily("cwhook_trakt_authorized", "1 when the account has a Trakt token that works.",
                                    labels=["account"])
     expires = GaugeMetricFamily("cwhook_trakt_token_expires_in_seconds",
-                                "Seconds until the account's Trakt access token expires (refreshed a day "
+                                "Seconds until the account's Trakt access token expires (refreshed an hour "
                                 "ahead).", labels=["account"])
     success = GaugeMetricFamily("cwhook_trakt_last_success_timestamp_seconds",
                                 "When a Trakt call of the account last succeeded (unix time).", labels=["account"])
@@ -153,6 +159,8 @@ class Metrics:
     """The daemon's registry: the snapshot collector, two histograms, the process collectors."""
 
     def __init__(self, counters: Counters, snapshot: Callable[[], Snapshot]) -> None:
+        # The histograms' *_created series tell nothing process_start_time_seconds does not.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped in the library)
         self.counters = counters
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)

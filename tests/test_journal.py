@@ -325,3 +325,14 @@ def test_recent_usage_errors(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "cwhook", "recent", "-n", "0"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=30)
     assert out.returncode == 2 and "must be a whole number of at least 1" in out.stderr
+
+
+def test_every_reason_and_state_a_line_shows_is_explained() -> None:
+    from cwhook.rules import REASONS
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "troubleshooting.md").read_text()
+    assert [r for r in REASONS if f"| `{r}` |" not in doc] == []
+    start = doc.index("## Start here: `cwhook recent`")
+    explained = doc[start:doc.index("## The logs")]
+    assert [s for s in journal.STATES if f"`{s.replace('_', ' ')}`" not in explained] == []

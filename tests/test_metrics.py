@@ -290,3 +290,23 @@ def test_metrics_off_in_a_real_daemon(daemon_factory: Callable[..., Daemon]) -> 
     assert err.value.code == 404 and json.loads(err.value.read())["error"] == "disabled"
     assert d.health()["status"] in ("ok", "degraded")
     assert d.stop() == 0
+
+
+def test_every_metric_is_documented() -> None:
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "monitoring.md").read_text()
+    counters = Counters()
+    counters.webhook("plex", "ignored", "no_ids")
+    counters.trakt_request("default", "/scrobble/stop", "201")
+    snap = status.build(version="1", started=0, queue_depth=0, sessions=0, stats=Stats(),
+                        accounts={"default": status.AccountStatus(token_expires_in_s=1, last_success_at=1.0)},
+                        counters=counters, config_refused="x")
+    m = metrics.Metrics(counters, lambda: snap)
+    m.webhook_answered("plex", 0.1)
+    m.trakt_request("default", "/scrobble/stop", "201", 0.1)
+    names = {f.name + ("_total" if f.type == "counter" else "")
+             for f in text_string_to_metric_families(m.render()[0].decode()) if f.name.startswith("cwhook_")}
+    assert len(names) >= 19
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"not in docs/monitoring.md: {missing}"
