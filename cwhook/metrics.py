@@ -184,5 +184,8 @@ class Metrics:
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition (Prometheus text, or OpenMetrics when the scraper asks) and its content type."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except Exception:  # a hostile Accept header (version=abc) trips the library: plain text then
+            encoder, content_type = choose_encoder("")
         return encoder(self.registry), content_type

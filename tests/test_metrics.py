@@ -151,6 +151,18 @@ def test_a_trakt_request_is_counted_and_timed_by_its_template() -> None:
     assert "tt0090728" not in m.render()[0].decode()
 
 
+@given(st.text() | st.sampled_from(["application/openmetrics-text; version=abc", "text/plain; version=x.y",
+                                    "application/openmetrics-text;version=1.0.0;escaping=zzz"]))
+def test_any_accept_header_gets_metrics(accept: str) -> None:
+    counters = Counters()
+    m = metrics.Metrics(counters, lambda: status.Snapshot("1", "ok", ()))
+    body, content_type = m.render(accept)
+    if content_type.startswith("application/openmetrics-text"):
+        assert list(openmetrics_families(body.decode()))
+    else:
+        assert "cwhook_queue_depth" in {f.name for f in text_string_to_metric_families(body.decode())}
+
+
 def test_each_daemon_has_its_own_registry() -> None:
     a = metrics.Metrics(Counters(), lambda: status.Snapshot("1", "ok", ()))
     b = metrics.Metrics(Counters(), lambda: status.Snapshot("1", "ok", ()))
