@@ -336,3 +336,42 @@ def test_every_reason_and_state_a_line_shows_is_explained() -> None:
     start = doc.index("## Start here: `cwhook recent`")
     explained = doc[start:doc.index("## The logs")]
     assert [s for s in journal.STATES if f"`{s.replace('_', ' ')}`" not in explained] == []
+
+
+# --- the worker hands the journal what it decided ------------------------------------------------
+
+
+async def test_the_worker_journals_a_held_pause_to_its_end(tmp_path: Path) -> None:
+    """A pause held by the debounce, replayed after a crash, then sent at shutdown: one line."""
+    import asyncio
+
+    from cwhook.config import ScrobbleConfig
+    from cwhook.health import Counters
+    from cwhook.rules import Rules
+    from cwhook.store import AsyncStore
+    from cwhook.worker import Worker
+
+    def worker(store: Store) -> Worker:
+        return Worker(asyncio.Queue(), Rules(ScrobbleConfig(pause_debounce_seconds=60)), AsyncStore(store),
+                      Counters(), lambda: None)
+
+    now = time.time()
+    start = replace(MOVIE, action="start", progress=10.0, received_at=now)
+    pause = replace(MOVIE, action="pause", progress=40.0, received_at=now + 1)
+    store = Store(tmp_path)
+    items = list(zip(store.ingest([start, pause]), [start, pause], strict=True))
+    await worker(store).process(items)
+    assert [(r.action, r.decisions["default"]["reason"]) for r in read(store)] == [("start", "sent"),
+                                                                                  ("pause", "debounced")]
+    store.close()  # a crash: the held pause is still in the inbox
+
+    store = Store(tmp_path)
+    again = worker(store)
+    await again.replay(store.undecided())
+    assert [r.decisions["default"]["reason"] for r in read(store)] == ["sent", "debounced"]
+    await again.drain()  # shutdown: the held pause is sent now
+    rows = read(store)
+    assert len(rows) == 2
+    assert rows[1].decisions["default"] == {"reason": "sent", "notes": ["shutdown"], "progress": 40.0}
+    assert [(a.verb, a.state) for a in rows[1].actions] == [("pause", "pending")]
+    assert store.undecided() == []
