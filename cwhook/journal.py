@@ -11,9 +11,9 @@ Writing: the functions here take the store's connection *inside* the store's
 own transactions (cwhook/store.py): journal rows are committed with the inbox
 rows (events ignored at ingest), with the decisions (``Store.decide``) and with
 the outbox changes (``Store.remove``/``reschedule``), so the journal costs no
-commit of its own. Repeated Jellyfin progress reports that change nothing fold
-into one row (``repeats``). Bounded: the newest ``MAX_EVENTS`` events, none
-older than ``MAX_AGE``.
+commit of its own, and one INSERT per event (append-only; ``Writer``). Repeated
+Jellyfin progress reports that change nothing fold into one row (``repeats``).
+Bounded: the newest ``MAX_EVENTS`` rows, none older than ``MAX_AGE``.
 
 Reading (``read``): ``cwhook recent`` opens the file read-only, without the
 daemon's lock, so it works whether the daemon runs or not. No tokens are ever
@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,11 +35,13 @@ from cwhook.event import Event
 
 MAX_EVENTS = 10_000
 MAX_AGE = 30 * 86400.0
+AGE_PRUNE_EVERY = 600.0  # seconds between two prunes by age (a scan: ``at`` has no index)
+SESSIONS_REMEMBERED = 4096  # sessions whose newest row is known, for folding repeats
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    inbox_id INTEGER UNIQUE,
+    inbox_id INTEGER,
     at REAL NOT NULL,
     last_at REAL NOT NULL,
     repeats INTEGER NOT NULL DEFAULT 1,
@@ -52,8 +55,6 @@ CREATE TABLE IF NOT EXISTS journal (
     detail TEXT,
     decisions TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS journal_at ON journal (at);
-CREATE INDEX IF NOT EXISTS journal_session ON journal (session, id);
 CREATE TABLE IF NOT EXISTS journal_action (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id INTEGER NOT NULL,
@@ -149,63 +150,71 @@ class Result:
 
 
 class Writer:
-    """The journal's SQL, on the store's connection, in the store's transactions."""
+    """The journal's SQL, on the store's connection, in the store's transactions.
+
+    Append-only: per event one INSERT into a table indexed by its row id alone (no
+    lookup, no unique index: the journal must not slow the endpoint down). An event
+    decided again later (a pause held by the debounce, then sent or dropped when its
+    window ends; an event replayed after a crash) gets a further row with the same
+    inbox id, and ``read`` merges the rows of one event into one entry.
+    """
 
     def __init__(self, max_events: int = MAX_EVENTS, max_age: float = MAX_AGE) -> None:
         self.max_events = max_events
         self.max_age = max_age
+        self._newest: OrderedDict[str, int] = OrderedDict()  # session -> its newest row (for folding)
+        self._age_pruned = float("-inf")
+
+    def _insert(self, db: sqlite3.Connection, a: Arrived, inbox_id: int | None, ignored: str | None,
+                detail: str | None, decisions: str) -> int:
+        cur = db.execute(
+            "INSERT INTO journal (inbox_id, at, last_at, server, user, item, action, progress, session, ignored,"
+            " detail, decisions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (inbox_id, a.at, a.at, a.server, _text(a.user), _text(a.item), a.action, a.progress, _text(a.session),
+             ignored, _text(detail), decisions))
+        row_id = int(cur.lastrowid or 0)
+        if a.session is not None:
+            self._newest[a.session] = row_id
+            self._newest.move_to_end(a.session)
+            if len(self._newest) > SESSIONS_REMEMBERED:
+                self._newest.popitem(last=False)
+        return row_id
 
     def ignored(self, db: sqlite3.Connection, rows: Sequence[IgnoredRow], now: float) -> None:
         written = False
         for row in rows:
             a = row.arrived
-            if self._fold(db, a, functools.partial(_same_ignored, row.reason)) is not None:
-                continue
-            db.execute(
-                "INSERT INTO journal (at, last_at, server, user, item, action, progress, session, ignored, detail)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (a.at, a.at, a.server, _text(a.user), _text(a.item), a.action, a.progress, _text(a.session),
-                 row.reason, _text(row.detail)))
-            written = True
+            if self._fold(db, a, functools.partial(_same_ignored, row.reason)) is None:
+                self._insert(db, a, None, row.reason, row.detail, "{}")
+                written = True
         if written:
             self.prune(db, now)
 
     def decided(self, db: sqlite3.Connection, noted: Sequence[Noted], outbox_ids: Sequence[int],
                 verbs: Sequence[tuple[str, str, float]], now: float) -> None:
         """Decisions and the actions they put in the outbox (``verbs[i]``: account, verb, progress
-        of the entry whose id is ``outbox_ids[i]``)."""
-        rows: dict[int, int] = {}  # inbox id -> journal row, for the several decisions of one event
-        written = False
+        of the entry whose id is ``outbox_ids[i]``). The decisions of one event in one call (one per
+        account, one per episode of a multi-episode file) make one row."""
+        events: dict[object, tuple[Noted, dict[str, dict[str, Any]], list[int]]] = {}
         for n in noted:
-            a = n.arrived
             decision: dict[str, Any] = {"reason": n.reason}
             if n.notes:
                 decision["notes"] = list(n.notes)
             if n.progress is not None:
                 decision["progress"] = round(n.progress, 2)
-            event_id = None if n.inbox_id is None else rows.get(n.inbox_id)
-            if event_id is None and n.inbox_id is not None:
-                found = db.execute("SELECT id FROM journal WHERE inbox_id = ?", (n.inbox_id,)).fetchone()
-                event_id = None if found is None else int(found[0])
-            if event_id is None and n.reason == FOLDED and not n.sends:
+            _, decisions, sends = events.setdefault(n.inbox_id if n.inbox_id is not None else id(n), (n, {}, []))
+            decisions[n.account] = decision
+            sends += n.sends
+        written = False
+        for first, decisions, sends in events.values():
+            a = first.arrived
+            event_id = None
+            if not sends and all(d["reason"] == FOLDED for d in decisions.values()):
                 event_id = self._fold(db, a, _only_folded)
             if event_id is None:
-                cur = db.execute(
-                    "INSERT INTO journal (inbox_id, at, last_at, server, user, item, action, progress, session,"
-                    " decisions) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (n.inbox_id, a.at, a.at, a.server, _text(a.user), _text(a.item), a.action, a.progress,
-                     _text(a.session), json.dumps({n.account: decision})))
-                event_id = int(cur.lastrowid or 0)
+                event_id = self._insert(db, a, first.inbox_id, None, None, json.dumps(decisions))
                 written = True
-            else:
-                # Another account's decision, or a held pause decided again: its final word.
-                old = db.execute("SELECT decisions FROM journal WHERE id = ?", (event_id,)).fetchone()
-                decisions = json.loads(old[0]) if old else {}
-                decisions[n.account] = decision
-                db.execute("UPDATE journal SET decisions = ? WHERE id = ?", (json.dumps(decisions), event_id))
-            if n.inbox_id is not None:
-                rows[n.inbox_id] = event_id
-            for i in n.sends:
+            for i in sends:
                 account, verb, progress = verbs[i]
                 db.execute(
                     "INSERT INTO journal_action (event_id, outbox_id, account, verb, progress, updated_at)"
@@ -216,10 +225,10 @@ class Writer:
     def _fold(self, db: sqlite3.Connection, a: Arrived, same: Callable[[tuple[Any, ...]], bool]) -> int | None:
         """Fold a repeat into its session's newest row when ``same`` says that row tells the same
         (and nothing was sent for it): the row's id, or None when a row of its own is needed."""
-        if a.session is None:
+        newest = None if a.session is None else self._newest.get(a.session)
+        if newest is None:
             return None
-        row = db.execute("SELECT id, ignored, decisions, action FROM journal WHERE session = ?"
-                         " ORDER BY id DESC LIMIT 1", (_text(a.session),)).fetchone()
+        row = db.execute("SELECT id, ignored, decisions, action FROM journal WHERE id = ?", (newest,)).fetchone()
         if row is None or row[3] != a.action or not same(row):
             return None
         if db.execute("SELECT 1 FROM journal_action WHERE event_id = ? LIMIT 1", (row[0],)).fetchone():
@@ -257,14 +266,16 @@ class Writer:
                    ("set_aside" if set_aside else "retrying", _text(error), attempts, now, outbox_id))
 
     def prune(self, db: sqlite3.Connection, now: float) -> None:
-        """Keep the newest ``max_events`` events, none older than ``max_age`` (after every write:
-        three deletes by index, tens of microseconds)."""
+        """Keep the newest ``max_events`` events (after every write that added one: by index),
+        none older than ``max_age`` (every ``AGE_PRUNE_EVERY`` seconds: a scan)."""
         newest = db.execute("SELECT MAX(id) FROM journal").fetchone()[0]
         if newest is None:
             return
         # Row ids only grow (AUTOINCREMENT): the newest max_events are among the last max_events ids.
         removed = db.execute("DELETE FROM journal WHERE id <= ?", (newest - self.max_events,)).rowcount
-        removed += db.execute("DELETE FROM journal WHERE at < ?", (now - self.max_age,)).rowcount
+        if not now - AGE_PRUNE_EVERY < self._age_pruned <= now:
+            self._age_pruned = now
+            removed += db.execute("DELETE FROM journal WHERE at < ?", (now - self.max_age,)).rowcount
         if removed > 0:
             # By index: actions of events older than the oldest kept (an odd one left over from an
             # event pruned by age out of order goes with the next ones; nobody reads it).
@@ -373,27 +384,34 @@ def read(path: Path, limit: int = 20, user: str | None = None, item: str | None 
         if item:
             where.append("instr(fold(item), ?) > 0")
             args.append(item.casefold())
-        sql = "SELECT id, at, last_at, repeats, server, user, item, action, progress, ignored, detail, decisions" \
-              " FROM journal" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY at DESC, id DESC"
-        entries: list[Entry] = []
+        sql = ("SELECT id, at, last_at, repeats, server, user, item, action, progress, ignored, detail, decisions,"
+               " inbox_id FROM journal" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
+        # The rows of one event (same inbox id: decided again later) merge into one entry, the
+        # later decisions winning.
+        merged: dict[object, tuple[Entry, list[int]]] = {}
         for row in db.execute(sql, args):
+            key = row[0] if row[12] is None else ("inbox", row[12])
             decisions = json.loads(row[11] or "{}")
-            if account is not None and account not in decisions:
-                continue
-            entries.append(Entry(id=row[0], at=row[1], last_at=row[2], repeats=row[3], server=row[4],
-                                 user=row[5], item=row[6], action=row[7], progress=row[8], ignored=row[9],
-                                 detail=row[10], decisions=decisions))
-            if len(entries) >= limit:
-                break
-        entries.reverse()
-        if not entries:
-            return entries
-        actions: dict[int, list[Action]] = {}
-        marks = ",".join("?" * len(entries))
-        for r in db.execute("SELECT event_id, account, verb, progress, state, status, detail, attempts, updated_at"
-                            f" FROM journal_action WHERE event_id IN ({marks}) ORDER BY id",
-                            [e.id for e in entries]):
-            actions.setdefault(r[0], []).append(Action(*r[1:]))
-        return [replace(e, actions=tuple(actions.get(e.id, ()))) for e in entries]
+            if key in merged:
+                entry, ids = merged[key]
+                merged[key] = (replace(entry, decisions={**entry.decisions, **decisions}), [*ids, row[0]])
+            else:
+                merged[key] = (Entry(id=row[0], at=row[1], last_at=row[2], repeats=row[3], server=row[4],
+                                     user=row[5], item=row[6], action=row[7], progress=row[8], ignored=row[9],
+                                     detail=row[10], decisions=decisions), [row[0]])
+        chosen = sorted(merged.values(), key=lambda m: (m[0].at, m[0].id))
+        if account is not None:
+            chosen = [m for m in chosen if account in m[0].decisions]
+        chosen = chosen[-limit:]
+        owner = {row_id: i for i, (_, ids) in enumerate(chosen) for row_id in ids}
+        actions: list[list[Action]] = [[] for _ in chosen]
+        row_ids = list(owner)
+        for i in range(0, len(row_ids), 500):
+            part = row_ids[i:i + 500]
+            for r in db.execute("SELECT event_id, account, verb, progress, state, status, detail, attempts,"
+                                f" updated_at FROM journal_action WHERE event_id IN ({','.join('?' * len(part))})"
+                                " ORDER BY id", part):
+                actions[owner[r[0]]].append(Action(*r[1:]))
+        return [replace(entry, actions=tuple(acts)) for (entry, _), acts in zip(chosen, actions, strict=True)]
     finally:
         db.close()
