@@ -33,12 +33,14 @@ def _clock(ts: float, day: bool = True) -> str:
 
 
 def action_text(a: journal.Action) -> str:
-    """``stop 97% sent (201)``, ``pause 40% retrying, attempt 3: 503: Trakt server error``."""
+    """``stop 97% sent (201)``, ``pause 40% retrying after 3 failed attempts: 503: Trakt server error``."""
     text = f"{a.verb} {_pct(a.progress)} {a.state.replace('_', ' ')}"
     if a.status is not None and a.state in ("sent", "failed"):
         text += f" ({a.status})"
-    if a.state == "retrying" or (a.attempts > 1 and a.state != "pending"):
-        text += f", attempt {a.attempts}" if a.state == "retrying" else f" after {a.attempts} attempts"
+    if a.state in ("retrying", "set_aside"):
+        text += f" after {a.attempts} failed attempt{'s' if a.attempts != 1 else ''}"
+    elif a.attempts > 1:
+        text += f" after {a.attempts} attempts"
     detail = a.detail
     if detail and a.status is not None and detail.startswith(f"{a.status}: "):
         detail = detail[len(f"{a.status}: "):]

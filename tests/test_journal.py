@@ -52,6 +52,7 @@ def test_a_decision_and_its_action_through_retries_to_sent(tmp_path: Path) -> No
     store.reschedule(oid, 0, "503: Trakt server error")
     [a] = read(store)[0].actions
     assert (a.state, a.detail, a.attempts) == ("retrying", "503: Trakt server error", 1)
+    assert recent.action_text(a) == "stop 97% retrying after 1 failed attempt: 503: Trakt server error"
 
     store.remove(oid, None, Result("sent", 201))
     [a] = read(store)[0].actions
@@ -81,6 +82,8 @@ def test_set_aside_after_three_local_failures(tmp_path: Path) -> None:
         store.reschedule(oid, 0, "UnicodeEncodeError: surrogates not allowed", local_failure=True)
     [a] = read(store)[0].actions
     assert (a.state, a.attempts, a.detail) == ("set_aside", 3, "UnicodeEncodeError: surrogates not allowed")
+    assert recent.action_text(a) == ("stop 97% set aside after 3 failed attempts: "
+                                     "UnicodeEncodeError: surrogates not allowed")
 
 
 def test_a_follow_up_joins_its_event(tmp_path: Path) -> None:
