@@ -181,7 +181,7 @@ class Store:
         self._aside = 0
         self._inbox = 0
         self.refresh_stats()
-        with contextlib.suppress(sqlite3.Error), self._tx() as (db, _):
+        with contextlib.suppress(sqlite3.Error, StoreUnavailable), self._tx() as (db, _):
             self.journal.prune(db, time.time())
 
     def close(self) -> None:
