@@ -25,7 +25,7 @@ from cwhook.delivery import Lane, Options
 from cwhook.health import Counters
 from cwhook.store import AsyncStore, Stats
 from cwhook.tokenjournal import TokenJournal
-from cwhook.trakt import TraktClient
+from cwhook.trakt import RequestObserver, TraktClient
 from cwhook.trakt_auth import TraktAuth
 
 log = logs.get("cwhook.accounts")
@@ -33,13 +33,16 @@ log = logs.get("cwhook.accounts")
 
 class Account:
     def __init__(self, cfg: AccountConfig, config: Config, journal: TokenJournal, db: AsyncStore,
-                 counters: Counters, force_dry_run: Callable[[], bool]) -> None:
+                 counters: Counters, force_dry_run: Callable[[], bool],
+                 observe: RequestObserver | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.config = config
         self._force_dry_run = force_dry_run
         self.auth = TraktAuth(config.path, config.trakt, journal=journal, account=cfg.name, key=cfg.key)
-        self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh)
+        self.auth.observe = observe
+        self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh,
+                                  account=cfg.name, observe=observe)
         self.lane = Lane(cfg.name, self.client, db, counters, self.options, lambda: self.auth.needs_auth)
         self.task: asyncio.Task[None] | None = None
 
@@ -65,44 +68,13 @@ class Account:
         self.lane.wake.set()
         return (cfg.access_token, cfg.refresh_token) != old
 
-    def problems(self, suffix: str) -> list[str]:
-        if not self.in_use:
-            return []
-        found = []
-        if not self.auth.authorized:
-            found.append("trakt_not_authorized" + suffix)
-        if self.auth.needs_auth:
-            found.append("trakt_needs_auth" + suffix)
-        if self.client.unreachable and not self.dry_run:
-            found.append("trakt_unreachable" + suffix)
-        if self.auth.unsaved is not None:
-            found.append("tokens_not_saved" + suffix)
-        return found
-
-    def health(self, now: float, stats: Stats) -> dict[str, Any]:
-        pending, oldest = 0, None
-        for name, count, created in stats.by_account:
-            if name == self.name:
-                pending, oldest = count, created
-        expires = self.auth.expires_at
-        return {
-            "users": list(self.cfg.users),
-            "authorized": self.auth.authorized,
-            "needs_auth": self.auth.needs_auth,
-            "dry_run": self.dry_run,
-            "token_expires_in_s": int(expires - now) if expires else None,
-            "outbox_pending": pending,
-            "oldest_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
-            "last_success_at": self.client.last_success_at,
-            "last_error": self.client.last_error,
-        }
-
 
 class Accounts:
     """The registry: every configured account's unit, by name, `default` first."""
 
     def __init__(self, config: Config, journal: TokenJournal, db: AsyncStore, counters: Counters,
-                 force_dry_run: Callable[[], bool]) -> None:
+                 force_dry_run: Callable[[], bool], observe: RequestObserver | None = None) -> None:
+        self.observe = observe
         self.journal = journal
         self.db = db
         self.counters = counters
@@ -131,7 +103,7 @@ class Accounts:
             unit = self.units.get(name)
             if unit is None:
                 unit = self.units[name] = Account(cfg, config, self.journal, self.db, self.counters,
-                                                  self.force_dry_run)
+                                                  self.force_dry_run, self.observe)
                 if self._running:
                     self._start(unit)
                     log.info("account_added", account=name, users=list(cfg.users))

@@ -1,4 +1,4 @@
-"""The aiohttp application: the three webhook endpoints and /healthz.
+"""The aiohttp application: the three webhook endpoints, /healthz and /metrics.
 
 A webhook request is answered at once: the body is read (multipart streamed,
 only the JSON part kept), parsed by the pure parser of its server, filtered,
@@ -14,8 +14,8 @@ import hmac
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import aiohttp
@@ -88,6 +88,17 @@ class Busy(Exception):
     """The worker is too far behind: answered 503 busy."""
 
 
+class MetricsView(Protocol):
+    """What the app needs of cwhook.metrics.Metrics."""
+
+    def webhook_answered(self, server: str, seconds: float) -> None: ...
+    def render(self, accept: str = "") -> tuple[bytes, str]: ...
+
+
+def _no_journal(server: str, ignored: Ignored, event: Event | None) -> None:
+    return None
+
+
 @dataclass
 class Runtime:
     """What the HTTP side shares with the daemon (the daemon swaps ``config`` on reload).
@@ -100,6 +111,10 @@ class Runtime:
     counters: Counters
     health: Callable[[], dict[str, Any]]
     ingest: Callable[[Event], Awaitable[None]]
+    _: KW_ONLY
+    metrics: MetricsView | None = None  # /metrics answers 404 without it
+    # An event answered 200 ignored, for the decision journal (the event when it was understood).
+    journal_ignored: Callable[[str, Ignored, Event | None], None] = _no_journal
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -184,7 +199,6 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         rt = request.app[RUNTIME]
         config = rt.config
         hook = config.webhook(server)
-        rt.counters.received += 1
         notes = _request_notes.get()
         notes["server"] = server
         if not hook.enabled:
@@ -214,11 +228,12 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         except BadPayload as exc:
             notes.update(outcome="bad_payload", detail=str(exc))
             return _json(400, {"error": "bad_payload", "detail": str(exc)})
-        if isinstance(result, Event):
-            result = filters.check(result, hook) or _routed(result, config)
+        understood = result if isinstance(result, Event) else None
+        if understood is not None:
+            result = filters.check(understood, hook) or _routed(understood, config)
         if isinstance(result, Ignored):
-            rt.counters.ignored += 1
             notes.update(outcome="ignored", reason=result.reason, detail=result.detail)
+            rt.journal_ignored(server, result, understood)
             return _json(200, {"status": "ignored", "reason": result.reason,
                                "detail": result.detail})
         summary = result.summary()
@@ -232,7 +247,6 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             notes.update(outcome="unavailable", detail=str(exc))
             return _json(503, {"error": "unavailable", "detail": str(exc)},
                          {"Retry-After": RETRY_AFTER_UNAVAILABLE})
-        rt.counters.queued += 1
         notes["outcome"] = "queued"
         return _json(202, {"status": "queued", "event": summary})
 
@@ -241,6 +255,26 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
 
 async def healthz(request: web.Request) -> web.Response:
     return _json(200, request.app[RUNTIME].health())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.metrics is None or not rt.config.server.metrics:
+        return _json(404, {"error": "disabled", "detail": "server.metrics is false"})
+    body, content_type = rt.metrics.render(request.headers.get("Accept", ""))
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def _count(rt: Runtime, notes: dict[str, Any], seconds: float) -> None:
+    """Every answered webhook once: by server and outcome, and how long its answer took."""
+    server = notes.get("server")
+    if server is None:
+        return
+    rt.counters.webhook(server, notes.get("outcome", "error"), notes.get("reason"))
+    if rt.metrics is not None:
+        rt.metrics.webhook_answered(server, seconds)
 
 
 @web.middleware
@@ -263,10 +297,11 @@ async def access_log(
         except Exception as exc:
             log.exception("request_error", path=path, error=repr(exc))
             response = _json(500, {"error": "internal"})
-        level = log.debug if request.path == "/healthz" else log.info
+        seconds = time.monotonic() - started
+        _count(request.app[RUNTIME], notes, seconds)
+        level = log.debug if request.path in ("/healthz", "/metrics") else log.info
         level("request", method=request.method, path=path, status=response.status,
-              ms=round((time.monotonic() - started) * 1000, 1), remote=request.remote,
-              **notes)
+              ms=round(seconds * 1000, 1), remote=request.remote, **notes)
         return response
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
@@ -287,4 +322,5 @@ def make_app(runtime: Runtime) -> web.Application:
     for server, path in ROUTES.items():
         app.router.add_post(path, _webhook_handler(server))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app

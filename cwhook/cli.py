@@ -1,4 +1,4 @@
-"""The command line: run, check-config, urls, rotate-tokens, auth, --version."""
+"""The command line: run, check-config, urls, rotate-tokens, auth, status, recent, --version."""
 
 from __future__ import annotations
 
@@ -64,7 +64,24 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--account", metavar="NAME", default=DEFAULT_ACCOUNT,
                       help="the Trakt account (trakt.accounts.NAME) to log in; default: `default`")
     add("accounts", "one line per Trakt account: users, authorization, token expiry, outbox pending")
+    add("status", "ask the running daemon how it is doing (exit 0 ok, 1 degraded, 3 not running)")
+    recent = add("recent", "what happened to the latest events (the decision journal), newest last")
+    recent.add_argument("-n", type=_positive, default=20, metavar="N", help="how many events (default 20)")
+    recent.add_argument("--user", metavar="U", help="only this media-server user (NAME or SERVER:NAME)")
+    recent.add_argument("--item", metavar="TEXT", help="only items whose title contains TEXT")
+    recent.add_argument("--account", metavar="A", help="only events decided for this Trakt account")
+    recent.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _err(message: str) -> None:
@@ -251,6 +268,15 @@ def _main(argv: list[str] | None) -> int:
             return cmd_auth(path, args.account)
         if args.command == "accounts":
             return cmd_accounts(path)
+        if args.command in ("status", "recent"):
+            config = _load(path)
+            if config is None:
+                return EXIT_USAGE
+            if args.command == "status":
+                from cwhook.statuscmd import cmd_status
+                return cmd_status(config)
+            from cwhook.recent import cmd_recent
+            return cmd_recent(config, args.n, args.user, args.item, args.account, args.json)
     except YamlEditError as exc:
         _err(f"{path}: cannot edit the file in place: {exc}")
         return EXIT_USAGE

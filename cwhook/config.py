@@ -163,6 +163,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "port": (8787, _int_range(1, 65535)),
         "public_url": ("", _optional_url),
         "max_body_bytes": (10485760, _int_range(1024, 1 << 30)),
+        "metrics": (True, _bool),
     },
     "webhooks": {
         "plex": _webhook(
@@ -232,6 +233,7 @@ class ServerConfig:
     port: int = default("server", "port")
     public_url: str = default("server", "public_url")
     max_body_bytes: int = default("server", "max_body_bytes")
+    metrics: bool = default("server", "metrics")  # GET /metrics answers (false: 404)
 
 
 @dataclass(frozen=True)

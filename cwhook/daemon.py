@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import os
 import signal
@@ -12,11 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, edge, health, logs
+from cwhook import __version__, edge, logs, status
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (
-    DEFAULT_ACCOUNT,
     Config,
     ConfigError,
     changed_keys,
@@ -25,9 +25,11 @@ from cwhook.config import (
     lost_sections,
 )
 from cwhook.configfile import remember
-from cwhook.event import Event
+from cwhook.event import Event, Ignored
 from cwhook.health import Counters
+from cwhook.journal import Arrived, IgnoredRow
 from cwhook.listen import listen_problem
+from cwhook.metrics import Metrics
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
 from cwhook.store import AsyncStore, Store, StoreUnavailable
@@ -71,9 +73,12 @@ class Daemon:
         self.db = AsyncStore(Store(config.state_dir))
         self.store = self.db.store
         self.journal = TokenJournal(config.state_dir)
-        self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run)
+        self.metrics = Metrics(self.counters, self.snapshot)
+        self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run,
+                                 observe=self.metrics.trakt_request)
         self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake)
-        self.runtime = Runtime(config, self.counters, self.health, self.ingest)
+        self.runtime = Runtime(config, self.counters, self.health, self.ingest, metrics=self.metrics,
+                               journal_ignored=self.journal_ignored)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
         self.config_error: str | None = None  # why the file on disk is refused, with the fix
@@ -100,6 +105,11 @@ class Daemon:
         finally:
             self._admitting -= 1
 
+    def journal_ignored(self, server: str, ignored: Ignored, event: Event | None) -> None:
+        arrived = (Arrived.of(event) if event is not None
+                   else Arrived(time.time(), server, user=ignored.user, item=ignored.item))
+        self.db.journal_ignored(IgnoredRow(arrived, ignored.reason, ignored.detail))
+
     # --- state ---------------------------------------------------------------------
 
     @property
@@ -115,49 +125,23 @@ class Daemon:
     def dry_run(self) -> bool:
         return self.accounts.default.dry_run
 
-    def health(self) -> dict[str, Any]:
-        """Built from memory only (the store's stats are cached): answers while SQLite is locked."""
+    def snapshot(self) -> status.Snapshot:
+        """Built from memory only (the store's stats are cached): ready while SQLite is locked."""
         now = time.time()
         stats = self.store.stats
-        oldest = None if stats.oldest_created_at is None else max(0.0, now - stats.oldest_created_at)
-        expires = self.auth.expires_at
-        default = self.accounts.default
-        problems = ["config_refused"] if self.config_error is not None else []
+        accounts = {}
         for unit in self.accounts:
-            problems += unit.problems("" if unit.name == DEFAULT_ACCOUNT else f":{unit.name}")
-        if oldest is not None and oldest > health.OUTBOX_AGING:
-            problems.append("outbox_aging")
-        if stats.set_aside:
-            problems.append("outbox_set_aside")
-        orphans = self.accounts.orphans(stats)
-        problems += [f"account_removed_with_pending:{name}" for name, _ in orphans]
-        if self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR:
-            problems.append("store_unavailable")
-        return {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            **({"config_refused": self.config_error} if self.config_error else {}),
-            "version": __version__,
-            "uptime_s": round(now - self.started, 1),
-            "queue_depth": self.queue.qsize(),
-            "sessions": self.worker.session_count,
-            "outbox": {"pending": stats.pending,
-                       "oldest_age_s": None if oldest is None else round(oldest, 1),
-                       "set_aside": stats.set_aside},
-            "inbox": {"undecided": stats.inbox},
-            "trakt": {
-                "authorized": default.auth.authorized,
-                "dry_run": default.dry_run,
-                "needs_auth": default.auth.needs_auth,
-                "token_expires_in_s": int(expires - now) if expires else None,
-                "last_success_at": default.client.last_success_at,
-                "last_error": default.client.last_error,
-            },
-            "accounts": {unit.name: unit.health(now, stats) for unit in self.accounts},
-            **({"removed_accounts": {name: {"outbox_pending": count} for name, count in orphans}}
-               if orphans else {}),
-            "counts": self.counters.as_dict(),
-        }
+            st = status.account_status(unit.name, unit.auth, unit.client, unit.dry_run, stats, now)
+            accounts[unit.name] = st if unit.in_use else dataclasses.replace(st, problems=())
+        removed = dict(self.accounts.orphans(stats))
+        unavailable = self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR
+        return status.build(version=__version__, started=self.started, queue_depth=self.queue.qsize(),
+                            sessions=self.worker.session_count, stats=stats, accounts=accounts,
+                            counters=self.counters, config_refused=self.config_error,
+                            store_unavailable=unavailable, removed=removed, now=now)
+
+    def health(self) -> dict[str, Any]:
+        return status.to_healthz(self.snapshot())
 
     # --- reload ----------------------------------------------------------------------
 

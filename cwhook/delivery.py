@@ -26,6 +26,7 @@ from cwhook import trakt_bodies as tb
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 from cwhook.health import Counters
+from cwhook.journal import Result
 from cwhook.store import AsyncStore, Entry, NewEntry, StoreUnavailable
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
 
@@ -175,7 +176,7 @@ class Lane:
                 await self.db.call(self.store.mark_attempted, entry.id)
             outcome = await self.deliver(entry, self.clock())
         except (FinalError, NotFound) as exc:
-            await self.db.call(self.store.remove, entry.id)
+            await self.db.call(self.store.remove, entry.id, None, Result("failed", exc.status or None, str(exc)))
             self.counters.failed += 1
             loud = exc.status in (420, 423)
             (log.error if loud else log.warning)("trakt_failed", error=str(exc), final=True, **ctx)
@@ -198,7 +199,8 @@ class Lane:
             else:
                 log.error("delivery_error", error=repr(exc), retry_in_s=LOCAL_RETRY, **ctx)
             return
-        await self.db.call(self.store.remove, entry.id, outcome.follow_up)
+        await self.db.call(self.store.remove, entry.id, outcome.follow_up,
+                           Result(outcome.result, outcome.detail.get("status"), outcome.detail.get("note")))
         if outcome.follow_up is not None:
             self.wake.set()
         if outcome.result == "dry_run":

@@ -33,6 +33,9 @@ class Ignored:
 
     reason: str
     detail: str = ""
+    # What the decision journal shows of it, when the parser got that far (no effect on the answer).
+    user: str | None = field(default=None, compare=False)
+    item: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", _short(self.detail))

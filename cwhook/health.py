@@ -1,24 +1,67 @@
-"""What /healthz reports: the counters, and when the daemon counts as degraded (pure)."""
+"""The daemon's event counts, and when it counts as degraded (pure).
+
+``Counters`` is the one place where what happened since start is counted: each
+webhook answer by server and outcome, each ignore reason, each rules decision,
+each Trakt request. ``/healthz`` (``counts``), ``/metrics`` and ``cwhook status``
+are all read from it through the status snapshot (cwhook/status.py).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cwhook.rules import SUPPRESSED
 
 OUTBOX_AGING = 900.0  # an outbox entry older than this makes the daemon "degraded"
 
 
 @dataclass
 class Counters:
-    received: int = 0
-    queued: int = 0
-    ignored: int = 0
-    sent: int = 0
-    suppressed: int = 0
-    failed: int = 0
+    webhooks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (server, outcome)
+    ignored_reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (server, reason)
+    decisions: Counter[str] = field(default_factory=Counter)  # reason (cwhook.rules.Reason)
+    trakt_requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (account, endpoint, status)
+    sent: int = 0  # outbox entries Trakt accepted
+    failed: int = 0  # outbox entries refused for good, or set aside
     would_send: int = 0  # dry-run: logged instead of sent
 
+    # --- counting ---------------------------------------------------------------
+
+    def webhook(self, server: str, outcome: str, reason: str | None = None) -> None:
+        """One answered webhook request (``reason``: why it was ignored)."""
+        self.webhooks[(server, outcome)] += 1
+        if outcome == "ignored" and reason:
+            self.ignored_reasons[(server, reason)] += 1
+
+    def decision(self, reason: str) -> None:
+        self.decisions[reason] += 1
+
+    def trakt_request(self, account: str, endpoint: str, status: str) -> None:
+        self.trakt_requests[(account, endpoint, status)] += 1
+
+    # --- the totals /healthz shows ---------------------------------------------------
+
+    @property
+    def received(self) -> int:
+        return sum(self.webhooks.values())
+
+    @property
+    def queued(self) -> int:
+        return sum(n for (_, outcome), n in self.webhooks.items() if outcome == "queued")
+
+    @property
+    def ignored(self) -> int:
+        return sum(n for (_, outcome), n in self.webhooks.items() if outcome == "ignored")
+
+    @property
+    def suppressed(self) -> int:
+        return sum(n for reason, n in self.decisions.items() if reason in SUPPRESSED)
+
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {"received": self.received, "queued": self.queued, "ignored": self.ignored,
+                "sent": self.sent, "suppressed": self.suppressed, "failed": self.failed,
+                "would_send": self.would_send}
 
 
 def problems(authorized: bool, needs_auth: str | None, unreachable: bool, dry_run: bool,

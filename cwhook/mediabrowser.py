@@ -73,6 +73,7 @@ def to_event(item: MediaBrowserItem, received_at: float) -> ParseResult:
         return Ignored(
             "media_type_not_supported",
             f"{item.source} item type {item.item_type!r} is not scrobbled to Trakt",
+            user=item.user_name, item=item.name,
         )
     season, number, number_abs = item.season, item.episode, None
     if kind == "episode" and season is None and number is not None:

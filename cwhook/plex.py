@@ -162,7 +162,9 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         detail = f"Plex item type {kind!r}"
         if as_str(metadata.get("subtype")):
             detail += f" ({metadata.get('subtype')})"
-        return Ignored("media_type_not_supported", detail + " is not scrobbled to Trakt")
+        return Ignored("media_type_not_supported", detail + " is not scrobbled to Trakt",
+                       user=as_str(as_dict(data.get("Account")).get("title")),
+                       item=as_str(metadata.get("title")))
 
     account = as_dict(data.get("Account"))
     player = as_dict(data.get("Player"))

@@ -89,12 +89,36 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from cwhook.config import ScrobbleConfig
 from cwhook.event import Event, Ids
 
 Verb = Literal["start", "pause", "stop", "rate", "history_add", "history_remove"]
+
+# Every reason a decision can give: a closed set the rules own (docs/troubleshooting.md
+# explains each; the logs, the journal and /metrics carry them as these strings).
+Reason = Literal[
+    "sent",  # something goes to Trakt (Decision.send)
+    "debounced",  # a pause held for pause_debounce_seconds; decided again when its window ends
+    "pause_cancelled",
+    "demoted_to_pause",
+    "promoted_to_stop",
+    "progress_noted",
+    "suppressed_near_end",
+    "already_watched",
+    "already_playing",
+    "duplicate",
+    "no_progress",
+    "below_minimum",
+    "manual_marks_disabled",
+    "vod_ignored",
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+# The reasons that keep or send the event; every other one drops it (counted as "suppressed").
+KEPT: frozenset[Reason] = frozenset(
+    {"sent", "demoted_to_pause", "promoted_to_stop", "debounced", "progress_noted"})
+SUPPRESSED: frozenset[Reason] = frozenset(REASONS) - KEPT
 MARKS = ("mark_watched", "mark_unwatched")
 
 NEW_VIEWING_BELOW = 5.0
@@ -120,10 +144,15 @@ class Send:
 @dataclass(frozen=True)
 class Decision:
     event: Event
-    reason: str
+    reason: Reason
     send: Send | None = None
     progress: float | None = None
     notes: tuple[str, ...] = ()
+
+    @property
+    def suppressed(self) -> bool:
+        """The event is dropped: nothing goes to Trakt, and nothing is held."""
+        return self.reason in SUPPRESSED
 
 
 @dataclass
@@ -380,7 +409,7 @@ class Rules:
         return self._watched_stop(s, event, progress, now, "sent")
 
     def _watched_stop(
-        self, s: _Session, event: Event, progress: float, now: float, reason: str
+        self, s: _Session, event: Event, progress: float, now: float, reason: Reason
     ) -> Decision:
         key = _item(event)
         s.last_progress = progress
@@ -493,7 +522,7 @@ class Rules:
             s.notes.append("pause_superseded")
 
     def _send_pause(
-        self, event: Event, progress: float, reason: str, notes: tuple[str, ...]
+        self, event: Event, progress: float, reason: Reason, notes: tuple[str, ...]
     ) -> Decision:
         progress = _bound(progress)
         return Decision(event, reason, Send("pause", event, progress), progress, notes)

@@ -11,6 +11,9 @@ Tables
 * ``watched``: per account, the items a watched stop was decided for in the last
   hour, so the rules' one-hour dedupe survives a restart.
 * ``matches``: how Trakt knows each item (shared by all accounts, bounded).
+* ``journal``, ``journal_action``: the decision journal (cwhook/journal.py holds
+  its SQL): written in the same transactions as the inbox, the decisions and
+  the outbox changes it records, never in a commit of its own.
 
 Only this module writes SQL. Its methods are synchronous and meant to run on
 one thread (:class:`AsyncStore`), so the event loop never waits on the disk or
@@ -28,13 +31,14 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cwhook import logs
+from cwhook import journal, logs
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 
@@ -42,7 +46,7 @@ log = logs.get("cwhook.store")
 
 FILE_NAME = "cwhook.sqlite3"
 LEGACY_OUTBOX = "outbox.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the decision journal
 BUSY_TIMEOUT_MS = 2000  # for direct use (tests, the CLI); the daemon's loop never waits
 LOCK_WAIT = 2.0  # how long a call on the loop keeps retrying a locked database
 LOCK_RETRY = 0.02
@@ -177,6 +181,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.executescript(journal.SCHEMA)
+        self.journal = journal.Writer()
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._migrate_legacy(state_dir / LEGACY_OUTBOX)
         self._checkpointer: sqlite3.Connection | None = None
@@ -185,6 +191,8 @@ class Store:
         self._aside = 0
         self._inbox = 0
         self.refresh_stats()
+        with contextlib.suppress(sqlite3.Error, StoreUnavailable), self._tx() as (db, _):
+            self.journal.prune(db, time.time())
 
     def close(self) -> None:
         self._db.close()
@@ -259,8 +267,9 @@ class Store:
 
     # --- inbox ------------------------------------------------------------------------
 
-    def ingest(self, events: list[Event]) -> list[int]:
-        """Commit received events in one transaction; their inbox ids in order."""
+    def ingest(self, events: list[Event], ignored: Iterable[journal.IgnoredRow] = ()) -> list[int]:
+        """Commit received events in one transaction; their inbox ids in order.
+        ``ignored``: events answered 200 ignored, for the journal (same commit)."""
         ids = []
         with self._tx() as (db, delta):
             for event in events:
@@ -268,17 +277,21 @@ class Store:
                                  (event.received_at, _dump(event.to_dict())))
                 ids.append(int(cur.lastrowid or 0))
             delta.inbox += len(ids)
+            self.journal.ignored(db, list(ignored), time.time())
         return ids
 
     def undecided(self) -> list[tuple[int, Event]]:
         rows = self._db.execute("SELECT id, event FROM inbox ORDER BY id").fetchall()
         return [(int(r[0]), Event.from_dict(json.loads(r[1]))) for r in rows]
 
-    def decide(self, entries: Iterable[NewEntry], upto: int, held: Iterable[int] = ()) -> list[int]:
+    def decide(self, entries: Iterable[NewEntry], upto: int, held: Iterable[int] = (),
+               noted: Iterable[journal.Noted] = ()) -> list[int]:
         """The outbox rows that follow from decisions and, at once, the inbox rows they settle:
-        every row up to ``upto`` (the worker takes rows in order) but those still ``held``."""
+        every row up to ``upto`` (the worker takes rows in order) but those still ``held``;
+        and the journal's record of the decisions (``noted``; its ``sends`` index ``entries``)."""
         ids = []
         keep = sorted(set(held))
+        entries = list(entries)
         with self._tx() as (db, delta):
             for e in entries:
                 ids.append(self._insert(db, e))
@@ -287,6 +300,8 @@ class Store:
             marks = ",".join("?" * len(keep))
             cur = db.execute(f"DELETE FROM inbox WHERE id <= ? AND id NOT IN ({marks})", (upto, *keep))
             delta.inbox -= max(0, cur.rowcount)
+            self.journal.decided(db, list(noted), ids, [(e.account, e.verb, e.progress) for e in entries],
+                                 time.time())
         return ids
 
     @staticmethod
@@ -351,10 +366,13 @@ class Store:
                 (next_attempt_at, _safe_text(error), 1 if local_failure else 0, entry_id))
             cur = db.execute("UPDATE outbox SET set_aside = 1 WHERE id = ? AND set_aside = 0"
                              " AND local_failures >= ?", (entry_id, SET_ASIDE_AFTER))
-            row = db.execute("SELECT set_aside, account FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            row = db.execute("SELECT set_aside, account, attempts FROM outbox WHERE id = ?",
+                             (entry_id,)).fetchone()
             if cur.rowcount > 0 and row is not None:
                 delta.add(str(row[1]), -1)
                 delta.aside += 1
+            if row is not None:
+                self.journal.retrying(db, entry_id, int(row[2]), error, bool(row[0]), time.time())
         return bool(row and row[0])
 
     def set_extra(self, entry_id: int, extra: dict[str, Any]) -> None:
@@ -368,18 +386,27 @@ class Store:
             else:
                 db.execute("UPDATE outbox SET next_attempt_at = 0 WHERE account = ?", (account,))
 
-    def remove(self, entry_id: int, then_add: NewEntry | None = None) -> None:
+    def remove(self, entry_id: int, then_add: NewEntry | None = None,
+               result: journal.Result | None = None) -> None:
+        """The entry is done (``result``: how, for the journal); ``then_add`` follows it."""
+        now = time.time()
         with self._tx() as (db, delta):
-            row = db.execute("SELECT account, set_aside FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            row = db.execute("SELECT account, set_aside, attempts FROM outbox WHERE id = ?",
+                             (entry_id,)).fetchone()
+            event_id = None
             if row is not None:
                 db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
                 if row[1]:
                     delta.aside -= 1
                 else:
                     delta.add(str(row[0]), -1)
+                event_id = self.journal.result(db, entry_id, int(row[2]) + 1, result, now)
             if then_add is not None:
-                self._insert(db, then_add)
+                added = self._insert(db, then_add)
                 delta.add(then_add.account, 1)
+                if event_id is not None:
+                    self.journal.follow_up(db, event_id, added, then_add.account, then_add.verb,
+                                           then_add.progress, now)
 
     def set_aside_entries(self) -> list[Entry]:
         rows = self._db.execute("SELECT * FROM outbox WHERE set_aside = 1 ORDER BY id").fetchall()
@@ -475,7 +502,8 @@ class AsyncStore:
         self.store = store
         store.on_the_loop()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cwhook-checkpoint")
-        self._batch: list[tuple[Event, asyncio.Future[int]]] = []
+        self._batch: list[tuple[Event, asyncio.Future[int], Callable[[int, Event], None]]] = []
+        self._ignored: list[journal.IgnoredRow] = []
         self._flushing: asyncio.Task[None] | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -493,24 +521,32 @@ class AsyncStore:
         """Commit one event (grouped with others); ``on_committed`` runs in commit order."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        self._batch.append((event, fut))
+        self._batch.append((event, fut, on_committed))
         if self._flushing is None:
-            self._flushing = loop.create_task(self._flush(on_committed))
+            self._flushing = loop.create_task(self._flush())
         return await fut
 
-    async def _flush(self, on_committed: Callable[[int, Event], None]) -> None:
+    def journal_ignored(self, row: journal.IgnoredRow) -> None:
+        """An event answered 200 ignored goes to the journal with the next group commit
+        (nobody waits for it; lost if that commit fails)."""
+        self._ignored.append(row)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
         try:
-            while self._batch:
+            while self._batch or self._ignored:
                 batch, self._batch = self._batch, []
+                ignored, self._ignored = self._ignored, []
                 try:
-                    ids = await self.call(self.store.ingest, [e for e, _ in batch])
+                    ids = await self.call(self.store.ingest, [e for e, _, _ in batch], ignored)
                 except Exception as exc:
                     error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(repr(exc))
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(error)
                     continue
-                for (event, fut), seq in zip(batch, ids, strict=True):
+                for (event, fut, on_committed), seq in zip(batch, ids, strict=True):
                     on_committed(seq, event)
                     if not fut.done():
                         fut.set_result(seq)

@@ -120,6 +120,8 @@ def _retry_after(value: str | None) -> float:
 
 TokenGetter = Callable[[], tuple[str, str]]  # (client_id, access_token)
 Refresher = Callable[[str], Awaitable[bool]]  # given the rejected token; True if renewed
+# Told of every HTTP attempt: (account, path as called, status or "network_error", seconds).
+RequestObserver = Callable[[str, str, str, float], None]
 
 
 class TraktClient:
@@ -130,8 +132,12 @@ class TraktClient:
         refresh: Refresher | None = None,
         policy: RetryPolicy | None = None,
         timeout: float = 15.0,
+        account: str = "default",
+        observe: RequestObserver | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.account = account  # the Trakt account these calls are made for (/metrics labels)
+        self.observe = observe
         self.tokens = tokens
         self.refresh = refresh
         self.policy = policy or RetryPolicy()
@@ -176,6 +182,7 @@ class TraktClient:
         if method == "POST":
             await self._pace()
         url = self.api_url + path
+        started = time.monotonic()
         try:
             async with self._http().request(method, url, json=body, headers=self.headers()) as resp:
                 try:
@@ -185,7 +192,9 @@ class TraktClient:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._observed(path, "network_error", started)
             raise TransientError(0, f"network error: {type(exc).__name__}: {exc}") from None
+        self._observed(path, str(status), started)
         if status in (200, 201, 204, 409):
             return Response(status, data)
         if status == 429:
@@ -206,6 +215,10 @@ class TraktClient:
         if status == 422:
             raise FinalError(422, "validation error")
         raise FinalError(status, "refused")
+
+    def _observed(self, path: str, status: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(self.account, path, status, time.monotonic() - started)
 
     async def request(self, method: str, path: str, body: Any = None) -> Response:
         """One call with retries; a 401 triggers one refresh and one more try."""

@@ -102,6 +102,8 @@ class TraktAuth:
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
         self.unsaved: str | None = None  # why the pair in use is not in the file yet
+        # Told of each refresh call: (account, path, status or "network_error", seconds).
+        self.observe: Callable[[str, str, str, float], None] | None = None
 
     @property
     def auth_command(self) -> str:
@@ -195,6 +197,10 @@ class TraktAuth:
         if self.due(self.clock()):
             await self.refresh(self._t.access_token)
 
+    def _observed(self, status: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(self.account, "/oauth/token", status, time.monotonic() - started)
+
     async def refresh(self, rejected_token: str) -> bool:
         """Renew the access token; True if a usable new one is in place."""
         async with self._lock:
@@ -214,6 +220,7 @@ class TraktAuth:
                 "redirect_uri": REDIRECT_URI,
                 "grant_type": "refresh_token",
             }
+            started = time.monotonic()
             try:
                 async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.post(
                     t.oauth_url + "/oauth/token", json=body, headers=_headers()
@@ -221,9 +228,11 @@ class TraktAuth:
                     status = resp.status
                     data = await resp.json(content_type=None) if status == 200 else None
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                self._observed("network_error", started)
                 log.warning("trakt_refresh_failed", error=f"{type(exc).__name__}: {exc}",
                             transient=True)
                 return False
+            self._observed(str(status), started)
             if status == 200 and isinstance(data, dict) and data.get("access_token"):
                 pair = pair_of(data, self.clock())
                 if self.journal is not None:  # first of all: the old refresh token is dead now

@@ -18,13 +18,12 @@ from cwhook import logs
 from cwhook.config import DEFAULT_ACCOUNT, ScrobbleConfig
 from cwhook.event import Event
 from cwhook.health import Counters
+from cwhook.journal import Arrived, Noted
 from cwhook.rules import WATCHED_WINDOW, Decision, Rules
 from cwhook.store import AsyncStore, NewEntry, StoreUnavailable
 
 log = logs.get("cwhook.worker")
 
-# Decisions that hold or record rather than drop an event.
-NOT_SUPPRESSED = {"sent", "demoted_to_pause", "promoted_to_stop", "debounced", "progress_noted"}
 MAX_IDLE_WAIT = 60.0
 MAX_BATCH = 500
 COMMIT_RETRY_MAX = 5.0
@@ -94,8 +93,11 @@ class Worker:
                                   account=account)
         return decisions
 
-    def entries(self, decisions: list[Routed], now: float) -> list[NewEntry]:
-        """Log each decision on one line; the outbox rows the sends need."""
+    def entries(self, decisions: list[Routed], now: float, noted: list[Noted] | None = None,
+                base: int = 0) -> list[NewEntry]:
+        """Log and count each decision; the outbox rows the sends need. With ``noted``, the
+        journal's record of each decision is added to it (``base``: entries already decided
+        in the same commit)."""
         out: list[NewEntry] = []
         for account, d in decisions:
             e = d.event
@@ -113,13 +115,23 @@ class Worker:
                 fields["progress"] = round(d.progress, 2)
             if d.notes:
                 fields["notes"] = list(d.notes)
+            self.counters.decision(d.reason)
+            sends: tuple[int, ...] = ()
             if d.send is not None:
                 fields["trakt"] = d.send.verb
+                sends = (base + len(out),)
                 out.append(NewEntry(d.send.verb, d.send.event, d.send.progress, now, account=account))
-            elif d.reason not in NOT_SUPPRESSED:
-                self.counters.suppressed += 1
+            if noted is not None:
+                inbox_id = self._held.get(id(e), (None, e))[0]
+                noted.append(Noted(inbox_id, Arrived.of(e), d.reason, account=account, notes=d.notes,
+                                   progress=d.progress, sends=sends))
             log.info("decision", **fields)
         return out
+
+    def _track(self, batch: list[Item]) -> None:
+        """The inbox ids of a batch's events, for the journal (``settle`` forgets the settled)."""
+        for seq, event in batch:
+            self._held[id(event)] = (seq, event)
 
     def settle(self, batch: list[Item]) -> tuple[int, set[int]]:
         """What is finally decided after this batch: every inbox row up to the newest one
@@ -134,12 +146,13 @@ class Worker:
     # --- committing -----------------------------------------------------------------
 
     async def commit(self, entries: list[NewEntry], settled: tuple[int, set[int]],
-                     once: bool = False) -> bool:
-        """Store the decisions; retried until the store takes them (they are in the inbox meanwhile)."""
+                     once: bool = False, noted: list[Noted] | None = None) -> bool:
+        """Store the decisions (and their journal rows); retried until the store takes them
+        (they are in the inbox meanwhile)."""
         delay = 0.5
         while True:
             try:
-                await self.db.call(self.db.store.decide, entries, *settled)
+                await self.db.call(self.db.store.decide, entries, *settled, noted or [])
             except StoreUnavailable as exc:
                 log.error("store_write_failed", error=str(exc), retry_in_s=None if once else delay,
                           note="the events wait in the inbox")
@@ -156,11 +169,13 @@ class Worker:
                       once: bool = False) -> bool:
         """Decide a batch (each event at its time, else now) and commit it in one transaction."""
         entries: list[NewEntry] = []
+        noted: list[Noted] = []
         items: list[Item | None] = [*batch] or [None]
+        self._track(batch)
         for i, item in enumerate(items):
             t = self.clock() if times is None or item is None else times[i]
-            entries += self.entries(self.step(item, t), t)
-        return await self.commit(entries, self.settle(batch), once)
+            entries += self.entries(self.step(item, t), t, noted, len(entries))
+        return await self.commit(entries, self.settle(batch), once, noted)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -213,5 +228,7 @@ class Worker:
         decisions += self.step(None, now)
         for account, rules in self._rules.items():
             decisions += [(account, d) for d in rules.flush_pending()]
-        entries = self.entries(decisions, now)
-        await self.commit(entries, self.settle(batch), once=True)
+        self._track(batch)
+        noted: list[Noted] = []
+        entries = self.entries(decisions, now, noted)
+        await self.commit(entries, self.settle(batch), once=True, noted=noted)

@@ -94,7 +94,7 @@ def test_every_problem_is_reported_at_once() -> None:
     )
     found = problems(text)
     assert found == [
-        "server.hots (line 3): unknown key (known: host, port, public_url, max_body_bytes)",
+        "server.hots (line 3): unknown key (known: host, port, public_url, max_body_bytes, metrics)",
         "server.port (line 2): must be a whole number between 1 and 65535",
         "webhooks.jelly (line 7): unknown key (known: plex, jellyfin, emby)",
         "webhooks.plex.ratings (line 6): must be true or false",

@@ -23,8 +23,17 @@ def test_problems(kwargs: dict[str, object], expected: list[str]) -> None:
 
 
 def test_counters_as_dict() -> None:
+    """The /healthz totals are sums of the labelled counts /metrics shows: one source."""
     c = Counters()
-    c.received += 2
+    c.webhook("plex", "queued")
+    c.webhook("jellyfin", "queued")
+    c.webhook("plex", "ignored", "no_ids")
+    c.webhook("emby", "bad_payload")
+    c.decision("sent")
+    c.decision("debounced")  # held, not dropped
+    c.decision("duplicate")
+    c.decision("pause_cancelled")
     c.failed += 1
-    assert c.as_dict() == {"received": 2, "queued": 0, "ignored": 0, "sent": 0, "suppressed": 0, "failed": 1,
+    assert c.as_dict() == {"received": 4, "queued": 2, "ignored": 1, "sent": 0, "suppressed": 2, "failed": 1,
                            "would_send": 0}
+    assert c.ignored_reasons == {("plex", "no_ids"): 1}
