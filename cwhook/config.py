@@ -126,8 +126,15 @@ def pattern_problem(pattern: str) -> str | None:
     server, sep, name = pattern.partition(":")
     if not sep or not name.strip():
         return f"{pattern!r} must look like SERVER:NAME (e.g. plex:Anna, jellyfin:anna, *:*)"
-    if server.strip().lower() not in (*SERVERS, "*"):
+    server, name = server.strip().lower(), name.strip()
+    if server not in (*SERVERS, "*"):
         return f"{pattern!r}: the server must be one of {', '.join(SERVERS)} or *"
+    if "*" in name and name != "*":
+        return f"{pattern!r}: a NAME matches exactly (no wildcards); use {server}:* for every user"
+    if server in ("plex", "*") and name.lower().startswith("id:") and not name[3:].strip().isdigit():
+        return f"{pattern!r}: a Plex account id is a number, e.g. plex:id:1234567"
+    if server in ("plex", "*") and name.lower().startswith("uuid:") and not name[5:].strip():
+        return f"{pattern!r}: give the Plex account uuid after uuid:"
     return None
 
 
@@ -393,16 +400,20 @@ def _check_accounts(raw: Mapping[Any, Any], lines: Mapping[tuple[str, ...], int]
                     problems: list[str]) -> dict[str, AccountConfig]:
     """trakt.accounts.NAME: a valid name, known keys, and `users` given (it has no default)."""
     out: dict[str, AccountConfig] = {}
-    for name, section in raw.items():
+    for key, section in raw.items():
+        # YAML reads `123:` as a number: the name is what the user wrote
+        name = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
         path = ("trakt", "accounts", str(name))
         if not isinstance(name, str) or not ACCOUNT_NAME.fullmatch(name) or name == DEFAULT_ACCOUNT:
             problems.append(f"{_where(path, lines)}: an account name is 1-32 of a-z 0-9 _ - "
                             f"and not {DEFAULT_ACCOUNT!r} (the top-level trakt tokens are that one)")
             continue
         values = _check_section(section, ACCOUNT_KEYS, path, lines, problems)
+        given = section.get("users") if isinstance(section, dict) else None
         if not values["users"]:
-            problems.append(f"{_where((*path, 'users'), lines)}: say who scrobbles to this account, "
-                            'e.g. users: ["plex:Anna", "jellyfin:anna"]')
+            if not given:  # (a bad list has had its own message)
+                problems.append(f"{_where((*path, 'users'), lines)}: say who scrobbles to this account, "
+                                'e.g. users: ["plex:Anna", "jellyfin:anna"]')
             continue
         out[name] = AccountConfig(name, **values)
     return out

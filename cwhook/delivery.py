@@ -23,7 +23,6 @@ from typing import Any
 
 from cwhook import logs
 from cwhook import trakt_bodies as tb
-from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 from cwhook.health import Counters
 from cwhook.journal import Result
@@ -168,8 +167,7 @@ class Lane:
     async def _deliver_one(self, entry: Entry) -> None:
         ctx = {"entry": entry.id, "verb": entry.verb, "item": entry.event.label(),
                "session": entry.event.session_key, "attempt": entry.attempts + 1}
-        if self.account != DEFAULT_ACCOUNT:
-            ctx["account"] = self.account
+        ctx["account"] = self.account
         try:
             if not self._dry():
                 # On disk before the call: after a crash, a late stop asks the history first.

@@ -109,8 +109,7 @@ class Worker:
                 "user": e.user_name,
                 "session": e.session_key,
             }
-            if account != DEFAULT_ACCOUNT or len(e.accounts) > 1:
-                fields["account"] = account
+            fields["account"] = account
             if d.progress is not None:
                 fields["progress"] = round(d.progress, 2)
             if d.notes:

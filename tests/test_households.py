@@ -98,11 +98,25 @@ def test_single_account_file_means_what_it_meant() -> None:
     ("trakt:\n  users: ['Anna']\n", "trakt.users (line 2): 'Anna' must look like SERVER:NAME"),
     ("trakt:\n  accounts: [anna]\n", "trakt.accounts (line 2): must be a section of accounts"),
     ("trakt:\n  accounts:\n    anna:\n      users: ['plex:']\n", "trakt.accounts.anna.users (line 4): 'plex:'"),
+    ("trakt:\n  users: ['plex:An*']\n", "trakt.users (line 2): 'plex:An*': a NAME matches exactly"),
+    ("trakt:\n  users: ['plex:id:abc']\n", "trakt.users (line 2): 'plex:id:abc': a Plex account id is a number"),
+    ("trakt:\n  users: ['*:uuid:']\n", "trakt.users (line 2): '*:uuid:': give the Plex account uuid"),
 ])
 def test_account_config_errors_name_the_key_and_line(text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(text, Path("c.yml"))
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_one_bad_pattern_gives_one_message() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("trakt:\n  accounts:\n    anna:\n      users: ['tv:Anna']\n", Path("c.yml"))
+    assert len(err.value.problems) == 1
+
+
+def test_a_numeric_account_name_is_a_name() -> None:
+    cfg = parse_config("trakt:\n  accounts:\n    123:\n      users: ['*']\n", Path("c.yml"))
+    assert list(cfg.trakt.all_accounts()) == ["default", "123"]
 
 
 # --- rules per account (the worker, no network) ------------------------------------------------
