@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TOKENS, config_text
+from tests.conftest import ROOT, TOKENS, config_text, free_port
 from tests.faketrakt import FakeTrakt
 
 NOBODY = 65534
@@ -239,7 +239,7 @@ def test_auth_unreachable(tmp_path: Path) -> None:
 
 def test_unusable_state_dir_is_a_clear_message(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
-    path.write_text(config_text(8787, Path("/proc/no-such-dir")))
+    path.write_text(config_text(free_port(), Path("/proc/no-such-dir")))
     out = cwhook("run", "-c", str(path))
     assert out.returncode == 1
     assert out.stderr.startswith("cwhook: state.dir /proc/no-such-dir: ")

@@ -270,6 +270,7 @@ def test_sd_notify_ready_watchdog_stopping(daemon_factory: Callable[..., Daemon]
     sock.close()
 
 
+@pytest.mark.xdist_group("example-port-8787")  # a first run listens on the example's port
 def test_first_run_from_empty_directory(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a first run listens on the example's port, 8787
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
