@@ -184,8 +184,7 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
 
 def _routed(event: Event, config: Config) -> Event | Ignored:
     """The event with the Trakt accounts it goes to, or ``no_account`` (spec §8)."""
-    routes = {a.name: a.users for a in config.trakt.all_accounts().values()}
-    accounts = routing.route(event, routes)
+    accounts = routing.route(event, config.trakt.routes)
     if not accounts:
         return Ignored("no_account", f"{event.source} user {event.user_name!r} matches no Trakt "
                        "account's users (trakt.users, trakt.accounts.NAME.users)")

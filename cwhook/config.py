@@ -7,6 +7,7 @@ problem, and every problem is reported at once, one line each, in the form
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -313,6 +314,11 @@ class TraktConfig:
 
     def account(self, name: str) -> AccountConfig | None:
         return self.all_accounts().get(name)
+
+    @functools.cached_property
+    def routes(self) -> dict[str, tuple[str, ...]]:
+        """Each account's user patterns, by name (what routing needs, built once per config)."""
+        return {name: acc.users for name, acc in self.all_accounts().items()}
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ BUSY_TIMEOUT_MS = 2000  # for direct use (tests, the CLI); the daemon's loop nev
 LOCK_WAIT = 2.0  # how long a call on the loop keeps retrying a locked database
 LOCK_RETRY = 0.02
 CHECKPOINT_EVERY = 2.0
+GROUP_WINDOW = 0.002  # seconds a group commit waits for more events
 MAX_MATCHES = 5000
 WATCHED_VERBS = ("stop", "history_add")
 WATCHED_KEPT = 3600.0  # the rules' one-hour window
@@ -535,6 +536,9 @@ class AsyncStore:
 
     async def _flush(self) -> None:
         try:
+            # Let the requests of the next moment join this commit: one commit for many
+            # events is most of the endpoint's speed (a 202 waits GROUP_WINDOW at most).
+            await asyncio.sleep(GROUP_WINDOW)
             while self._batch or self._ignored:
                 batch, self._batch = self._batch, []
                 ignored, self._ignored = self._ignored, []

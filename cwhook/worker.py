@@ -26,6 +26,7 @@ log = logs.get("cwhook.worker")
 
 MAX_IDLE_WAIT = 60.0
 MAX_BATCH = 500
+BATCH_WINDOW = 0.01  # seconds the worker lets events gather after the first (timers are unaffected)
 COMMIT_RETRY_MAX = 5.0
 
 Item = tuple[int, Event]  # (inbox id, event)
@@ -52,6 +53,7 @@ class Worker:
         # Inbox ids of the events the rules hold (pending pauses), by the event object.
         self._held: dict[int, tuple[int, Event]] = {}
         self._upto = 0  # the newest inbox id taken from the queue
+        self._taken: list[Item] = []  # taken from the queue, not yet decided (see run)
 
     # --- deciding (no I/O but the log) ------------------------------------------------
 
@@ -210,14 +212,18 @@ class Worker:
             timeout = MAX_IDLE_WAIT if deadline is None else max(0.0, deadline - self.clock())
             first = await self.receive(min(timeout, MAX_IDLE_WAIT))
             batch: list[Item] = [] if first is None else [first]
+            self._taken = batch  # a shutdown during the window below drains these too
+            if first is not None and BATCH_WINDOW:
+                await asyncio.sleep(BATCH_WINDOW)  # let a burst gather: one commit for all of it
             # Take everything already queued in one go (one commit for all of it).
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            self._taken = []
             await self.process(batch)
 
     async def drain(self) -> None:
         """Shutdown: everything queued goes through the rules; held pauses are sent now."""
-        batch: list[Item] = []
+        batch, self._taken = self._taken, []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
         now = self.clock()
