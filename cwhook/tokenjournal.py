@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from cwhook.configfile import write_atomic
 
 FILE_NAME = "trakt-tokens.jsonl"
 COMPACT_AT = 64 * 1024
@@ -102,19 +103,7 @@ class TokenJournal:
                 lines.append(json.dumps({"account": name, "access_token": pair.access_token,
                                          "refresh_token": pair.refresh_token,
                                          "expires_at": pair.expires_at}) + "\n")
-        fd, tmp = tempfile.mkstemp(prefix=".tokens.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write("".join(lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path.parent)
+        write_atomic(self.path, "".join(lines).encode("utf-8"), 0o600)
 
 
 def _fsync_dir(directory: Path) -> None:
