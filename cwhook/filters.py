@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from cwhook.config import WebhookConfig
 from cwhook.event import Event, Ignored
 
 
+def _same(name: str) -> str:
+    """A user name as compared: Unicode-normalized (a composed and a decomposed "Zoë" are one
+    name) and case-folded."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
 def _fold(name: str) -> str:
     """Plex account titles compare with case and punctuation ignored."""
-    return "".join(c for c in name.casefold() if c.isalnum())
+    return "".join(c for c in _same(name) if c.isalnum())
 
 
 def user_matches(event: Event, name: str) -> bool:
@@ -19,7 +27,7 @@ def user_matches(event: Event, name: str) -> bool:
     """
     entry = name.strip()
     if event.source != "plex":
-        return bool(entry) and (event.user_name or "").strip().casefold() == entry.casefold()
+        return bool(entry) and _same(event.user_name or "") == _same(entry)
     if entry.lower().startswith("id:"):
         return event.user_id is not None and entry[3:].strip() == event.user_id
     if entry.lower().startswith("uuid:"):

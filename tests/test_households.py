@@ -56,6 +56,8 @@ ROUTING_TABLE = [
     ("*:dad", ev("plex", "D.A.D."), True),
     ("*:dad", ev("jellyfin", None), False),
     (" plex : Anna ", ev("plex", "Anna"), True),
+    ("emby:Zoë", ev("emby", "Zoe\u0308"), True),  # a decomposed ë is the same name
+    ("plex:Zoë", ev("plex", "ZOE\u0308"), True),
 ]
 
 
