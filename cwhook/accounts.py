@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from cwhook import logs
 from cwhook.config import DEFAULT_ACCOUNT, AccountConfig, Config
@@ -39,7 +38,7 @@ class Account:
         self.cfg = cfg
         self.config = config
         self._force_dry_run = force_dry_run
-        self.auth = TraktAuth(config.path, config.trakt, journal=journal, account=cfg.name, key=cfg.key)
+        self.auth = TraktAuth(config.path, config.trakt, journal=journal, account=cfg.name)
         self.auth.observe = observe
         self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh,
                                   account=cfg.name, observe=observe)
@@ -87,7 +86,7 @@ class Accounts:
     def default(self) -> Account:
         return self.units[DEFAULT_ACCOUNT]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Account]:
         return iter(self.units.values())
 
     def wake(self, name: str | None = None) -> None:

@@ -266,12 +266,12 @@ class ScrobbleConfig:
     dry_run: bool = default("scrobble", "dry_run")
 
 
-# The keys a named account (trakt.accounts.NAME) may have; `users` has no default.
+# The keys a named account (trakt.accounts.NAME) may have: its own `users` (no default: an
+# empty list is an error there) and the same token keys as the `default` account's.
+TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
 ACCOUNT_KEYS: dict[str, tuple[Any, Checker]] = {
     "users": ([], _user_patterns),
-    "access_token": ("", _string),
-    "refresh_token": ("", _string),
-    "expires_at": (0, _int_range(0, 1 << 62)),
+    **{key: SCHEMA["trakt"][key] for key in TOKEN_KEYS},
 }
 
 
@@ -513,17 +513,23 @@ def user_name(uid: int | None = None) -> str:
         return str(uid)
 
 
-def unreadable(path: Path, exc: OSError) -> str:
-    if not isinstance(exc, PermissionError):
-        return f"{path}: cannot read: {exc.strerror or exc}"
+def ownership_fix(path: Path, access: str, runner: str) -> tuple[str, str, str]:
+    """(who we are, who owns ``path``, the fix in words): give it to us, or run as its owner."""
     me = user_name()
     try:
         owner = user_name(os.stat(path).st_uid)
     except OSError:
         owner = "?"
-    fix = f"make it readable by {me} (`chown {me} {path}`)"
+    fix = f"make it {access} {me} (`chown {me} {path}`)"
     if owner != me:
-        fix += f", or run cwhook as its owner {owner} (`sudo -u {owner} cwhook ...`)"
+        fix += f", or run {runner} {owner} (`sudo -u {owner} cwhook ...`)"
+    return me, owner, fix
+
+
+def unreadable(path: Path, exc: OSError) -> str:
+    if not isinstance(exc, PermissionError):
+        return f"{path}: cannot read: {exc.strerror or exc}"
+    me, owner, fix = ownership_fix(path, "readable by", "cwhook as its owner")
     return f"{path}: cannot read it as user {me} (permission denied; the file belongs to {owner}): {fix}"
 
 

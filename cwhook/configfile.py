@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from cwhook.config import SERVERS, Config, ConfigError, load_config, unreadable, user_name
+from cwhook.config import SERVERS, Config, ConfigError, load_config, ownership_fix, unreadable, user_name
 from cwhook.yamledit import Scalar, edit_yaml
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
@@ -84,7 +84,6 @@ def _directory(path: Path) -> Path:
 def write_failure(path: Path, exc: OSError) -> ConfigWriteError:
     """What went wrong writing ``path`` (or its lock or temporary file), and the fix."""
     directory = _directory(path)
-    me = user_name()
     if exc.errno == errno.EROFS:
         return ConfigWriteError(
             f"cannot write {path}: {directory} is on a read-only file system; nothing was changed. "
@@ -95,13 +94,7 @@ def write_failure(path: Path, exc: OSError) -> ConfigWriteError:
             f"cannot write {path}: no space left for {directory}; nothing was changed. "
             "Fix: free some space, then run the command again")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        try:
-            owner = user_name(os.stat(directory).st_uid)
-        except OSError:
-            owner = "?"
-        fix = f"make it writable for {me} (`chown {me} {directory}`)"
-        if owner != me:
-            fix += f", or run the command as {owner} (`sudo -u {owner} cwhook ...`)"
+        me, _, fix = ownership_fix(directory, "writable for", "the command as")
         return ConfigWriteError(
             f"cannot write {path}: the directory {directory} is not writable by user {me} (cwhook "
             f"replaces the file through a temporary file beside it and locks {path.name}.lock); "
@@ -173,6 +166,11 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (best effort)."""
     with contextlib.suppress(OSError):
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

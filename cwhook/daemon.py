@@ -34,8 +34,6 @@ from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
 from cwhook.store import AsyncStore, Store, StoreUnavailable
 from cwhook.tokenjournal import TokenJournal
-from cwhook.trakt import TraktClient
-from cwhook.trakt_auth import TraktAuth
 from cwhook.worker import Item, Worker
 
 log = logs.get("cwhook.daemon")
@@ -111,15 +109,6 @@ class Daemon:
         self.db.journal_ignored(IgnoredRow(arrived, ignored.reason, ignored.detail))
 
     # --- state ---------------------------------------------------------------------
-
-    @property
-    def auth(self) -> TraktAuth:
-        """The `default` account's login (the `trakt` block of /healthz describes it)."""
-        return self.accounts.default.auth
-
-    @property
-    def client(self) -> TraktClient:
-        return self.accounts.default.client
 
     @property
     def dry_run(self) -> bool:

@@ -257,7 +257,7 @@ class Lane:
             return await self._with_item(
                 event, tb.item_forms(event),
                 lambda form: self._post("/scrobble/stop", tb.scrobble_body(form, entry.progress)), "sent")
-        if (entry.attempted or entry.extra.get("maybe_delivered")) and await self._in_history(event, when):
+        if entry.attempted and await self._in_history(event, when):
             return Outcome("already_in_history")
         return await self._with_item(
             event, tb.item_forms(event),

@@ -120,6 +120,17 @@ HEADER_TIMEOUT_ANSWER = raw_response(408, "Request Timeout",
 BUSY_ANSWER = raw_response(503, "Service Unavailable", {"error": "busy"}, "Retry-After: 5\r\n")
 
 
+# What aiohttp's parser could not take, in words (first match wins; order: most specific first).
+_PROTOCOL_DETAILS: tuple[tuple[type[BaseException], str], ...] = (
+    (http_exceptions.LineTooLong, "request line or header too long"),
+    (http_exceptions.BadStatusLine, "malformed request line"),
+    (http_exceptions.InvalidHeader, "malformed header"),
+    (http_exceptions.InvalidURLError, "malformed URL"),
+    (http_exceptions.TransferEncodingError, "malformed Transfer-Encoding"),
+    (http_exceptions.ContentLengthError, "malformed Content-Length"),
+)
+
+
 def protocol_error(status: int, exc: BaseException | None) -> tuple[int, dict[str, str]]:
     """The JSON answer to what aiohttp could not parse; never quotes the request itself."""
     if status >= 500:
@@ -127,20 +138,7 @@ def protocol_error(status: int, exc: BaseException | None) -> tuple[int, dict[st
     if isinstance(exc, http_exceptions.ContentEncodingError):
         return 400, {"error": "bad_payload",
                      "detail": "unsupported or corrupt Content-Encoding (gzip and deflate are accepted)"}
-    if isinstance(exc, http_exceptions.LineTooLong):
-        detail = "request line or header too long"
-    elif isinstance(exc, http_exceptions.BadStatusLine):
-        detail = "malformed request line"
-    elif isinstance(exc, http_exceptions.InvalidHeader):
-        detail = "malformed header"
-    elif isinstance(exc, http_exceptions.InvalidURLError):
-        detail = "malformed URL"
-    elif isinstance(exc, http_exceptions.TransferEncodingError):
-        detail = "malformed Transfer-Encoding"
-    elif isinstance(exc, http_exceptions.ContentLengthError):
-        detail = "malformed Content-Length"
-    else:
-        detail = "malformed request"
+    detail = next((text for kind, text in _PROTOCOL_DETAILS if isinstance(exc, kind)), "malformed request")
     # llhttp's reason is the first line ("Invalid header token:"); the request it quotes
     # (token included) comes on the lines after it and is never repeated.
     reason = str(getattr(exc, "message", "") or "").split("\n", 1)[0].strip().rstrip(":")

@@ -65,11 +65,10 @@ class Counters:
 
 
 def problems(authorized: bool, needs_auth: str | None, unreachable: bool, dry_run: bool,
-             oldest_outbox_age: float | None, config_refused: bool = False) -> list[str]:
-    """Why the daemon is degraded; empty when it is ok."""
+             oldest_outbox_age: float | None) -> list[str]:
+    """Why one Trakt account makes the daemon degraded; empty when it is ok (the daemon-wide
+    problems are added by ``status.build``)."""
     found = []
-    if config_refused:
-        found.append("config_refused")
     if not authorized:
         found.append("trakt_not_authorized")
     if needs_auth:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cwhook.event import Event
+from cwhook.payload import safe_text
 
 MAX_EVENTS = 10_000
 MAX_AGE = 30 * 86400.0
@@ -93,8 +94,7 @@ def _only_folded(row: tuple[Any, ...]) -> bool:
 
 
 def _text(value: str | None) -> str | None:
-    """Text SQLite can store: lone surrogates (from a hostile payload) become U+FFFD."""
-    return None if value is None else value.encode("utf-8", "replace").decode("utf-8")
+    return None if value is None else safe_text(value)
 
 
 @dataclass(frozen=True)

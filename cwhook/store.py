@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from cwhook import journal, logs
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
+from cwhook.payload import safe_text
 
 log = logs.get("cwhook.store")
 
@@ -156,11 +157,6 @@ class Stats:
     set_aside: int = 0
     inbox: int = 0
     by_account: tuple[tuple[str, int, float | None], ...] = ()
-
-
-def _safe_text(value: str) -> str:
-    """Text SQLite can store: lone surrogates (from a hostile payload) become U+FFFD."""
-    return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
 
 
 def _dump(data: Any) -> str:
@@ -310,11 +306,11 @@ class Store:
         """Keep the rules' one-hour watched registry across restarts (spec §5 rule 6)."""
         if e.verb in WATCHED_VERBS:
             db.execute("INSERT OR REPLACE INTO watched (account, identity, at) VALUES (?, ?, ?)",
-                       (e.account, _safe_text(e.event.identity), e.created_at))
+                       (e.account, safe_text(e.event.identity), e.created_at))
             db.execute("DELETE FROM watched WHERE at < ?", (e.created_at - WATCHED_KEPT,))
         elif e.verb == "history_remove":
             db.execute("DELETE FROM watched WHERE account = ? AND identity = ?",
-                       (e.account, _safe_text(e.event.identity)))
+                       (e.account, safe_text(e.event.identity)))
 
     def recent_watched(self, since: float) -> list[tuple[str, str, float]]:
         """(account, item identity, when) of the watched stops decided since ``since``."""
@@ -329,7 +325,7 @@ class Store:
         cur = db.execute(
             "INSERT INTO outbox (account, session, created_at, verb, progress, event, extra)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.account, _safe_text(e.event.session_key), e.created_at, e.verb, e.progress,
+            (e.account, safe_text(e.event.session_key), e.created_at, e.verb, e.progress,
              _dump(e.event.to_dict()), _dump(e.extra or {})))
         return int(cur.lastrowid or 0)
 
@@ -364,7 +360,7 @@ class Store:
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
                 " local_failures = local_failures + ? WHERE id = ?",
-                (next_attempt_at, _safe_text(error), 1 if local_failure else 0, entry_id))
+                (next_attempt_at, safe_text(error), 1 if local_failure else 0, entry_id))
             cur = db.execute("UPDATE outbox SET set_aside = 1 WHERE id = ? AND set_aside = 0"
                              " AND local_failures >= ?", (entry_id, SET_ASIDE_AFTER))
             row = db.execute("SELECT set_aside, account, attempts FROM outbox WHERE id = ?",
@@ -375,10 +371,6 @@ class Store:
             if row is not None:
                 self.journal.retrying(db, entry_id, int(row[2]), error, bool(row[0]), time.time())
         return bool(row and row[0])
-
-    def set_extra(self, entry_id: int, extra: dict[str, Any]) -> None:
-        with self._tx() as (db, _):
-            db.execute("UPDATE outbox SET extra = ? WHERE id = ?", (_dump(extra), entry_id))
 
     def retry_now(self, account: str | None = None) -> None:
         with self._tx() as (db, _):
@@ -441,13 +433,13 @@ class Store:
 
     def match_get(self, identity: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT form FROM matches WHERE identity = ?",
-                               (_safe_text(identity),)).fetchone()
+                               (safe_text(identity),)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
     def match_put(self, identity: str, form: dict[str, Any], now: float) -> None:
         with self._tx() as (db, _):
             db.execute("INSERT OR REPLACE INTO matches (identity, form, used_at) VALUES (?, ?, ?)",
-                       (_safe_text(identity), _dump(form), now))
+                       (safe_text(identity), _dump(form), now))
             db.execute("DELETE FROM matches WHERE identity NOT IN"
                        " (SELECT identity FROM matches ORDER BY used_at DESC LIMIT ?)", (MAX_MATCHES,))
 

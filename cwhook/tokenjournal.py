@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cwhook.configfile import write_atomic
+from cwhook.configfile import fsync_dir, write_atomic
 
 FILE_NAME = "trakt-tokens.jsonl"
 COMPACT_AT = 64 * 1024
@@ -67,7 +67,7 @@ class TokenJournal:
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         if size > COMPACT_AT:
             with contextlib.suppress(OSError):
                 self._compact()
@@ -104,12 +104,3 @@ class TokenJournal:
                                          "refresh_token": pair.refresh_token,
                                          "expires_at": pair.expires_at}) + "\n")
         write_atomic(self.path, "".join(lines).encode("utf-8"), 0o600)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

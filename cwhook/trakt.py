@@ -52,9 +52,6 @@ class TraktError(Exception):
         super().__init__(f"{status}: {message}" if status else message)
         self.status = status
         self.message = message
-        # True when some attempt died without an answer (timeout, dropped connection):
-        # Trakt may have acted on it.
-        self.ambiguous = False
 
 
 class TransientError(TraktError):
@@ -223,12 +220,10 @@ class TraktClient:
     async def request(self, method: str, path: str, body: Any = None) -> Response:
         """One call with retries; a 401 triggers one refresh and one more try."""
         refreshed = False
-        failures: list[BaseException] = []
         while True:
             try:
-                response = await self._retrying(method, path, body, failures)
+                response = await self._retrying(method, path, body)
             except TraktError as exc:
-                exc.ambiguous = any(isinstance(f, TraktError) and f.status == 0 for f in (*failures, exc))
                 if not isinstance(exc, AuthError):
                     self.last_error = str(exc)
                     self.unreachable = isinstance(exc, TransientError)
@@ -244,13 +239,11 @@ class TraktClient:
             self.unreachable = False
             return response
 
-    async def _retrying(self, method: str, path: str, body: Any, failures: list[BaseException]) -> Response:
+    async def _retrying(self, method: str, path: str, body: Any) -> Response:
         policy = self.policy
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            if exc is not None:
-                failures.append(exc)
             wait = state.next_action.sleep if state.next_action else 0
             self.last_error = str(exc)
             self.unreachable = True

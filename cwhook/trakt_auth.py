@@ -37,7 +37,7 @@ def _headers() -> dict[str, str]:
     return {"Content-Type": "application/json", "User-Agent": f"cwhook/{__version__}"}
 
 
-DEFAULT_KEY = ("trakt",)
+DEFAULT_KEY = AccountConfig(DEFAULT_ACCOUNT).key
 
 
 def pair_of(data: dict[str, Any], now: float) -> Pair:
@@ -92,12 +92,12 @@ class TraktAuth:
 
     def __init__(self, config_path: Path, trakt: TraktConfig,
                  clock: Callable[[], float] = time.time, journal: TokenJournal | None = None,
-                 account: str = DEFAULT_ACCOUNT, key: tuple[str, ...] = DEFAULT_KEY) -> None:
+                 account: str = DEFAULT_ACCOUNT) -> None:
         self.config_path = config_path
         self.clock = clock
         self.journal = journal
         self.account = account
-        self.key = key
+        self.key = AccountConfig(account).key  # where its tokens live in the YAML file
         self._t = _Tokens.of(trakt, account)
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
