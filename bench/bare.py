@@ -14,7 +14,7 @@ async def handle(request: web.Request) -> web.Response:
 
 def main() -> None:
     app = web.Application(client_max_size=1 << 30)
-    app.router.add_post("/webhook/plextrakt", handle)
+    app.router.add_post("/webhook/{server}", handle)
     app.router.add_get("/healthz", lambda r: web.json_response({"status": "ok"}))
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 

@@ -2,11 +2,15 @@
 
     python bench/run.py [--seconds 8] [--connections 32]
 
-1. Starts `cwhook run --dry-run` and bench/bare.py (reads the body, answers 202) on free
-   loopback ports, and drives both with the same Plex multipart request (JSON payload plus a
-   20 KB thumbnail) from a load generator: wrk when installed, else an aiohttp client in a
-   separate process. Prints requests/s of both, their ratio, p99 latency, and the daemon's RSS
-   when idle and after the run.
+1. Starts three receivers on free loopback ports: `cwhook run` as a service runs it (default
+   log level, its log written to a file; dry-run, as it is until Trakt is authorized), the
+   durable floor bench/floor.py (the least a receiver that keeps a 202's promise must do:
+   read, cut out the payload, parse, group-commit to SQLite, answer), and bench/bare.py (reads
+   the body, answers 202). Drives each with the same requests from a load generator (wrk when
+   installed, else an aiohttp client in a separate process), in interleaved rounds: a Plex
+   multipart request (JSON payload plus a 20 KB thumbnail; a large and a small payload) and a
+   Jellyfin JSON request. Prints requests/s of each (median over the rounds), daemon/floor and
+   daemon/bare, p99 latency, and the RSS of each.
 2. Starts the daemon against the fake Trakt (tests/faketrakt.py) and measures the time from a
    `media.scrobble` POST to the fake receiving /scrobble/stop, median over 200 events. Trakt
    allows one POST per second, so this run sets CWHOOK_POST_INTERVAL=0 to measure the pipeline
@@ -48,10 +52,22 @@ def free_port() -> int:
 PAYLOADS = {
     "large": "plex_media.scrobble_movie.json",  # 15 KB of JSON: a movie with its whole cast
     "small": "plex_media.pause_episode_legacy-tvdb-agent.json",  # 1.7 KB: a typical episode
+    "jellyfin": "jellyfin_PlaybackStop_movie.json",  # 4 KB of JSON, sent as the whole body
 }
+JELLYFIN_TOKEN = "bench-jellyfin-token-0123456789ab"
+
+
+def path_for(size: str) -> str:
+    if size == "jellyfin":
+        return f"/webhook/jellyfintrakt?{JELLYFIN_TOKEN}"
+    return f"/webhook/plextrakt?{TOKEN}"
 
 
 def request_body(size: str = "large", rating_key: str = "26697", event: str = "media.play") -> tuple[bytes, str]:
+    if size == "jellyfin":
+        payload = json.loads((ROOT / "tests/fixtures" / PAYLOADS[size]).read_bytes())
+        payload["NotificationType"] = "PlaybackStart"
+        return json.dumps(payload).encode(), "application/json"
     payload = json.loads((ROOT / "tests/fixtures" / PAYLOADS[size]).read_bytes())
     payload["Metadata"].setdefault("duration", 1320000)
     payload["event"] = event
@@ -78,6 +94,8 @@ def config(port: int, state: Path, trakt_url: str = "http://127.0.0.1:9", access
 webhooks:
   plex:
     token: {TOKEN}
+  jellyfin:
+    token: {JELLYFIN_TOKEN}
 scrobble:
   pause_debounce_seconds: {debounce}
 trakt:
@@ -176,32 +194,50 @@ def load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any
 # --- the runs --------------------------------------------------------------------------------------
 
 
-def throughput(seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
+def throughput(seconds: float, connections: int, rounds: int, tmp: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    bare_port, daemon_port = free_port(), free_port()
-    bare = subprocess.Popen([sys.executable, str(ROOT / "bench/bare.py"), str(bare_port)])
+    ports = {"bare": free_port(), "floor": free_port(), "daemon": free_port()}
     cfg = tmp / "bench.yml"
-    cfg.write_text(config(daemon_port, tmp / "state"))
-    daemon = subprocess.Popen([sys.executable, "-m", "cwhook", "run", "--dry-run", "-c", str(cfg)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    cfg.write_text(config(ports["daemon"], tmp / "state"))
+    log = (tmp / "daemon.log").open("wb")
+    procs = {
+        "bare": subprocess.Popen([sys.executable, str(ROOT / "bench/bare.py"), str(ports["bare"])]),
+        "floor": subprocess.Popen([sys.executable, str(ROOT / "bench/floor.py"), str(ports["floor"]),
+                                   str(tmp / "floor.sqlite3")]),
+        "daemon": subprocess.Popen([sys.executable, "-m", "cwhook", "run", "-c", str(cfg)],
+                                   stdout=log, stderr=log, cwd=tmp),
+    }
     try:
-        wait_up(bare_port)
-        wait_up(daemon_port)
+        for port in ports.values():
+            wait_up(port)
         time.sleep(1)
-        results["daemon_idle_rss_mb"] = rss_mb(daemon.pid)
+        results["idle_rss_mb"] = {name: rss_mb(proc.pid) for name, proc in procs.items()}
         for size in PAYLOADS:
-            bare_r = load(f"http://127.0.0.1:{bare_port}/webhook/plextrakt?{TOKEN}", seconds, connections, size)
-            daemon_r = load(f"http://127.0.0.1:{daemon_port}/webhook/plextrakt?{TOKEN}", seconds,
-                            connections, size)
-            results[size] = {"bare": bare_r, "daemon": daemon_r, "ratio": daemon_r["rps"] / bare_r["rps"]}
-        results["daemon_rss_after_mb"] = rss_mb(daemon.pid)
-        results["bare_rss_after_mb"] = rss_mb(bare.pid)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in procs}
+            for i in range(rounds):
+                order = list(procs) if i % 2 == 0 else list(reversed(procs))
+                for name in order:
+                    runs[name].append(load(f"http://127.0.0.1:{ports[name]}{path_for(size)}", seconds,
+                                           connections, size))
+            row = {name: median_run(r) for name, r in runs.items()}
+            row["daemon_per_floor"] = row["daemon"]["rps"] / row["floor"]["rps"]
+            row["daemon_per_bare"] = row["daemon"]["rps"] / row["bare"]["rps"]
+            row["rounds"] = {name: [round(r["rps"]) for r in rs] for name, rs in runs.items()}
+            results[size] = row
+        results["rss_after_mb"] = {name: rss_mb(proc.pid) for name, proc in procs.items()}
     finally:
-        bare.terminate()
-        daemon.terminate()
-        bare.wait(10)
-        daemon.wait(20)
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(20)
+        log.close()
+    results["daemon_log_lines"] = sum(1 for _ in (tmp / "daemon.log").open("rb"))
     return results
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median requests/s (its p99 and counts go with it)."""
+    return sorted(runs, key=lambda r: float(r["rps"]))[len(runs) // 2]
 
 
 def scrobble_latency(events: int, tmp: Path) -> dict[str, Any]:
@@ -258,23 +294,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each receiver per payload")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp client even if wrk is installed")
     args = parser.parse_args()
     global USE_WRK
     USE_WRK = not args.no_wrk
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cwhook-bench-") as tmp:
-        t = throughput(args.seconds, args.connections, Path(tmp))
+        t = throughput(args.seconds, args.connections, args.rounds, Path(tmp))
         lat = scrobble_latency(args.events, Path(tmp))
     print(f"machine: {os.cpu_count()} cores, {sys.version.split()[0]}, load generator "
-          f"{t['large']['bare']['tool']}, {args.connections} connections, {args.seconds:g} s per run")
+          f"{t['large']['bare']['tool']}, {args.connections} connections, {args.seconds:g} s per run, "
+          f"{args.rounds} interleaved rounds (median shown)")
+    labels = {"large": "Plex multipart, 15 KB payload + 20 KB thumbnail",
+              "small": "Plex multipart, 1.7 KB payload + 20 KB thumbnail", "jellyfin": "Jellyfin JSON, 4 KB"}
     for size in PAYLOADS:
         r = t[size]
-        print(f"[{size} payload + 20 KB thumbnail] baseline {r['bare']['rps']:.0f} req/s "
-              f"(p99 {r['bare']['p99_ms']:.1f} ms), cwhook {r['daemon']['rps']:.0f} req/s "
-              f"(p99 {r['daemon']['p99_ms']:.1f} ms): ratio {r['ratio']:.2f}")
-    print(f"cwhook RSS: idle {t['daemon_idle_rss_mb']:.1f} MB, after the run {t['daemon_rss_after_mb']:.1f} MB "
-          f"(baseline after the run {t['bare_rss_after_mb']:.1f} MB)")
+        figures = ", ".join(f"{name} {r[name]['rps']:.0f} req/s (p99 {r[name]['p99_ms']:.1f} ms)"
+                            for name in ("floor", "bare", "daemon"))
+        print(f"[{labels[size]}] {figures}: daemon/floor {r['daemon_per_floor']:.2f}, "
+              f"daemon/bare {r['daemon_per_bare']:.2f}")
+    rss = [f"{name} {t['idle_rss_mb'][name]:.1f} / {t['rss_after_mb'][name]:.1f} MB"
+           for name in ("floor", "bare", "daemon")]
+    print("RSS idle / after the runs: " + ", ".join(rss))
     print(f"media.scrobble POST -> /scrobble/stop on the fake: median {lat['median_ms']:.1f} ms, "
           f"p90 {lat['p90_ms']:.1f} ms over {lat['delivered']}/{lat['events']} events")
     print(f"benchmark took {time.time() - started:.0f} s")
