@@ -1,4 +1,4 @@
-"""The aiohttp application: the three webhook endpoints, /healthz and /metrics.
+"""The aiohttp application: the four webhook endpoints, /healthz and /metrics.
 
 A webhook request is answered at once: the body is read (multipart streamed,
 only the JSON part kept), parsed by the pure parser of its server, filtered,
@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from cwhook import edge, emby, filters, jellyfin, logs, plex, redact, routing
+from cwhook import edge, emby, filters, jellyfin, logs, plex, redact, routing, tautulli
 from cwhook.config import Config
 from cwhook.event import BadPayload, Event, Ignored, ParseResult
 from cwhook.health import Counters
@@ -38,9 +38,10 @@ PARSERS: dict[str, tuple[Parser, str]] = {
     "plex": (plex.parse, "payload"),
     "jellyfin": (jellyfin.parse, "payload"),
     "emby": (emby.parse, "data"),
+    "tautulli": (tautulli.parse, "payload"),
 }
 ROUTES = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
-          "emby": "/webhook/embytrakt"}
+          "emby": "/webhook/embytrakt", "tautulli": "/webhook/tautullitrakt"}
 CHUNK = 65536
 RETRY_AFTER_BUSY = "5"
 RETRY_AFTER_UNAVAILABLE = "10"

@@ -20,7 +20,7 @@ import yaml
 
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
-SERVERS = ("plex", "jellyfin", "emby")
+SERVERS = ("plex", "jellyfin", "emby", "tautulli")
 DEFAULT_ACCOUNT = "default"
 ACCOUNT_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
@@ -132,8 +132,9 @@ def pattern_problem(pattern: str) -> str | None:
         return f"{pattern!r}: the server must be one of {', '.join(SERVERS)} or *"
     if "*" in name and name != "*":
         return f"{pattern!r}: a NAME matches exactly (no wildcards); use {server}:* for every user"
-    if server in ("plex", "*") and name.lower().startswith("id:") and not name[3:].strip().isdigit():
-        return f"{pattern!r}: a Plex account id is a number, e.g. plex:id:1234567"
+    if server in ("plex", "tautulli", "*") and name.lower().startswith("id:") \
+            and not name[3:].strip().isdigit():
+        return f"{pattern!r}: a Plex account id is a number, e.g. {server}:id:1234567"
     if server in ("plex", "*") and name.lower().startswith("uuid:") and not name[5:].strip():
         return f"{pattern!r}: give the Plex account uuid after uuid:"
     return None
@@ -179,6 +180,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         ),
         "jellyfin": _webhook({}),
         "emby": _webhook({}),
+        "tautulli": _webhook({}),
     },
     "scrobble": {
         "pause_debounce_seconds": (5, _number_range(0, 3600)),

@@ -33,7 +33,8 @@ from cwhook.yamledit import Scalar, edit_yaml
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
 NEW_FILE_MODE = 0o600
-ENDPOINTS = {"plex": "plextrakt", "jellyfin": "jellyfintrakt", "emby": "embytrakt"}
+ENDPOINTS = {"plex": "plextrakt", "jellyfin": "jellyfintrakt", "emby": "embytrakt",
+             "tautulli": "tautullitrakt"}
 REWRITE_WAIT = 10.0  # how long a writer waits for a complete file before giving up
 REREAD_PAUSE = 0.2
 SETTLED = 1.0  # a file changed less than this long ago may still be being written
@@ -373,6 +374,13 @@ CURL_EXAMPLES = {
         "{{\"DeviceId\":\"curl\"}},\"Item\":{{\"Type\":\"Movie\",\"Name\":\"Guardians of the Galaxy\","
         "\"ProductionYear\":2014,\"ProviderIds\":{{\"Imdb\":\"tt2015381\"}},"
         "\"RunTimeTicks\":73200000000}},\"PlaybackInfo\":{{\"PositionTicks\":600000000}}}}'"
+    ),
+    "tautulli": (
+        "curl -sS -X POST '{url}' -H 'Content-Type: application/json' -d "
+        "'{{\"action\":\"play\",\"media_type\":\"movie\",\"username\":\"me\",\"user_id\":\"1\","
+        "\"machine_id\":\"curl\",\"session_key\":\"1\",\"title\":\"Guardians of the Galaxy\","
+        "\"year\":\"2014\",\"imdb_id\":\"tt2015381\",\"view_offset\":\"60000\","
+        "\"duration_ms\":\"7320000\"}}'"
     ),
 }
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Source = Literal["plex", "jellyfin", "emby"]
+Source = Literal["plex", "jellyfin", "emby", "tautulli"]
 Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress",
                  "mark_watched", "mark_unwatched"]
 Kind = Literal["movie", "episode", "show", "season"]

@@ -23,9 +23,12 @@ def user_matches(event: Event, name: str) -> bool:
     """Does a whitelist entry (or the NAME of a SERVER:NAME pattern) name the event's user?
 
     Plex: the account title with case and punctuation ignored, ``id:<n>`` or
-    ``uuid:<u>``; Jellyfin and Emby: the user name, case ignored.
+    ``uuid:<u>``; Tautulli: the Plex user name, case ignored, or ``id:<n>`` (its user_id);
+    Jellyfin and Emby: the user name, case ignored.
     """
     entry = name.strip()
+    if event.source == "tautulli" and entry.lower().startswith("id:"):
+        return event.user_id is not None and entry[3:].strip() == event.user_id
     if event.source != "plex":
         return bool(entry) and _same(event.user_name or "") == _same(entry)
     if entry.lower().startswith("id:"):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cwhook.config import SERVERS
 from cwhook.event import Event
 from cwhook.payload import safe_text
 
@@ -374,7 +375,7 @@ def read(path: Path, limit: int = 20, user: str | None = None, item: str | None 
         where, args = [], []
         if user:
             server, _, name = user.rpartition(":")
-            if server in ("plex", "jellyfin", "emby"):
+            if server in SERVERS:
                 where.append("server = ?")
                 args.append(server)
             else:

@@ -30,11 +30,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from cwhook.config import SERVERS
 from cwhook.health import Counters
 from cwhook.rules import REASONS
 from cwhook.status import Snapshot
 
-SERVERS = ("plex", "jellyfin", "emby")
 OUTCOMES = ("queued", "ignored", "bad_payload", "invalid_token", "too_large", "busy", "disabled",
             "unavailable", "client_gone")
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

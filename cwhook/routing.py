@@ -1,6 +1,6 @@
 """Routing (pure): which Trakt accounts an event goes to (spec §8).
 
-Each account has a list of user patterns ``SERVER:NAME``: SERVER is plex,
+Each account has a list of user patterns ``SERVER:NAME``: SERVER is plex, tautulli,
 jellyfin, emby or ``*``; NAME matches as the whitelists do (``filters.user_matches``:
 Plex account title with case and punctuation ignored, ``id:<n>``, ``uuid:<u>``;
 Jellyfin/Emby user name, case ignored) or is ``*``. ``*`` alone means ``*:*``.

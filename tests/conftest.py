@@ -45,7 +45,7 @@ def fake_trakt() -> Iterator[FakeTrakt]:
 
 
 TOKENS = {"plex": "plex-token-0123456789abcdef", "jellyfin": "jellyfin-token-0123456789ab",
-          "emby": "emby-token-0123456789abcdef"}
+          "emby": "emby-token-0123456789abcdef", "tautulli": "tautulli-token-0123456789ab"}
 
 
 def config_text(port: int, state_dir: Path, trakt_url: str = "http://127.0.0.1:9",
@@ -63,6 +63,8 @@ webhooks:
     token: '{TOKENS['jellyfin']}'
   emby:
     token: {TOKENS['emby']}
+  tautulli:
+    token: {TOKENS['tautulli']}
 scrobble:
   pause_debounce_seconds: 1
 {extra_scrobble}trakt:
@@ -135,7 +137,7 @@ class Daemon:
     def post(self, server: str, body: bytes, content_type: str = "application/json",
              token: str | None = None) -> tuple[int, dict[str, Any]]:
         path = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
-                "emby": "/webhook/embytrakt"}[server]
+                "emby": "/webhook/embytrakt", "tautulli": "/webhook/tautullitrakt"}[server]
         status, data, _ = self.request("POST", f"{path}?{token or TOKENS[server]}", body,
                                        {"Content-Type": content_type})
         return status, data

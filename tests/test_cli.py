@@ -129,7 +129,7 @@ def test_urls_fills_empty_tokens(tmp_path: Path) -> None:
     assert out.returncode == 0
     data = yaml.safe_load(path.read_text())
     assert path.read_text().startswith("# mine\nserver:\n  host: 127.0.0.1\n  port: 9000\n")
-    for server in ("plex", "jellyfin", "emby"):
+    for server in ("plex", "jellyfin", "emby", "tautulli"):
         assert f"http://127.0.0.1:9000/webhook/{server}trakt?{data['webhooks'][server]['token']}" in out.stdout
 
 
@@ -151,7 +151,7 @@ def test_rotate_some_or_all(tmp_path: Path) -> None:
     out = cwhook("rotate-tokens", "-c", str(path))
     data2 = yaml.safe_load(path.read_text())
     assert all(data2["webhooks"][s]["token"] != data["webhooks"][s]["token"]
-               for s in ("plex", "jellyfin", "emby"))
+               for s in ("plex", "jellyfin", "emby", "tautulli"))
     # quoting styles of the file were kept
     text = path.read_text()
     assert '    token: "' in text and "    token: '" in text

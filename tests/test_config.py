@@ -72,7 +72,7 @@ def test_every_schema_key_is_documented_with_a_comment() -> None:
         documented = any("#" in lines[i] or any(lines[j].strip().startswith("#")
                                                 for j in range(max(0, i - 4), i)) for i in idx)
         # keys that repeat per server share the plex documentation
-        assert documented or dotted.startswith(("webhooks.jellyfin", "webhooks.emby")), dotted
+        assert documented or dotted.startswith(("webhooks.jellyfin", "webhooks.emby", "webhooks.tautulli")), dotted
 
 
 def test_empty_file_is_all_defaults() -> None:
@@ -96,7 +96,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert found == [
         "server.hots (line 3): unknown key (known: host, port, public_url, max_body_bytes, metrics)",
         "server.port (line 2): must be a whole number between 1 and 65535",
-        "webhooks.jelly (line 7): unknown key (known: plex, jellyfin, emby)",
+        "webhooks.jelly (line 7): unknown key (known: plex, jellyfin, emby, tautulli)",
         "webhooks.plex.ratings (line 6): must be true or false",
         "logging.level (line 10): must be one of debug|info|warning|error",
     ]

@@ -46,7 +46,8 @@ def check_answer(documented: dict[str, object], body: dict[str, object]) -> None
 
 def test_docs_have_curl_examples_for_every_endpoint() -> None:
     text = " ".join(cmd for _, cmd, _ in examples())
-    for path in ("/healthz", "/webhook/plextrakt", "/webhook/jellyfintrakt", "/webhook/embytrakt"):
+    for path in ("/healthz", "/webhook/plextrakt", "/webhook/jellyfintrakt", "/webhook/embytrakt",
+                 "/webhook/tautullitrakt"):
         assert path in text
 
 
@@ -54,7 +55,7 @@ def test_docs_have_curl_examples_for_every_endpoint() -> None:
 def test_every_curl_example(daemon_factory: Callable[..., Daemon]) -> None:
     d = daemon_factory()
     env = dict(os.environ, PLEX_TOKEN=TOKENS["plex"], JELLYFIN_TOKEN=TOKENS["jellyfin"],
-               EMBY_TOKEN=TOKENS["emby"])
+               EMBY_TOKEN=TOKENS["emby"], TAUTULLI_TOKEN=TOKENS["tautulli"])
     ran = answers = 0
     for page, command, expected, answer in answered_examples():
         cmd = command.replace("http://localhost:8787", d.base) + " -w '\\n%{http_code}'"
