@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, edge, logs, status
+from cwhook import __version__, edge, items, logs, status
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (
@@ -67,7 +67,7 @@ class Daemon:
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._admitting = 0
         self._unavailable: tuple[float, str] | None = None
-        self.rules = Rules(config.scrobble)
+        self.rules = Rules(config.scrobble, aliases=items.SHARED)
         self.db = AsyncStore(Store(config.state_dir))
         self.store = self.db.store
         self.journal = TokenJournal(config.state_dir)

@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cwhook import logs
+from cwhook import items, logs
 from cwhook import trakt_bodies as tb
 from cwhook.event import Event
 from cwhook.health import Counters
+from cwhook.items import TraktAliases
 from cwhook.journal import Result
 from cwhook.store import AsyncStore, Entry, NewEntry, StoreUnavailable
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
@@ -86,8 +87,10 @@ class Lane:
         options: Callable[[], Options],
         needs_auth: Callable[[], str | None],
         clock: Callable[[], float] = time.time,
+        aliases: TraktAliases = items.SHARED,
     ) -> None:
         self.account = account
+        self.aliases = aliases  # what Trakt matched each item to, for the rules (docs/rules.md)
         self.client = client
         self.db = db
         self.store = db.store
@@ -307,7 +310,7 @@ class Lane:
         for form in candidates:
             found = await self._attempt(call, form, tried)
             if found is not None:
-                return await self._matched(key, form, found, result, dry)
+                return await self._matched(event, form, found, result, dry)
         if dry:
             return Outcome("dry_run", {"note": "no item form to send"})
         text = tb.text_search(event)
@@ -318,7 +321,7 @@ class Lane:
                 candidates.append(searched)
                 found = await self._attempt(call, searched, tried)
                 if found is not None:
-                    return await self._matched(key, searched, found, result, dry)
+                    return await self._matched(event, searched, found, result, dry)
         raise NotFound(404, "no match on Trakt; tried " + "; ".join(tried or ["nothing to try"]))
 
     async def _attempt(self, call: Call, form: tb.Body, tried: list[str]) -> Response | None:
@@ -342,10 +345,12 @@ class Lane:
             tried.append(f"GET {path} (no usable result)")
         return forms
 
-    async def _matched(self, key: str, form: tb.Body, resp: Response, result: str,
+    async def _matched(self, event: Event, form: tb.Body, resp: Response, result: str,
                        dry: bool) -> Outcome:
         if dry:
             return Outcome("dry_run")
+        key = event.identity
+        self.aliases.learn_answer(event, resp.data)
         with contextlib.suppress(StoreUnavailable):  # only a cache: the call itself succeeded
             await self.db.call(self.store.match_put, key, tb.remembered_form(form, resp.data), self.clock())
         detail: dict[str, Any] = {"status": resp.status}

@@ -89,10 +89,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from cwhook.config import ScrobbleConfig
 from cwhook.event import Event, Ids
+from cwhook.items import TraktAliases
 
 Verb = Literal["start", "pause", "stop", "rate", "history_add", "history_remove"]
 
@@ -130,6 +131,8 @@ STOP_FLOOR = 1.0
 RATING_WINDOW = 600.0
 ALREADY_PLAYING_PERCENT = 5.0  # a start this close to where playback should be is a repeat
 SWEEP_INTERVAL = 30.0  # idle sessions and old marks are forgotten at most this often
+MAX_NAMES = 8  # names per item (cwhook.items.names) the watched memory is sized for
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,11 @@ class Rules:
         settings: ScrobbleConfig,
         max_sessions: int = 2000,
         idle_seconds: float = 6 * 3600.0,
+        aliases: TraktAliases | None = None,
     ) -> None:
         self.settings = settings
+        # What Trakt matched items to, shared by every account's rules (items.SHARED in the daemon).
+        self.aliases = aliases if aliases is not None else TraktAliases()
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
@@ -244,9 +250,10 @@ class Rules:
         return self._per_episode(out)
 
     def remember_watched(self, identity: str, at: float) -> None:
-        """At start: an item watched before the restart (the store keeps the last hour)."""
+        """At start: an item watched before the restart (the store keeps the last hour, one
+        row per name of the item)."""
         if at > self._watched.get(identity, 0.0):
-            self._remember_watched(identity, at)
+            self._remember_watched((identity,), at)
 
     def held_events(self) -> list[Event]:
         """The events whose decision is still open (pauses in their debounce window)."""
@@ -411,21 +418,20 @@ class Rules:
     def _watched_stop(
         self, s: _Session, event: Event, progress: float, now: float, reason: Reason
     ) -> Decision:
-        key = _item(event)
         s.last_progress = progress
         if self._watched_elsewhere(s, event, now):
             s.watched = True
             return Decision(event, "already_watched", progress=progress,
                             notes=(*s.notes, "watched_elsewhere"))
         s.watched = True
-        self._remember_watched(key, now)
+        self._remember_watched(self._names(event), now)
         progress = max(STOP_FLOOR, _bound(progress))
         return Decision(event, reason, Send("stop", event, progress), progress, tuple(s.notes))
 
     def _watched_elsewhere(self, s: _Session, event: Event, now: float) -> bool:
         """The user's item was scrobbled within the hour, and this session has not begun
         a new viewing (below 5 %) since."""
-        seen = self._watched.get(_item(event))
+        seen = self._seen(event)
         if seen is None or now - seen > WATCHED_WINDOW:
             return False
         return s.fresh_at is None or s.fresh_at <= seen
@@ -434,33 +440,46 @@ class Rules:
         """An item marked watched or unwatched by hand in Jellyfin or Emby."""
         if not self.settings.sync_manual_marks:
             return Decision(event, "manual_marks_disabled", notes=("scrobble.sync_manual_marks",))
-        key = _item(event)
-        last = self._marks.get(key)
+        keys = self._names(event)
+        last = _newest(self._marks, keys)
         if last is not None and last[0] == event.action and now - last[1] <= RATING_WINDOW:
             return Decision(event, "duplicate")
-        self._marks[key] = (event.action, now)
+        for key in keys:
+            self._marks[key] = (event.action, now)
         if event.action == "mark_unwatched":
-            self._watched.pop(key, None)
+            for key in keys:
+                self._watched.pop(key, None)
             return Decision(event, "sent", Send("history_remove", event, 0.0), 0.0)
-        seen = self._watched.get(key)
+        seen = self._seen(event)
         if seen is not None and now - seen <= WATCHED_WINDOW:
             return Decision(event, "already_watched", progress=100.0, notes=("watched_recently",))
-        self._remember_watched(key, now)
+        self._remember_watched(keys, now)
         return Decision(event, "sent", Send("history_add", event, 100.0), 100.0)
 
-    def _remember_watched(self, key: str, now: float) -> None:
-        """Bounded like sessions: the oldest entries go first."""
-        self._watched.pop(key, None)
-        self._watched[key] = now
-        while len(self._watched) > self.max_sessions:
+    def _remember_watched(self, keys: tuple[str, ...], now: float) -> None:
+        """Under every name of the item; bounded like sessions (a few names per item): the
+        oldest entries go first."""
+        for key in keys:
+            self._watched.pop(key, None)
+            self._watched[key] = now
+        while len(self._watched) > self.max_sessions * MAX_NAMES:
             del self._watched[next(iter(self._watched))]
 
+    def _names(self, event: Event) -> tuple[str, ...]:
+        return _item(event, self.aliases)
+
+    def _seen(self, event: Event) -> float | None:
+        """When the item, by any of its names, was last watched (for this account)."""
+        times = [t for key in self._names(event) if (t := self._watched.get(key)) is not None]
+        return max(times) if times else None
+
     def _rate(self, event: Event, now: float) -> Decision:
-        key = _item(event)
-        last = self._ratings.get(key)
+        keys = self._names(event)
+        last = _newest(self._ratings, keys)
         if last is not None and last[0] == event.rating and now - last[1] <= RATING_WINDOW:
             return Decision(event, "duplicate")
-        self._ratings[key] = (event.rating, now)
+        for key in keys:
+            self._ratings[key] = (event.rating, now)
         return Decision(event, "sent", Send("rate", event, 0.0))
 
     # --- multi-episode files ------------------------------------------------------
@@ -543,11 +562,18 @@ class Rules:
         return session
 
 
-def _item(event: Event) -> str:
-    """The key of the one-hour registries (watched, ratings, marks). One ``Rules`` serves one
-    Trakt account (spec §8), so an item is the same whichever of the account's media-server
+def _item(event: Event, aliases: TraktAliases) -> tuple[str, ...]:
+    """The keys of the one-hour registries (watched, ratings, marks): every name of the item
+    (cwhook.items), so that two servers naming one item differently meet. One ``Rules`` serves
+    one Trakt account (spec §8), so an item is the same whichever of the account's media-server
     users played it: Anna on Plex and on Jellyfin, or `Family`, is one person to Trakt."""
-    return event.identity
+    return aliases.names(event)
+
+
+def _newest(memory: dict[str, tuple[_V, float]], keys: tuple[str, ...]) -> tuple[_V, float] | None:
+    """The most recent entry of ``memory`` under any of ``keys``."""
+    found = [entry for key in keys if (entry := memory.get(key)) is not None]
+    return max(found, key=lambda entry: entry[1]) if found else None
 
 
 def _bound(progress: float) -> float:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cwhook import journal, logs
+from cwhook import items, journal, logs
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 from cwhook.payload import safe_text
@@ -304,13 +304,14 @@ class Store:
     @staticmethod
     def _remember(db: sqlite3.Connection, e: NewEntry) -> None:
         """Keep the rules' one-hour watched registry across restarts (spec §5 rule 6)."""
+        # One row per name of the item (cwhook.items): another server's name for it meets one.
+        keys = [(e.account, safe_text(name)) for name in items.names(e.event)]
         if e.verb in WATCHED_VERBS:
-            db.execute("INSERT OR REPLACE INTO watched (account, identity, at) VALUES (?, ?, ?)",
-                       (e.account, safe_text(e.event.identity), e.created_at))
+            db.executemany("INSERT OR REPLACE INTO watched (account, identity, at) VALUES (?, ?, ?)",
+                           [(*key, e.created_at) for key in keys])
             db.execute("DELETE FROM watched WHERE at < ?", (e.created_at - WATCHED_KEPT,))
         elif e.verb == "history_remove":
-            db.execute("DELETE FROM watched WHERE account = ? AND identity = ?",
-                       (e.account, safe_text(e.event.identity)))
+            db.executemany("DELETE FROM watched WHERE account = ? AND identity = ?", keys)
 
     def recent_watched(self, since: float) -> list[tuple[str, str, float]]:
         """(account, item identity, when) of the watched stops decided since ``since``."""

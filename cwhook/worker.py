@@ -61,7 +61,7 @@ class Worker:
         """Rules run per Trakt account: one watched stop per viewing, the one-hour dedupe."""
         rules = self._rules.get(account)
         if rules is None:
-            rules = self._rules[account] = Rules(self.rules.settings)
+            rules = self._rules[account] = Rules(self.rules.settings, aliases=self.rules.aliases)
         return rules
 
     def update_settings(self, settings: ScrobbleConfig) -> None:

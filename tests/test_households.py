@@ -158,6 +158,8 @@ webhooks:
     token: "{jellyfin}"
   emby:
     token: "{emby}"
+  tautulli:
+    token: "{tautulli}"
 scrobble:
   pause_debounce_seconds: 1
 trakt:
@@ -210,7 +212,8 @@ def household(tmp_path: Path, fake_trakt: FakeTrakt) -> Iterator[Callable[..., D
         path = tmp_path / "cwhook.yml"
         path.write_text(HOUSEHOLD.format(
             port=port, url=fake_trakt.url, state=tmp_path / "state", plex=TOKENS["plex"],
-            jellyfin=TOKENS["jellyfin"], emby=TOKENS["emby"], dad_access=dad[0], dad_refresh=dad[1],
+            jellyfin=TOKENS["jellyfin"], emby=TOKENS["emby"], tautulli=TOKENS["tautulli"],
+            dad_access=dad[0], dad_refresh=dad[1],
             dad_expires=dad[2], anna_access=anna[0], anna_refresh=anna[1], anna_expires=anna[2]))
         d = Daemon(path, port, env=env)
         started.append(d)
