@@ -32,8 +32,9 @@ from cwhook.event import Event
 from cwhook.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text
 
-PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt"}
-FIELD = {"plex": "payload", "jellyfin": "payload", "emby": "data"}
+PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt",
+         "tautulli": "/webhook/tautullitrakt"}
+FIELD = {"plex": "payload", "jellyfin": "payload", "emby": "data", "tautulli": "payload"}
 SAMPLES = {server: [p for p in sorted(FIXTURES.rglob("*.json")) if p.name.startswith(server)]
            for server in PATHS}
 
@@ -53,7 +54,8 @@ EVIL = [
 ]
 EVIL_KEYS = ['"\\ud800"', '"event"', '"Event"', '"NotificationType"', '"\\udfffMetadata"', '"ProviderIds"']
 EVENT_NAMES = ['"media.play"', '"media.scrobble"', '"media.rate"', '"playback.stop"', '"PlaybackStart"',
-               '"PlaybackProgress"', '"PlaybackStop"', '"\\ud800"', '"' + "e" * 5000 + '"']
+               '"PlaybackProgress"', '"PlaybackStop"', '"watched"', '"resume"', '"{action}"', '"\\ud800"',
+               '"' + "e" * 5000 + '"']
 ENCODINGS = ["br", "zstd", "compress", "x-gzip", "gzip, gzip", "gzip;q=1", "\u00e9".encode().decode("latin-1"),
              "identity", "deflate", "gzip"]
 CTYPES = ["application/json", "text/plain", "text/plain; charset=utf-8", "", "application/octet-stream",
@@ -95,7 +97,7 @@ def mutate_json(doc: Any, rnd: random.Random, server: str) -> bytes:
                 holes[mark] = rnd.choice(EVIL)
                 doc = _set(doc, path, mark)
             elif choice < 0.8 and isinstance(doc, dict):
-                key = {"plex": "event", "emby": "Event", "jellyfin": "NotificationType"}[server]
+                key = {"plex": "event", "emby": "Event", "jellyfin": "NotificationType", "tautulli": "action"}[server]
                 holes[mark] = rnd.choice(EVENT_NAMES)
                 doc[key] = mark
             elif choice < 0.9 and path:

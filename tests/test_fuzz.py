@@ -33,7 +33,7 @@ async def test_fuzz_every_answer_is_json_and_none_is_5xx() -> None:
         logs.configure("info", "json")
     summary = tally.summary()
     print(f"\nfuzz: {json.dumps(summary)} in {time.monotonic() - started:.1f}s")
-    assert sum(v["requests"] for v in summary.values()) >= 3 * PER_ENDPOINT
+    assert sum(v["requests"] for v in summary.values()) >= len(fuzzkit.PATHS) * PER_ENDPOINT
     assert tally.fivexx == []
     assert tally.not_json == []
     assert tally.unanswered == []

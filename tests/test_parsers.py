@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from cwhook import emby, jellyfin, plex
+from cwhook import emby, jellyfin, plex, tautulli
 from cwhook.event import BadPayload, Event, Ids, Ignored
 from cwhook.plex import HamaGuid, parse_hama_guid, parse_legacy_guid
 from tests.conftest import fixture_bytes, fixture_json
 
-PARSERS = {"plex": plex.parse, "jellyfin": jellyfin.parse, "emby": emby.parse}
+PARSERS = {"plex": plex.parse, "jellyfin": jellyfin.parse, "emby": emby.parse, "tautulli": tautulli.parse}
 
 # fixture -> expected fields of the Event (or the ignore reason)
 CASES: list[tuple[str, dict[str, Any] | str]] = [
@@ -85,6 +85,12 @@ CASES: list[tuple[str, dict[str, Any] | str]] = [
     ("reconstructed/emby_playback.stop_episode.RECONSTRUCTED.json", dict(
         action="stop", kind="episode", progress=100.0, user_name="alice")),
     ("reconstructed/emby_item.rate_episode.RECONSTRUCTED.json", "event_not_handled"),
+    ("reconstructed/tautulli_play_movie.RECONSTRUCTED.json", dict(
+        action="start", kind="movie", title="Guardians of the Galaxy", year=2014,
+        ids=Ids(imdb="tt2015381", tmdb=118340), user_name="anna", user_id="1234567")),
+    ("reconstructed/tautulli_watched_episode.RECONSTRUCTED.json", dict(
+        action="scrobble", kind="episode", ids=Ids(), show_title="Breaking Bad",
+        show_ids=Ids(imdb="tt0903747", tmdb=1396, tvdb=81189), season=1, number=1)),
 ]
 
 
@@ -306,6 +312,7 @@ def test_wrong_types_never_crash(parser: str) -> None:
         "plex": fixture_json("plex_media.scrobble_episode.json"),
         "jellyfin": fixture_json("reconstructed/jellyfin_PlaybackProgress_episode_paused.RECONSTRUCTED.json"),
         "emby": fixture_json("reconstructed/emby_playback.pause_episode.RECONSTRUCTED.json"),
+        "tautulli": fixture_json("reconstructed/tautulli_watched_episode.RECONSTRUCTED.json"),
     }
     base = bases[parser]
 
