@@ -148,6 +148,11 @@ def test_rotate_some_or_all(tmp_path: Path) -> None:
                if a != b]
     assert len(changed) == 1
     settled(path)
+    out = cwhook("rotate-tokens", "-c", str(path), "tautulli")
+    assert out.returncode == 0 and "tautullitrakt?" in out.stdout and "embytrakt" not in out.stdout
+    assert yaml.safe_load(path.read_text())["webhooks"]["tautulli"]["token"] != TOKENS["tautulli"]
+    settled(path)
+    data = yaml.safe_load(path.read_text())
     out = cwhook("rotate-tokens", "-c", str(path))
     data2 = yaml.safe_load(path.read_text())
     assert all(data2["webhooks"][s]["token"] != data["webhooks"][s]["token"]

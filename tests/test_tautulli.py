@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cwhook import items, tautulli
-from cwhook.config import ScrobbleConfig
+from cwhook import filters, items, routing, tautulli
+from cwhook.config import ScrobbleConfig, WebhookConfig, pattern_problem
 from cwhook.event import Event, Ids, Ignored
 from cwhook.rules import Rules
 from tests.conftest import Daemon, wait_for
@@ -157,6 +158,19 @@ def test_unrendered_template_says_so() -> None:
     assert "not filled in" in result.detail
 
 
+def test_whitelist_and_households_patterns() -> None:
+    event = parse(MOVIE)
+    assert isinstance(event, Event)
+    for allowed in (("Anna",), ("id:1234567",), ()):
+        assert filters.check(event, WebhookConfig(username_whitelist=allowed)) is None, allowed
+    refused = filters.check(event, WebhookConfig(username_whitelist=("id:7", "bob")))
+    assert refused is not None and refused.reason == "user_not_allowed"
+    accounts = {"default": ["plex:anna"], "anna": ["tautulli:ANNA"], "kids": ["tautulli:id:99"],
+                "all": ["*:*"]}
+    assert routing.route(event, accounts) == ("anna", "all")
+    assert pattern_problem("tautulli:id:x") is not None and pattern_problem("tautulli:id:12") is None
+
+
 # --- one item across sources (docs/rules.md) ---------------------------------------------
 
 PLEX_EPISODE = Event(source="plex", action="start", kind="episode", title="Pilot",
@@ -228,6 +242,10 @@ def test_viewing_through_tautulli_gives_exactly_the_expected_calls(
     assert calls[1].body["movie"]["ids"]["imdb"] == "tt2015381"
     decisions = [e["reason"] for e in d.log_events() if e.get("event") == "decision"]
     assert decisions == ["sent", "debounced", "pause_cancelled", "sent", "already_watched"]
+    assert d.health()["counts"]["received"] == 5
+    with urllib.request.urlopen(d.base + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'cwhook_webhooks_total{outcome="queued",server="tautulli"} 5.0' in text
     assert d.stop() == 0
 
 
