@@ -24,24 +24,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from cwhook import edge, emby, filters, jellyfin, logs, plex, redact, routing, tautulli
+from cwhook import edge, filters, logs, redact, routing
 from cwhook.config import Config
-from cwhook.event import BadPayload, Event, Ignored, ParseResult
+from cwhook.event import BadPayload, Event, Ignored
 from cwhook.health import Counters
 from cwhook.multipart import PartScanner
+from cwhook.sources import SOURCES
 from cwhook.store import StoreUnavailable
 
 log = logs.get("cwhook.http")
 
-Parser = Callable[[str, bytes, float], ParseResult]
-PARSERS: dict[str, tuple[Parser, str]] = {
-    "plex": (plex.parse, "payload"),
-    "jellyfin": (jellyfin.parse, "payload"),
-    "emby": (emby.parse, "data"),
-    "tautulli": (tautulli.parse, "payload"),
-}
-ROUTES = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
-          "emby": "/webhook/embytrakt", "tautulli": "/webhook/tautullitrakt"}
+ROUTES = {name: source.path for name, source in SOURCES.items()}
 CHUNK = 65536
 RETRY_AFTER_BUSY = "5"
 RETRY_AFTER_UNAVAILABLE = "10"
@@ -193,7 +186,7 @@ def _routed(event: Event, config: Config) -> Event | Ignored:
 
 
 def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    parser, field = PARSERS[server]
+    parser, field = SOURCES[server].parse, SOURCES[server].part
 
     async def handle(request: web.Request) -> web.Response:
         rt = request.app[RUNTIME]

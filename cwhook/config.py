@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
+from cwhook.sources import SOURCES
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
-SERVERS = ("plex", "jellyfin", "emby", "tautulli")
+SERVERS = tuple(SOURCES)  # webhooks.<server> (cwhook/sources.py)
 DEFAULT_ACCOUNT = "default"
 ACCOUNT_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 

@@ -29,12 +29,11 @@ from pathlib import Path
 import yaml
 
 from cwhook.config import SERVERS, Config, ConfigError, load_config, ownership_fix, unreadable, user_name
+from cwhook.sources import SOURCES
 from cwhook.yamledit import Scalar, edit_yaml
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
 
 NEW_FILE_MODE = 0o600
-ENDPOINTS = {"plex": "plextrakt", "jellyfin": "jellyfintrakt", "emby": "embytrakt",
-             "tautulli": "tautullitrakt"}
 REWRITE_WAIT = 10.0  # how long a writer waits for a complete file before giving up
 REREAD_PAUSE = 0.2
 SETTLED = 1.0  # a file changed less than this long ago may still be being written
@@ -351,7 +350,7 @@ def base_url(config: Config) -> str:
 
 
 def webhook_url(config: Config, server: str) -> str:
-    return f"{base_url(config)}/webhook/{ENDPOINTS[server]}?{config.webhook(server).token}"
+    return f"{base_url(config)}{SOURCES[server].path}?{config.webhook(server).token}"
 
 
 CURL_EXAMPLES = {

@@ -285,3 +285,12 @@ def test_same_viewing_from_plex_webhooks_and_tautulli_is_one_play(
     assert decisions[-3:] == [("tautulli", "already_watched"), ("plex", "already_watched"),
                               ("tautulli", "already_watched")]
     assert d.stop() == 0
+
+
+def test_the_source_registry_agrees_with_the_schema_and_the_curl_examples() -> None:
+    from cwhook.config import SCHEMA
+    from cwhook.configfile import CURL_EXAMPLES
+    from cwhook.sources import SOURCES
+
+    assert list(SCHEMA["webhooks"]) == list(SOURCES) == list(CURL_EXAMPLES)
+    assert SOURCES["tautulli"].path == "/webhook/tautullitrakt"
