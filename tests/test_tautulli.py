@@ -190,6 +190,22 @@ def test_plex_episode_with_three_ids_and_a_jellyfin_stop_naming_two_are_one_item
     assert stale.reason == "already_watched" and stale.send is None  # not a pause on Trakt
 
 
+def test_the_watched_table_keeps_every_name_across_a_restart(tmp_path: Path) -> None:
+    from cwhook.store import NewEntry, Store
+
+    store = Store(tmp_path)
+    store.decide([NewEntry("stop", replace(PLEX_EPISODE, action="stop", progress=97.0), 97.0, 1000.0)], 0)
+    rows = store.recent_watched(0)
+    store.close()
+    assert {name for _, name, _ in rows} >= {"episode|tmdb=62085", "episode|tvdb=349232", "episode|imdb=tt0959621"}
+    rules = Rules(ScrobbleConfig())  # a restarted daemon
+    for _, name, at in rows:
+        rules.remember_watched(name, at)
+    jellyfin = replace(PLEX_EPISODE, source="jellyfin", ids=Ids(tmdb=62085, tvdb=349232), player_id="phone")
+    [stale] = rules.handle(replace(jellyfin, action="stop", progress=40.0), 1100)
+    assert stale.reason == "already_watched"
+
+
 def test_names_matched_to_one_trakt_id_are_one_item() -> None:
     aliases = items.TraktAliases()
     rules = Rules(ScrobbleConfig(), aliases=aliases)
