@@ -181,7 +181,7 @@ def test_invalid_edit_refused_and_old_settings_kept(daemon_factory: Callable[...
     d.config_path.write_text(text.replace("pause_debounce_seconds: 1", "pause_debounce_seconds: -4"))
     wait_for(lambda: any(e.get("event") == "config_refused" for e in d.log_events()), timeout=6)
     refused = next(e for e in d.log_events() if e.get("event") == "config_refused")
-    assert refused["problem"].startswith("scrobble.pause_debounce_seconds (line 13):")
+    assert refused["problem"].startswith("scrobble.pause_debounce_seconds (line 15):")
     assert d.post("plex", plex_body("media.play", 1000))[0] == 202
     # SIGHUP re-reads too: fix the file and ask for it
     d.config_path.write_text(text.replace("level: debug", "level: info"))
@@ -298,7 +298,7 @@ def test_first_run_from_empty_directory(tmp_path: Path) -> None:
     # the file is the documented example, with tokens filled in
     example = (ROOT / "config.example.yml").read_text().splitlines()
     mine = cfg.read_text().splitlines()
-    assert [a for a, b in zip(example, mine, strict=True) if a != b] == ['    token: ""'] * 3
+    assert [a for a, b in zip(example, mine, strict=True) if a != b] == ['    token: ""'] * 4  # one per source
     assert proc.returncode == 0 or "listen_failed" in err
 
 
