@@ -55,15 +55,17 @@ def _user_name(data: dict[str, Any]) -> str | None:
 
 def _progress(data: dict[str, Any]) -> tuple[float | None, float | None]:
     """(percent, duration in seconds): view_offset / duration_ms when both are known, else
-    Tautulli's whole progress_percent."""
+    Tautulli's whole progress_percent. Tautulli writes a view offset of 0 when it has none
+    (``session.get('view_offset', 0)``), so 0 is unknown: the rules then use the session's
+    last progress (a start at the top starts at 0 all the same)."""
     duration_ms = as_float(get_ci(data, "duration_ms"))
     offset_ms = as_float(get_ci(data, "view_offset"))
     duration_s = duration_ms / 1000 if duration_ms and duration_ms > 0 else None
-    exact = percent(offset_ms, duration_ms)
+    exact = percent(offset_ms, duration_ms) if offset_ms else None
     if exact is not None:
         return exact, duration_s
     rough = as_float(get_ci(data, "progress_percent"))
-    if rough is None or rough < 0:
+    if rough is None or rough <= 0:
         return None, duration_s
     return min(100.0, rough), duration_s
 

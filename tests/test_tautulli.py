@@ -137,6 +137,15 @@ def test_progress_falls_back_to_progress_percent() -> None:
     assert isinstance(rough, Event) and rough.progress == 93.0 and rough.duration_s is None
     unknown = parse(MOVIE, view_offset="", duration_ms="", progress_percent="")
     assert isinstance(unknown, Event) and unknown.progress is None
+    # Tautulli writes 0 when it has no offset: a stop at "0" keeps the session's progress.
+    zero = parse(MOVIE, action="stop", view_offset="0", progress_percent="0")
+    assert isinstance(zero, Event) and zero.progress is None
+    rules = Rules(ScrobbleConfig())
+    playing = parse(MOVIE, view_offset="6900000")
+    assert isinstance(playing, Event)
+    rules.handle(playing, 0)
+    [stop] = rules.handle(zero, 60)
+    assert stop.send is not None and stop.send.verb == "stop" and stop.progress == pytest.approx(94.26, abs=0.01)
 
 
 @pytest.mark.parametrize(("changes", "reason", "says"), [
