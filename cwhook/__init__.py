@@ -1,3 +1,3 @@
-"""cwhook: Plex, Jellyfin and Emby playback webhooks scrobbled to Trakt."""
+"""cwhook: Plex, Jellyfin, Emby and Tautulli playback webhooks scrobbled to Trakt."""
 
 __version__ = "0.1.0"

@@ -41,7 +41,7 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cwhook",
-        description="Scrobble Plex, Jellyfin and Emby playback webhooks to Trakt.",
+        description="Scrobble Plex, Jellyfin, Emby and Tautulli playback webhooks to Trakt.",
     )
     parser.add_argument("--version", action="version", version=f"cwhook {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
