@@ -42,7 +42,8 @@ Rules, in the order they apply to one event (numbers are the spec's, §5):
 * Rule 6, one watched stop per viewing: once a session sent a watched stop,
   its later starts, pauses, stops and scrobbles are dropped
   (``already_watched``). For an hour after a watched stop, the same user and
-  item in another session is not scrobbled again, nor paused (a pause or a stop
+  item (by any of its names: another server may name it by fewer or other ids,
+  see cwhook.items and docs/rules.md) in another session is not scrobbled again, nor paused (a pause or a stop
   below the threshold: a stale report from a device the user left, which would
   put the watched item back under "continue watching"), all ``already_watched``
   with note ``watched_elsewhere``, unless that session began a new viewing
