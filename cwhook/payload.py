@@ -14,6 +14,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 from cwhook.event import BadPayload, Ignored
 
 # Hostile numbers are bad values, read as absent, never a crash: JSON integers longer than
@@ -24,6 +26,10 @@ LONGEST_INT = 2**63 - 1
 # UTF-8 writer (SQLite, logs, JSON with ensure_ascii=False) can encode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# orjson reads an integer outside 64 bits as a float, and a 20-digit one as an int, where the
+# rules above read "absent": a decoded number this large sends the body to the standard decoder.
+_FAST_INT_LIMIT = 10**MAX_INT_DIGITS
+_FAST_FLOAT_LIMIT = 9.2e18
 
 
 def _int_or_none(literal: str) -> int | None:
@@ -51,7 +57,42 @@ def _scrub(value: Any) -> Any:
 
 
 def loads_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
-    """Parse JSON that must be an object; BadPayload says what was wrong."""
+    """Parse JSON that must be an object; BadPayload says what was wrong.
+
+    orjson decodes the common body; whatever it refuses or might read differently from the
+    standard decoder with the rules above (NaN, a lone surrogate, a byte order mark, very long
+    numbers, bad JSON) goes through :func:`loads_object_stdlib`, so both give the same values
+    and the same errors (tests/test_edge_values.py compares them).
+    """
+    if isinstance(raw, bytes):
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and not _has_huge_number(data):
+            return data
+    return loads_object_stdlib(raw, what)
+
+
+def _has_huge_number(data: dict[str, Any]) -> bool:
+    """Whether a decoded document holds a number orjson may read unlike the standard rules."""
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        for value in node.values() if type(node) is dict else node:
+            kind = type(value)
+            if kind is dict or kind is list:
+                stack.append(value)
+            elif kind is int:
+                if not -_FAST_INT_LIMIT < value < _FAST_INT_LIMIT:
+                    return True
+            elif kind is float and not -_FAST_FLOAT_LIMIT < value < _FAST_FLOAT_LIMIT:
+                return True
+    return False
+
+
+def loads_object_stdlib(raw: bytes | str, what: str = "body") -> dict[str, Any]:
+    """:func:`loads_object` with the standard library's decoder alone."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8-sig")
