@@ -1,3 +1,3 @@
 """cwhook: Plex, Jellyfin, Emby and Tautulli playback webhooks scrobbled to Trakt."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -13,8 +13,11 @@ import time
 import urllib.request
 from typing import Any
 
+from cwhook import hint
 from cwhook.config import Config
+from cwhook.status import duration
 from cwhook.store import FILE_NAME
+from cwhook.termtext import visible
 
 
 def pending_by_account(config: Config) -> dict[str, int]:
@@ -52,9 +55,7 @@ def _expiry(expires_at: int, now: float) -> str:
     left = expires_at - now
     if left <= 0:
         return "expired (refreshed at the next start or call)"
-    if left >= 86400:
-        return f"expires in {left / 86400:.1f} d"
-    return f"expires in {left / 3600:.1f} h"
+    return f"expires in {duration(left)}"  # the format of `cwhook status`
 
 
 def accounts_text(config: Config, health: dict[str, Any] | None = None, now: float | None = None) -> str:
@@ -66,7 +67,7 @@ def accounts_text(config: Config, health: dict[str, Any] | None = None, now: flo
     accounts = config.trakt.all_accounts()
     for name, acc in accounts.items():
         state = "authorized" if acc.access_token else (
-            "not authorized: run `cwhook auth" + ("" if name == "default" else f" --account {name}") + "`")
+            f"not authorized: run `{hint.auth(name, config.path)}`")
         needs = (live.get(name) or {}).get("needs_auth")
         if needs:
             state = f"needs auth: {needs}"
@@ -78,4 +79,4 @@ def accounts_text(config: Config, health: dict[str, Any] | None = None, now: flo
             lines.append(f"{name:<12} (removed from the file) outbox pending: {count}, kept until it comes back")
     if health is None:
         lines.append("(the daemon is not answering; authorization is read from the file)")
-    return "\n".join(lines)
+    return "\n".join(visible(line) for line in lines)  # what the daemon said is escaped for the terminal

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from cwhook import edge, filters, logs, redact, routing
+from cwhook import edge, filters, logs, preview, redact, routing
 from cwhook.config import Config
 from cwhook.event import BadPayload, Event, Ignored
 from cwhook.health import Counters
@@ -201,6 +201,11 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             notes["outcome"] = "invalid_token"
             return _json(401, {"error": "invalid_token"})
         try:
+            test = preview.requested(request.headers.get(preview.HEADER))
+        except preview.BadHeader as exc:  # a typo must not send for real
+            notes.update(outcome="bad_payload", detail=str(exc))
+            return _json(400, {"error": "bad_request", "detail": str(exc)})
+        try:
             ctype, body = await read_payload(request, field, config.server.max_body_bytes)
             result = parser(ctype, body, time.time())
         except TooLarge:
@@ -226,11 +231,22 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             result = filters.check(understood, hook) or _routed(understood, config)
         if isinstance(result, Ignored):
             notes.update(outcome="ignored", reason=result.reason, detail=result.detail)
+            if test:
+                rt.journal_ignored(server, Ignored(preview.REASON, f"would be ignored: {result.reason}: "
+                                                   f"{result.detail}", result.user, result.item), understood)
+                return _json(200, {"status": "ignored", "reason": result.reason, "detail": result.detail,
+                                   "test": True})
             rt.journal_ignored(server, result, understood)
             return _json(200, {"status": "ignored", "reason": result.reason,
                                "detail": result.detail})
         summary = result.summary()
         notes.update(action=result.action, item=result.label(), user=result.user_name)
+        if test:  # through the rules on the side: nothing stored, nothing sent (docs/curl.md)
+            outcomes = preview.preview(result, config.scrobble, time.time())
+            notes["outcome"] = "test"
+            rt.journal_ignored(server, Ignored(preview.REASON, preview.summary(outcomes)), result)
+            return _json(200, {"status": "test", "detail": f"{preview.HEADER}: nothing was stored or sent",
+                               "event": summary, "accounts": {o.account: o.to_dict() for o in outcomes}})
         try:
             await rt.ingest(result)
         except Busy:
@@ -285,8 +301,7 @@ async def access_log(
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            code = exc.reason.lower().replace(" ", "_")
-            response = _json(exc.status, {"error": code})
+            response = edge.http_exception_answer(exc)
         except Exception as exc:
             log.exception("request_error", path=path, error=repr(exc))
             response = _json(500, {"error": "internal"})

@@ -8,8 +8,9 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from cwhook import __version__, logs
+from cwhook import __version__, hint, logs
 from cwhook.config import (
     ACCOUNT_NAME,
     DEFAULT_ACCOUNT,
@@ -38,8 +39,17 @@ from cwhook.yamledit import YamlEditError
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors starting ``cwhook:`` like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("cwhook").strip()
+        self.exit(EXIT_USAGE, f"cwhook: {command + ': ' if command else ''}{message} (`{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cwhook",
         description="Scrobble Plex, Jellyfin, Emby and Tautulli playback webhooks to Trakt.",
     )
@@ -135,12 +145,12 @@ def cmd_run(path: Path, dry_run: bool) -> int:
         out.write("Webhook URLs (paste each into its media server):\n")
         out.write(urls_text(config) + "\n")
     else:  # never a token in a log (journald keeps stdout)
-        out.write(f"The webhook URLs hold their tokens: run `cwhook urls -c {path}` to see them.\n")
+        out.write(f"The webhook URLs hold their tokens: run `{hint.command('urls', path)}` to see them.\n")
     if not config.trakt.access_token:
         out.write(
             "Trakt is not authorized yet: running in dry-run (nothing is sent to Trakt).\n"
             f"To authorize: put your Trakt app's client_id and client_secret under `trakt:` in "
-            f"{path}, then run `cwhook auth -c {path}`.\n"
+            f"{path}, then run `{hint.command('auth', path)}`.\n"
         )
     out.flush()
     from cwhook.daemon import run_daemon
@@ -174,6 +184,17 @@ def cmd_rotate(path: Path, servers: list[str]) -> int:
     return 0
 
 
+def _who_logs_in(config: Config, account: str) -> str:
+    """Whose Trakt login an account is: its media-server users, as the file says."""
+    acc = config.trakt.account(account)
+    users = acc.users if acc is not None else ()
+    if not users:
+        return "no media-server users yet"
+    if any(u in ("*", "*:*") for u in users):
+        return "users: everyone (" + ", ".join(users) + ")"
+    return "users: " + ", ".join(users)
+
+
 def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
     from cwhook.trakt_auth import DeviceFlowError, device_login
 
@@ -183,23 +204,28 @@ def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
     config = _load(path, settled=True)
     if config is None:
         return EXIT_USAGE
+    again = hint.auth(account, path)
     new_account = config.trakt.account(account) is None
     key = AccountConfig(account).key
-    if not config.trakt.client_id or not config.trakt.client_secret:
+    empty = [k for k, v in (("trakt.client_id", config.trakt.client_id),
+                            ("trakt.client_secret", config.trakt.client_secret)) if not v]
+    if empty:
         _err(
-            f"trakt.client_id and trakt.client_secret are empty in {path}. Create an API app at "
-            "https://trakt.tv/oauth/applications (redirect URI urn:ietf:wg:oauth:2.0:oob), "
-            "put its client id and secret into the file, and run `cwhook auth` again."
+            f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty in {path}. Create an API app at "
+            "https://trakt.tv/oauth/applications (redirect URI urn:ietf:wg:oauth:2.0:oob) if you have none, "
+            f"put its {' and '.join(k.split('.')[1].replace('_', ' ') for k in empty)} into the file, "
+            f"and run `{again}` again."
         )
         return EXIT_USAGE
     check_writable(path)  # find out now, not after the user has entered the code on trakt.tv
     try:
-        if account != DEFAULT_ACCOUNT:
-            print(f"Logging in the Trakt account {account!r}: enter the code while logged in to "
-                  "trakt.tv as that person.")
+        # Whose login this is, for every account (`default` too): the code must be entered on
+        # trakt.tv while logged in as that person, or their plays go to someone else's history.
+        print(f"Logging in the Trakt account {account!r} ({_who_logs_in(config, account)}): enter the "
+              "code while logged in to trakt.tv as the person whose plays these are.")
         changes = asyncio.run(device_login(config.trakt, sys.stdout, key=key))
     except DeviceFlowError as exc:
-        _err(f"Trakt login failed: {exc}")
+        _err(f"Trakt login failed: {exc}. To try again: `{again}`")
         return 1
     except KeyboardInterrupt:
         _err("Trakt login cancelled")
@@ -211,14 +237,14 @@ def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
         update_file(path, changes)
     except ConfigWriteError as exc:
         _err(f"the Trakt login worked, but the tokens could not be saved: {exc}. "
-             "Then run `cwhook auth` again")
+             f"Then run `{again}` again")
         return 1
     if new_account:
         print(f"Trakt authorized; added trakt.accounts.{account} with its tokens to {path}.\n"
               f"Now say who scrobbles to it: add `users:` under trakt.accounts.{account}, e.g.\n"
               f'      users: ["plex:Anna", "jellyfin:anna"]\n'
-              "(until then `cwhook check-config` reports it and the running daemon keeps its "
-              "previous settings).")
+              f"(until then `{hint.command('check-config', path)}` reports it and the running daemon keeps "
+              "its previous settings).")
         return 0
     print(f"Trakt authorized; tokens written to {path}. A running daemon picks them up "
           "within a few seconds.")

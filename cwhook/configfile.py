@@ -353,22 +353,24 @@ def webhook_url(config: Config, server: str) -> str:
     return f"{base_url(config)}{SOURCES[server].path}?{config.webhook(server).token}"
 
 
+# A try-it line is a test request (X-Cwhook-Dry-Run, docs/curl.md): once Trakt is authorized, a
+# real one would start a scrobble on the person's account.
 CURL_EXAMPLES = {
     "plex": (
-        "curl -sS -X POST '{url}' -F 'payload={{\"event\":\"media.play\",\"Account\":"
+        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -F 'payload={{\"event\":\"media.play\",\"Account\":"
         "{{\"id\":1,\"title\":\"me\"}},\"Player\":{{\"uuid\":\"curl\"}},\"Metadata\":"
         "{{\"type\":\"movie\",\"title\":\"Guardians of the Galaxy\",\"year\":2014,"
         "\"Guid\":[{{\"id\":\"imdb://tt2015381\"}}],\"viewOffset\":60000,\"duration\":7320000}}}}'"
     ),
     "jellyfin": (
-        "curl -sS -X POST '{url}' -H 'Content-Type: application/json' -d "
+        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -H 'Content-Type: application/json' -d "
         "'{{\"NotificationType\":\"PlaybackStart\",\"NotificationUsername\":\"me\","
         "\"DeviceId\":\"curl\",\"ItemType\":\"Movie\",\"Name\":\"Guardians of the Galaxy\","
         "\"Year\":2014,\"Provider_imdb\":\"tt2015381\",\"RunTimeTicks\":73200000000,"
         "\"PlaybackPositionTicks\":600000000}}'"
     ),
     "emby": (
-        "curl -sS -X POST '{url}' -H 'Content-Type: application/json' -d "
+        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -H 'Content-Type: application/json' -d "
         "'{{\"Event\":\"playback.start\",\"User\":{{\"Name\":\"me\"}},\"Session\":"
         "{{\"DeviceId\":\"curl\"}},\"Item\":{{\"Type\":\"Movie\",\"Name\":\"Guardians of the Galaxy\","
         "\"ProductionYear\":2014,\"ProviderIds\":{{\"Imdb\":\"tt2015381\"}},"

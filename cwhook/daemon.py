@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, edge, items, logs, status
+from cwhook import __version__, edge, items, logs, preview, status
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (
@@ -106,6 +106,8 @@ class Daemon:
     def journal_ignored(self, server: str, ignored: Ignored, event: Event | None) -> None:
         arrived = (Arrived.of(event) if event is not None
                    else Arrived(time.time(), server, user=ignored.user, item=ignored.item))
+        if ignored.reason == preview.REASON:  # a test request: a line of its own, never folded
+            arrived = dataclasses.replace(arrived, session=None)
         self.db.journal_ignored(IgnoredRow(arrived, ignored.reason, ignored.detail))
 
     # --- state ---------------------------------------------------------------------

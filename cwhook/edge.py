@@ -151,6 +151,15 @@ def json_error(status: int, body: dict[str, str], headers: Mapping[str, str] | N
     return web.json_response(body, status=status, headers=headers)
 
 
+def http_exception_answer(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own answers (404, 405 ...) in JSON, keeping the headers that matter
+    (``Allow`` of a 405, ``Retry-After``). The one converter: the app's middleware and the
+    safety net both use it."""
+    code = (exc.reason or "error").lower().replace(" ", "_")
+    keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    return json_error(exc.status, {"error": code}, keep)
+
+
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
@@ -161,9 +170,7 @@ def safety_net(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except web.HTTPException as exc:
-            code = (exc.reason or "error").lower().replace(" ", "_")
-            keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-            return json_error(exc.status, {"error": code}, keep)
+            return http_exception_answer(exc)
         except Exception as exc:
             log.error("request_error", error=type(exc).__name__, remote=request.remote)
             return json_error(500, {"error": "internal"})

@@ -35,8 +35,9 @@ from cwhook.health import Counters
 from cwhook.rules import REASONS
 from cwhook.status import Snapshot
 
+# Every outcome the webhook handler (cwhook/app.py) gives, so each series exists from the start.
 OUTCOMES = ("queued", "ignored", "bad_payload", "invalid_token", "too_large", "busy", "disabled",
-            "unavailable", "client_gone")
+            "unavailable", "client_gone", "body_timeout", "test")
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TRAKT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 

@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 from cwhook import journal
 from cwhook.config import Config, user_name
+from cwhook.preview import REASON as TEST
 from cwhook.store import FILE_NAME
-
-DEFAULT_ACCOUNT = "default"
+from cwhook.termtext import json_line, visible
 
 
 def _pct(value: float | None) -> str:
@@ -33,12 +33,12 @@ def _clock(ts: float, day: bool = True) -> str:
 
 
 def action_text(a: journal.Action) -> str:
-    """``stop 97% sent (201)``, ``pause 40% retrying after 3 failed attempts: 503: Trakt server error``."""
+    """``stop 97% sent (201)``, ``pause 40% retrying (3 failed attempts): 503: Trakt server error``."""
     text = f"{a.verb} {_pct(a.progress)} {a.state.replace('_', ' ')}"
     if a.status is not None and a.state in ("sent", "failed"):
         text += f" ({a.status})"
     if a.state in ("retrying", "set_aside"):
-        text += f" after {a.attempts} failed attempt{'s' if a.attempts != 1 else ''}"
+        text += f" ({a.attempts} failed attempt{'s' if a.attempts != 1 else ''})"
     elif a.attempts > 1:
         text += f" after {a.attempts} attempts"
     detail = a.detail
@@ -50,7 +50,11 @@ def action_text(a: journal.Action) -> str:
 
 
 def line(e: journal.Entry) -> str:
-    """One readable line for one event."""
+    """One readable line for one event (what came from outside escaped: see cwhook/termtext.py)."""
+    return visible(_line(e))
+
+
+def _line(e: journal.Entry) -> str:
     head = f"{_clock(e.at)}  {e.server} {e.user or '-'}"
     if e.item:
         head += f"  {e.item}"
@@ -58,19 +62,22 @@ def line(e: journal.Entry) -> str:
         head += f"  {e.action}" + (f" {_pct(e.progress)}" if e.progress is not None else "")
     if e.repeats > 1:
         head += f" (x{e.repeats}, last {_clock(e.last_at, day=False)})"
+    if e.ignored == TEST:  # a request with X-Cwhook-Dry-Run: nothing was stored or sent
+        return f"{head}  -> test: {e.detail or '?'}"
     if e.ignored is not None:
         return f"{head}  -> ignored: {e.ignored}" + (f" ({e.detail})" if e.detail else "")
     parts = []
-    named = set(e.decisions) != {DEFAULT_ACCOUNT}
     for account, d in e.decisions.items():
-        text = str(d.get("reason", "?"))
+        reason = str(d.get("reason", "?"))
         notes = d.get("notes") or []
+        acts = [action_text(a) for a in e.actions if a.account == account]
+        # "sent" only says that something goes to Trakt: its actions say what became of it.
+        text = "" if reason == "sent" and acts and not notes else reason
         if notes:
             text += f" ({', '.join(str(n) for n in notes)})"
-        acts = [action_text(a) for a in e.actions if a.account == account]
         if acts:
-            text += ": " + "; ".join(acts)
-        parts.append(f"{account}: {text}" if named else text)
+            text += (": " if text else "") + "; ".join(acts)
+        parts.append(f"{account}: {text}")  # every account named, the default one too
     return f"{head}  -> " + (" | ".join(parts) if parts else "?")
 
 
@@ -88,18 +95,35 @@ def _problem(path: Path, exc: BaseException) -> str:
     return f"cannot read the journal in {path}: {exc}"
 
 
+EXIT_USAGE = 2
+
+
 def cmd_recent(config: Config, limit: int, user: str | None, item: str | None, account: str | None,
                as_json: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     path = config.state_dir / FILE_NAME
+    in_file = account is None or account in config.trakt.all_accounts()
     try:
         entries = journal.read(path, limit, user, item, account)
+        # An account removed from the file is known while the journal has events of it.
+        known = in_file or bool(entries) or bool(journal.read(path, 1, account=account))
+    except FileNotFoundError as exc:
+        if not in_file:
+            known, entries = False, []
+        else:
+            err.write(f"cwhook: {_problem(path, exc)}\n")
+            return 1
     except (OSError, sqlite3.Error) as exc:
         err.write(f"cwhook: {_problem(path, exc)}\n")
         return 1
+    if not known:
+        names = ", ".join(config.trakt.all_accounts()) or "none"
+        err.write(f"cwhook: --account {visible(repr(account))}: there is no such Trakt account in {config.path} "
+                  f"nor in the journal (accounts: {names})\n")
+        return EXIT_USAGE
     for e in entries:
         if as_json:
             data: dict[str, Any] = e.to_dict()
-            out.write(json.dumps(data, ensure_ascii=False) + "\n")
+            out.write(json_line(json.dumps(data, ensure_ascii=False)) + "\n")
         else:
             out.write(line(e) + "\n")
     if not entries and not as_json:

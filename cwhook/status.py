@@ -19,10 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from cwhook import hint
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.health import Counters, problems
+from cwhook.termtext import visible
 
 # Every problem /healthz may report, in the order it lists them, with what to do about it.
 FIXES: dict[str, str] = {
@@ -184,12 +187,16 @@ def _ordered(found: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(unique, key=lambda p: (order.get(p.split(":")[0], len(order)), unique.index(p))))
 
 
-def fix_for(problem: str) -> str:
-    """What to do about a problem (``NAME:account`` problems share their NAME's fix)."""
+def fix_for(problem: str, config_path: Path | None = None) -> str:
+    """What to do about a problem (``NAME:account`` problems share their NAME's fix); the
+    commands in it name ``config_path`` when it is not the default file."""
     name, _, account = problem.partition(":")
     fix = FIXES.get(name, OTHER_FIX)
+    for args in ("check-config", "recent"):
+        fix = fix.replace(f"`cwhook {args}`", f"`{hint.command(args, config_path)}`")
+    fix = fix.replace("`cwhook auth`", f"`{hint.auth(account or DEFAULT_ACCOUNT, config_path)}`")
     if account:
-        fix = fix.replace("`cwhook auth`", f"`cwhook auth --account {account}`") + f" (account {account})"
+        fix += f" (account {account})"
     return fix
 
 
@@ -334,15 +341,16 @@ def _account_line(name: str, a: AccountStatus, now: float) -> str:
     return f"  {name}: " + "; ".join(parts)
 
 
-def to_text(s: Snapshot, now: float | None = None) -> str:
+def to_text(s: Snapshot, now: float | None = None, config_path: Path | None = None) -> str:
     """What `cwhook status` prints: overall state, each problem with its fix, a line per account,
-    the outbox and the counts."""
+    the outbox and the counts. Every line is escaped for the terminal (cwhook/termtext.py): the
+    daemon's texts quote Trakt's answers and the file."""
     now = time.time() if now is None else now
     lines = [f"cwhook {s.version}: {s.status.upper()} (up {duration(s.uptime_s)})"]
     if s.problems:
         lines.append("problems:")
         for p in s.problems:
-            fix = s.config_refused if p == "config_refused" and s.config_refused else fix_for(p)
+            fix = s.config_refused if p == "config_refused" and s.config_refused else fix_for(p, config_path)
             lines.append(f"  {p}: {fix}")
     lines.append("accounts:" if s.accounts else "accounts: none")
     for name, account in s.accounts.items():
@@ -356,5 +364,5 @@ def to_text(s: Snapshot, now: float | None = None) -> str:
     lines.append(f"counts: received {c.received}, queued {c.queued}, ignored {c.ignored}, sent {c.sent}, "
                  f"suppressed {c.suppressed}, failed {c.failed}"
                  + (f", would send {c.would_send}" if c.would_send else ""))
-    lines.append("what happened to each event: `cwhook recent`")
-    return "\n".join(lines) + "\n"
+    lines.append(f"what happened to each event: `{hint.command('recent', config_path)}`")
+    return "".join(visible(line) + "\n" for line in lines)

@@ -61,5 +61,5 @@ def cmd_status(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stder
                   f"server.port in {config.path}\n")
         return EXIT_NOT_RUNNING
     snapshot = status.from_healthz(data)
-    out.write(status.to_text(snapshot))
+    out.write(status.to_text(snapshot, config_path=config.path))
     return EXIT_OK if snapshot.status == "ok" else EXIT_DEGRADED

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from cwhook import __version__, logs
+from cwhook import __version__, hint, logs
 from cwhook.config import DEFAULT_ACCOUNT, AccountConfig, TraktConfig
 from cwhook.configfile import update_file
 from cwhook.tokenjournal import Pair, TokenJournal
@@ -107,7 +107,7 @@ class TraktAuth:
 
     @property
     def auth_command(self) -> str:
-        return "cwhook auth" + ("" if self.account == DEFAULT_ACCOUNT else f" --account {self.account}")
+        return hint.auth(self.account, self.config_path)
 
     @property
     def _who(self) -> dict[str, str]:
@@ -262,9 +262,12 @@ class TraktAuth:
 DEVICE_FINAL = {
     404: "the device code is invalid",
     409: "the device code was already used",
-    410: "the code expired before it was entered; run `cwhook auth` again",
+    410: "the code expired before it was entered",
     418: "the request was denied on trakt.tv",
 }
+# 401 (Trakt's answer to an unknown app or a wrong secret) and 403 (an unapproved app).
+CREDENTIALS_REFUSED = ("Trakt refused the app's credentials: check trakt.client_id and trakt.client_secret "
+                       "(the app's page on https://trakt.tv/oauth/applications shows both)")
 
 
 class DeviceFlowError(Exception):
@@ -283,10 +286,12 @@ async def device_login(
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         async with http.post(base + "/oauth/device/code", json={"client_id": trakt.client_id},
                              headers=_headers()) as resp:
+            if resp.status in (401, 403):  # said before the person is sent to trakt.tv for nothing
+                raise DeviceFlowError(CREDENTIALS_REFUSED)
             if resp.status != 200:
                 raise DeviceFlowError(
                     f"Trakt refused the device code request ({resp.status}); "
-                    "check trakt.client_id")
+                    "check trakt.client_id and trakt.oauth_url")
             code = await resp.json(content_type=None)
         try:
             device_code = str(code["device_code"])
@@ -315,6 +320,8 @@ async def device_login(
             if status == 429:
                 interval += 1  # slow down
                 continue
+            if status in (401, 403):
+                raise DeviceFlowError(CREDENTIALS_REFUSED)
             if status in DEVICE_FINAL:
                 raise DeviceFlowError(DEVICE_FINAL[status])
             if status >= 500:

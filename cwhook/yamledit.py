@@ -4,7 +4,9 @@ This is pure text-to-text. PyYAML's node marks give the exact character span of
 each scalar; a changed value is written over its span, keeping the quoting
 style it had where that can represent the new value. A key that is missing is
 inserted as a new line at the end of its section with the indentation of the
-section's other keys (or two spaces more than the section key); a missing
+section's other keys (or two spaces more than the section key), a string value
+in double quotes as the example file writes them (so the tokens of every Trakt
+account look alike, whether their keys were there or not); a missing
 section is appended at the end of the file. Line endings follow the file's
 (CRLF stays CRLF).
 """
@@ -108,7 +110,7 @@ def _render_block(path_tail: Path, value: Scalar, indent: int, step: int, nl: st
     for depth, key in enumerate(path_tail[:-1]):
         lines.append(" " * (indent + depth * step) + f"{key}:")
     depth = len(path_tail) - 1
-    lines.append(" " * (indent + depth * step) + f"{path_tail[-1]}: {format_scalar(value)}")
+    lines.append(" " * (indent + depth * step) + f"{path_tail[-1]}: " + format_scalar(value, '"'))
     return nl.join(lines) + nl
 
 

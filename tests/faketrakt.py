@@ -480,15 +480,17 @@ class FakeTrakt:
 
     async def device_code(self, request: web.Request) -> web.Response:
         body = self._current.body or {}
-        if body.get("client_id") != self.client_id:
-            return web.json_response({"error": "invalid client"}, status=403)
+        if body.get("client_id") != self.client_id:  # Trakt (Doorkeeper): an unknown app is a 401
+            return web.json_response({"error": "invalid_client"}, status=401)
         return web.json_response({"device_code": "dev-code-1", "user_code": "5055CC52",
                                   "verification_url": "https://trakt.tv/activate",
                                   "expires_in": 600, "interval": 1})
 
     async def device_token(self, request: web.Request) -> web.Response:
         body = self._current.body or {}
-        if body.get("code") != "dev-code-1" or body.get("client_secret") != self.client_secret:
+        if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if body.get("code") != "dev-code-1":
             return web.json_response({}, status=404)
         self.device_polls += 1
         if self.device_script:

@@ -71,22 +71,22 @@ def test_missing_key_inserted_with_section_indentation() -> None:
     out = edit_yaml(UGLY, {("trakt", "refresh_token"): "ref-1"})
     lines = out.splitlines()
     i = lines.index("    expires_at: 0")
-    assert lines[i + 1] == "    refresh_token: ref-1"
+    assert lines[i + 1] == '    refresh_token: "ref-1"'
     assert lines[i + 2] == "# trailing comment"
     # every original line is still there, in order
-    assert [line for line in lines if line != "    refresh_token: ref-1"] == UGLY.splitlines()
+    assert [line for line in lines if line != '    refresh_token: "ref-1"'] == UGLY.splitlines()
 
 
 def test_missing_section_appended() -> None:
     text = "server:\n  port: 1\n"
     out = edit_yaml(text, {("trakt", "access_token"): "a", ("trakt", "refresh_token"): "b"})
-    assert out == "server:\n  port: 1\ntrakt:\n  access_token: a\n  refresh_token: b\n"
+    assert out == "server:\n  port: 1\ntrakt:\n  access_token: \"a\"\n  refresh_token: \"b\"\n"
 
 
 def test_missing_nested_section_follows_file_indent_step() -> None:
     text = "webhooks:\n    plex:\n        token: x\n"
     out = edit_yaml(text, {("webhooks", "emby", "token"): "yy"})
-    assert out == "webhooks:\n    plex:\n        token: x\n    emby:\n        token: yy\n"
+    assert out == "webhooks:\n    plex:\n        token: x\n    emby:\n        token: \"yy\"\n"
 
 
 def test_crlf_is_kept() -> None:
@@ -103,8 +103,8 @@ def test_flow_list_and_comments_survive() -> None:
 
 
 def test_empty_section_and_flow_mapping() -> None:
-    assert edit_yaml("trakt:\nx: 1\n", {("trakt", "a"): "b"}) == "trakt:\n  a: b\nx: 1\n"
-    assert edit_yaml("trakt: {}\n", {("trakt", "a"): "b"}) == "trakt:\n  a: b\n"
+    assert edit_yaml("trakt:\nx: 1\n", {("trakt", "a"): "b"}) == 'trakt:\n  a: "b"\nx: 1\n'
+    assert edit_yaml("trakt: {}\n", {("trakt", "a"): "b"}) == 'trakt:\n  a: "b"\n'
     with pytest.raises(YamlEditError, match="flow style"):
         edit_yaml(UGLY, {("webhooks", "jellyfin", "token"): "x"})
 
