@@ -226,7 +226,7 @@ def test_auth_final_answers(tmp_path: Path, fake_trakt: FakeTrakt, status: int, 
 def test_auth_needs_client_credentials(tmp_path: Path, fake_trakt: FakeTrakt) -> None:
     path = auth_config(tmp_path, fake_trakt, client_id="")
     out = cwhook("auth", "-c", str(path))
-    assert out.returncode == 2 and "client_id and trakt.client_secret are empty" in out.stderr
+    assert out.returncode == 2 and "trakt.client_id is empty" in out.stderr
 
 
 def test_auth_wrong_client_id(tmp_path: Path, fake_trakt: FakeTrakt) -> None:

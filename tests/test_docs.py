@@ -67,6 +67,10 @@ def test_every_curl_example(daemon_factory: Callable[..., Daemon]) -> None:
         if answer is not None:
             check_answer(answer, data)
             answers += 1
+        if ran == 1 and page == "curl.md":  # the first Plex example: its whole answer is on the page
+            shown = re.search(r"The answer to the first one.*?```json\n(.*?)```", (ROOT / "docs" / page).read_text(),
+                              re.S)
+            assert shown is not None and json.loads(shown.group(1)) == data, json.dumps(data["event"])
         ran += 1
     assert ran >= 10 and answers >= 4
 
@@ -183,3 +187,80 @@ def test_install_steps_are_runnable_as_written() -> None:
     # where to run them before its first command.
     assert install.index("Run these steps from the top of the cwhook source tree") < install.index("```sh")
     assert "systemd/cwhook.service /etc/systemd/system/" in install
+
+
+# --- the commands in the docs work as written (issue 17 item 6) ----------------------------------
+
+
+def shell_lines(page: str) -> list[str]:
+    """The command lines of a page's ```sh blocks and of its `$ ` transcripts."""
+    text = (ROOT / page).read_text()
+    lines = []
+    for block in re.findall(r"```(sh|)\n(.*?)```", text, re.S):
+        for line in block[1].replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if block[0] == "sh" and line and not line.startswith("#"):
+                lines.append(line)
+            elif line.startswith("$ "):
+                lines.append(line[2:])
+    return lines
+
+
+def cwhook_commands(page: str) -> list[list[str]]:
+    """Every `cwhook ...` invocation on a page, as its argument list (after sudo -u USER)."""
+    import shlex
+
+    found = []
+    for line in shell_lines(page):
+        words = shlex.split(line.split("  #")[0], comments=True)
+        if words[:3] == ["sudo", "-u", "cwhook"]:
+            words = words[3:]
+        if words and words[0] in ("cwhook", "/opt/cwhook/bin/cwhook"):
+            found.append(words)
+    return found
+
+
+def test_every_cwhook_command_in_the_docs_parses() -> None:
+    from cwhook.cli import _parser
+
+    pages = ["README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))]
+    seen = 0
+    for page in pages:
+        for words in cwhook_commands(page):
+            try:
+                _parser().parse_args(words[1:])
+            except SystemExit as exc:
+                if exc.code not in (0, None):
+                    raise AssertionError(f"{page}: `{' '.join(words)}` is not a valid command") from None
+            seen += 1
+    assert seen >= 6
+
+
+def test_install_puts_cwhook_on_the_path_before_using_it() -> None:
+    lines = shell_lines("docs/install.md")
+    link = next(i for i, line in enumerate(lines)
+                if line.startswith("sudo ln -sf /opt/cwhook/bin/cwhook /usr/local/bin/cwhook"))
+    assert link == 1 + next(i for i, line in enumerate(lines) if "/opt/cwhook/bin/pip install ." in line)
+    bare = [i for i, line in enumerate(lines) if re.search(r"(^|sudo -u cwhook )cwhook ", line)]
+    assert bare and min(bare) > link
+    # The service's files are private: every command that reads them runs as the service user, and
+    # names the file (there is no ./cwhook.yml where the person stands).
+    for words in cwhook_commands("docs/install.md"):
+        assert "-c" in words and words[words.index("-c") + 1] == "/etc/cwhook/cwhook.yml", words
+    for line in lines:
+        if re.search(r"\bcwhook (status|recent|accounts|urls|auth|check-config|rotate-tokens)\b", line):
+            assert line.startswith("sudo -u cwhook "), line
+    monitoring = (ROOT / "docs" / "monitoring.md").read_text()
+    assert "$ sudo -u cwhook cwhook status -c /etc/cwhook/cwhook.yml" in monitoring
+    assert "private to that user" in monitoring
+
+
+def test_curl_examples_are_tests_but_one() -> None:
+    """Every webhook example in curl.md carries X-Cwhook-Dry-Run: 1 but the one documented to send."""
+    found = [(cmd, status, answer) for page, cmd, status, answer in answered_examples()
+             if page == "curl.md" and "/webhook/" in cmd]
+    real = [(cmd, status, answer) for cmd, status, answer in found if "X-Cwhook-Dry-Run: 1" not in cmd]
+    assert len(real) == 1 and real[0][1] == 202 and real[0][2] == {"status": "queued"}, real
+    assert sum(answer == {"status": "test"} for _, _, answer in found) >= 7
+    doc = (ROOT / "docs" / "curl.md").read_text()
+    assert "no_account" in doc and "households" in doc.lower()

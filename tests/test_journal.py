@@ -52,7 +52,7 @@ def test_a_decision_and_its_action_through_retries_to_sent(tmp_path: Path) -> No
     store.reschedule(oid, 0, "503: Trakt server error")
     [a] = read(store)[0].actions
     assert (a.state, a.detail, a.attempts) == ("retrying", "503: Trakt server error", 1)
-    assert recent.action_text(a) == "stop 97% retrying after 1 failed attempt: 503: Trakt server error"
+    assert recent.action_text(a) == "stop 97% retrying (1 failed attempt): 503: Trakt server error"
 
     store.remove(oid, None, Result("sent", 201))
     [a] = read(store)[0].actions
@@ -82,7 +82,7 @@ def test_set_aside_after_three_local_failures(tmp_path: Path) -> None:
         store.reschedule(oid, 0, "UnicodeEncodeError: surrogates not allowed", local_failure=True)
     [a] = read(store)[0].actions
     assert (a.state, a.attempts, a.detail) == ("set_aside", 3, "UnicodeEncodeError: surrogates not allowed")
-    assert recent.action_text(a) == ("stop 97% set aside after 3 failed attempts: "
+    assert recent.action_text(a) == ("stop 97% set aside (3 failed attempts): "
                                      "UnicodeEncodeError: surrogates not allowed")
 
 
@@ -118,7 +118,7 @@ def test_several_accounts_decide_one_event(tmp_path: Path) -> None:
     [e] = read(store)
     assert set(e.decisions) == {"default", "anna"} and [a.account for a in e.actions] == ["anna"]
     assert read(store, account="anna") == [e] and read(store, account="dad") == []
-    assert recent.line(e).endswith("-> default: already_watched (watched_elsewhere) | anna: sent: stop 97% pending")
+    assert recent.line(e).endswith("-> default: already_watched (watched_elsewhere) | anna: stop 97% pending")
 
 
 def test_repeated_progress_reports_fold_into_one_row(tmp_path: Path) -> None:
@@ -297,10 +297,10 @@ def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Calla
     out = cwhook_recent(d.config_path)
     lines = out.stdout.splitlines()
     assert len(lines) == 5 and out.returncode == 0
-    assert lines[1].endswith("pause 10.1%  -> debounced") and lines[2].endswith("-> pause_cancelled")
+    assert lines[1].endswith("pause 10.1%  -> default: debounced") and lines[2].endswith("-> default: pause_cancelled")
     assert lines[3].endswith("plex Anna  A Trailer  -> ignored: media_type_not_supported "
                              "(Plex item type 'clip' (trailer) is not scrobbled to Trakt)")
-    assert lines[4].endswith("stop 97%  -> sent: stop 97% sent (201) after 2 attempts: "
+    assert lines[4].endswith("stop 97%  -> default: stop 97% sent (201) after 2 attempts: "
                              "earlier: 503: Trakt server error")
     assert [r["action"] for r in recent_json(d.config_path, "-n", "2")] == [None, "stop"]
     assert len(recent_json(d.config_path, "--item", "trailer")) == 1
