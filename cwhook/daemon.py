@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, edge, items, logs, preview, status
+from cwhook import __version__, edge, hint, items, logs, preview, status
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (
@@ -148,7 +148,8 @@ class Daemon:
                 raise ConfigError(lost_app)
         except ConfigError as exc:
             error = ("; ".join(exc.problems) + f". The daemon keeps its previous settings; fix {self.config.path} "
-                     "(`cwhook check-config` lists the problems): it is read again when it changes, on SIGHUP "
+                     f"(`{hint.command('check-config', self.config.path)}` lists the problems): it is read "
+                     "again when it changes, on SIGHUP "
                      "and every minute")
             if error != self.config_error:
                 for problem in exc.problems:

@@ -377,7 +377,8 @@ def test_accounts_lists_pending_per_account_and_removed_ones(tmp_path: Path) -> 
     text = accounts_text(cfg, health={}, now=time.time())
     lines = text.splitlines()
     assert lines[0].startswith("default") and "authorized; expires in 1h 59m" in lines[0]
-    assert lines[1].startswith("anna") and f"not authorized: run `cwhook auth --account anna -c {tmp_path / 'c.yml'}`" in lines[1]
+    assert lines[1].startswith("anna")
+    assert f"not authorized: run `cwhook auth --account anna -c {tmp_path / 'c.yml'}`" in lines[1]
     assert "outbox pending: 1" in lines[1]
     assert lines[2].startswith("gone") and "removed from the file" in lines[2]
 

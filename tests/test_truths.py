@@ -185,21 +185,26 @@ def test_the_try_it_lines_run_as_tests_against_a_daemon(daemon_factory: Callable
 
 
 def test_recent_lines_name_the_default_account_and_say_retrying_plainly(tmp_path: Path) -> None:
-    from tests.test_journal import MOVIE, decide
     from cwhook import journal, recent
-    from cwhook.journal import Result
-    from cwhook.store import Store
+    from cwhook.journal import Arrived, Noted, Result
+    from cwhook.store import NewEntry, Store
+    from tests.test_journal import MOVIE, decide
 
     store = Store(tmp_path)
     [oid] = decide(store, MOVIE, "sent", ("stop",))
     store.reschedule(oid, 0, "503: Trakt server error")
     [entry] = journal.read(store.path)
     text = recent.line(entry)
-    assert text.endswith("-> default: a_note: stop 97% retrying (1 failed attempt): 503: Trakt server error") \
-        or text.endswith("-> default: sent (a_note): stop 97% retrying (1 failed attempt): 503: Trakt server error")
-    assert "sent: stop" not in text
+    # "sent" only says something goes to Trakt: left out when the action says it (kept with notes).
+    assert text.endswith("-> default: sent (a_note): stop 97% retrying (1 failed attempt): 503: Trakt server error")
+    [plain] = store.ingest([MOVIE])
+    entry_id = store.decide([NewEntry("stop", MOVIE, 97.0, 1.0)], plain, (),
+                            [Noted(plain, Arrived.of(MOVIE), "sent", sends=(0,))])[0]
+    store.reschedule(entry_id, 0, "503: Trakt server error")
+    assert recent.line(journal.read(store.path)[-1]).endswith(
+        "-> default: stop 97% retrying (1 failed attempt): 503: Trakt server error")
     store.remove(oid, None, Result("sent", 201))
-    [entry] = journal.read(store.path)
+    entry = journal.read(store.path)[0]
     assert recent.line(entry).endswith("stop 97% sent (201) after 2 attempts: earlier: 503: Trakt server error")
 
 
@@ -301,6 +306,11 @@ def test_the_daemons_hints_name_its_file(daemon_factory: Callable[..., Daemon], 
     assert f"`cwhook recent -c {d.config_path}`" in out.stdout
     banner = d.out_path.read_text()
     assert f"`cwhook urls -c {d.config_path}`" in banner and f"`cwhook auth -c {d.config_path}`" in banner
+    # A file the daemon refuses: its fix names the file too.
+    text = d.config_path.read_text()
+    d.config_path.write_text(text.replace("pause_debounce_seconds: 1", "pause_debounce_seconds: x"))
+    refused = wait_for(lambda: d.health().get("config_refused"), timeout=90, interval=0.3)
+    assert f"`cwhook check-config -c {d.config_path}`" in refused
 
 
 # --- 17.10: `auth` with wrong credentials ------------------------------------------------------------------
