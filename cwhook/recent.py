@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cwhook import journal
+from cwhook import hint, journal
 from cwhook.config import Config, user_name
 from cwhook.preview import REASON as TEST
 from cwhook.store import FILE_NAME
@@ -81,7 +81,7 @@ def _line(e: journal.Entry) -> str:
     return f"{head}  -> " + (" | ".join(parts) if parts else "?")
 
 
-def _problem(path: Path, exc: BaseException) -> str:
+def _problem(path: Path, exc: BaseException, config_path: Path | None = None) -> str:
     if isinstance(exc, FileNotFoundError):
         return (f"no journal yet: {path} does not exist. The daemon creates it at its first start; "
                 "check state.dir in the config file")
@@ -91,7 +91,7 @@ def _problem(path: Path, exc: BaseException) -> str:
         except OSError:
             owner = user_name(path.parent.stat().st_uid) if path.parent.exists() else "the service user"
         return (f"cannot read {path} as user {user_name()} (it belongs to {owner}): run the command as "
-                f"that user (`sudo -u {owner} cwhook recent ...`)")
+                f"that user (`sudo -u {owner} {hint.command('recent', config_path)}`)")
     return f"cannot read the journal in {path}: {exc}"
 
 
@@ -110,10 +110,10 @@ def cmd_recent(config: Config, limit: int, user: str | None, item: str | None, a
         if not in_file:
             known, entries = False, []
         else:
-            err.write(f"cwhook: {_problem(path, exc)}\n")
+            err.write(f"cwhook: {_problem(path, exc, config.path)}\n")
             return 1
     except (OSError, sqlite3.Error) as exc:
-        err.write(f"cwhook: {_problem(path, exc)}\n")
+        err.write(f"cwhook: {_problem(path, exc, config.path)}\n")
         return 1
     if not known:
         names = ", ".join(config.trakt.all_accounts()) or "none"

@@ -295,6 +295,11 @@ def test_hints_name_the_config_file_unless_it_is_the_default(tmp_path: Path) -> 
         "cwhook auth --account anna -c /etc/cwhook/cwhook.yml")
     # The default file needs no -c.
     assert TraktAuth(Path("cwhook.yml"), cfg.trakt).auth_command == "cwhook auth"
+    from cwhook import recent
+
+    (tmp_path / "db").write_bytes(b"")
+    told = recent._problem(tmp_path / "db", PermissionError(13, "denied"), Path("/etc/cwhook/cwhook.yml"))
+    assert "cwhook recent -c /etc/cwhook/cwhook.yml`" in told
 
 
 @pytest.mark.slow
