@@ -329,6 +329,7 @@ def make_app(runtime: Runtime) -> web.Application:
     redact.set_secrets(lambda: _secrets(runtime.config))
     for server, path in ROUTES.items():
         app.router.add_post(path, _webhook_handler(server))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    # GET only: a wrong method is 405 with `Allow: GET` (docs/troubleshooting.md).
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
     return app

@@ -121,11 +121,26 @@ async def test_a_wrong_method_is_405_with_allow(aiohttp_client: Any) -> None:
 
     client = await aiohttp_client(make_app(runtime()))
     resp = await client.post("/healthz")
-    assert resp.status == 405 and resp.headers.get("Allow", "").split(",")[0] == "GET"  # (HEAD too)
+    assert resp.status == 405 and resp.headers.get("Allow") == "GET"
     assert await resp.json() == {"error": "method_not_allowed"}
     resp = await client.get("/webhook/plextrakt")
     assert resp.status == 405 and resp.headers.get("Allow") == "POST"
     assert await resp.json() == {"error": "method_not_allowed"}
+    resp = await client.head("/healthz")
+    assert resp.status == 405 and resp.headers.get("Allow") == "GET"
+    resp = await client.get("/nothing-here")
+    assert resp.status == 404 and await resp.json() == {"error": "not_found"}
+
+
+@pytest.mark.slow
+def test_aiohttps_own_answers_are_json_with_their_headers(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    code, body, headers = d.request("POST", "/healthz", b"")
+    assert (code, body, headers.get("Allow")) == (405, {"error": "method_not_allowed"}, "GET")
+    code, body, _ = d.request("POST", f"/webhook/plextrakt?{TOKENS['plex']}", b"{}", {"Expect": "tea"})
+    assert (code, body) == (417, {"error": "expectation_failed"})
+    code, body, _ = d.request("GET", "/nothing-here")
+    assert (code, body) == (404, {"error": "not_found"})
 
 
 def test_every_webhook_outcome_is_a_metrics_series() -> None:
