@@ -245,8 +245,12 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             outcomes = preview.preview(result, config.scrobble, time.time())
             notes["outcome"] = "test"
             rt.journal_ignored(server, Ignored(preview.REASON, preview.summary(outcomes)), result)
+            live = rt.health().get("accounts") or {}  # an account in dry-run would only log, even for real
             return _json(200, {"status": "test", "detail": f"{preview.HEADER}: nothing was stored or sent",
-                               "event": summary, "accounts": {o.account: o.to_dict() for o in outcomes}})
+                               "event": summary, "accounts": {
+                                   o.account: {**o.to_dict(), "dry_run": bool((live.get(o.account) or {})
+                                                                              .get("dry_run", False))}
+                                   for o in outcomes}})
         try:
             await rt.ingest(result)
         except Busy:

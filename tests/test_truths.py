@@ -61,6 +61,7 @@ def test_a_test_request_goes_through_the_rules_and_sends_nothing(daemon_factory:
     assert body["event"]["title"] == "Big Trouble in Little China"
     [send] = body["accounts"]["default"]["would_send"]
     assert (send["action"], send["trakt"]) == ("start", "/scrobble/start")
+    assert body["accounts"]["default"]["dry_run"] is False  # authorized: a real one would be sent
     # A pause: held by the debounce, then what the end of its window sends.
     code, body = post(d, plex("media.pause", 3000000), {"X-Cwhook-Dry-Run": "true"})
     assert code == 200 and body["accounts"]["default"]["reason"] == "sent"
