@@ -230,7 +230,8 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         if understood is not None:
             result = filters.check(understood, hook) or _routed(understood, config)
         if isinstance(result, Ignored):
-            notes.update(outcome="ignored", reason=result.reason, detail=result.detail)
+            # A test counts as a test, not among the ignored events (/metrics, /healthz).
+            notes.update(outcome="test" if test else "ignored", reason=result.reason, detail=result.detail)
             if test:
                 rt.journal_ignored(server, Ignored(preview.REASON, f"would be ignored: {result.reason}: "
                                                    f"{result.detail}", result.user, result.item), understood)

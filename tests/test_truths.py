@@ -101,6 +101,10 @@ async def test_a_test_request_is_never_queued(aiohttp_client: Any) -> None:
     assert resp.status == 200 and body["status"] == "test"
     assert body["accounts"]["default"]["would_send"][0]["trakt"] == "/scrobble/stop"
     assert rt.queue.empty() and rt.counters.queued == 0
+    resp = await client.post(f"{PATHS['plex']}?{TOKENS['plex']}", data=b'{"event": "library.new"}',
+                             headers={"Content-Type": "application/json", **DRY})
+    assert (await resp.json())["test"] is True and rt.counters.ignored == 0  # counted as a test
+    assert rt.counters.webhooks[("plex", "test")] == 2
     resp = await client.post(f"{PATHS['plex']}?{TOKENS['plex']}", data=plex("media.scrobble", 5940000),
                              headers={"Content-Type": "application/json", "X-Cwhook-Dry-Run": "0"})
     assert resp.status == 202 and rt.queue.qsize() == 1
