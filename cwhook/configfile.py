@@ -394,4 +394,6 @@ def urls_text(config: Config, servers: tuple[str, ...] = SERVERS) -> str:
         url = webhook_url(config, server)
         lines.append(f"{server}: {url}{state}")
         lines.append("  try it: " + CURL_EXAMPLES[server].format(url=url))
+    lines.append("(a try-it line is a test, X-Cwhook-Dry-Run: 1: its answer says what would be sent to which "
+                 "Trakt account; nothing is stored or sent)")
     return "\n".join(lines)
