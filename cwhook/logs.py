@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import structlog
 
 from cwhook import redact
+from cwhook.termtext import visible
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -71,6 +72,21 @@ def _syslog_prefix(_: Any, method_name: str, rendered: Any) -> Any:
     return f"<{PRIORITY[level]}>{rendered}"
 
 
+def _visible_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console lines go to a terminal: titles and names from outside get their control characters
+    escaped (cwhook/termtext.py), so a title cannot move the cursor or forge a line. structlog's
+    console renderer prints a value with a space, a tab, ``=``, a quote, CR or LF as its ``repr``
+    (escaped already) and any other value as it is: those are escaped here. The traceback keeps
+    its line breaks; the renderer's own colours are added after this."""
+    for key, value in event.items():
+        if isinstance(value, str) and key != "exception" and not _REPRESENTED & set(value):
+            event[key] = visible(value)
+    return event
+
+
+_REPRESENTED = frozenset(" \t=\r\n\"'")
+
+
 def _pre_chain() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -84,8 +100,9 @@ def _pre_chain() -> list[Processor]:
 class _StdlibFormatter(structlog.stdlib.ProcessorFormatter):
     """Standard library records rendered like ours (same fields, same prefix)."""
 
-    def __init__(self, renderer: Processor, journal: bool) -> None:
-        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    def __init__(self, renderer: Processor, journal: bool, use_json: bool = True) -> None:
+        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                                     *([] if use_json else [_visible_values]), renderer],
                          foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain()])
         self._journal = journal
 
@@ -111,7 +128,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     if use_json and stream is None and isinstance(out, io.TextIOWrapper) and out.encoding.lower() != "utf-8":
         out.reconfigure(encoding="utf-8", errors="backslashreplace")  # JSON lines are UTF-8, whatever the locale
     structlog.configure(
-        processors=[*_pre_chain(), renderer, *([_syslog_prefix] if journal else [])],
+        processors=[*_pre_chain(), *([] if use_json else [_visible_values]), renderer,
+                    *([_syslog_prefix] if journal else [])],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory,
         cache_logger_on_first_use=False,
@@ -119,7 +137,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     # aiohttp and asyncio log through the standard library: send their warnings
     # and errors the same way, never their access lines (those carry tokens).
     handler = logging.StreamHandler(out)
-    handler.setFormatter(_StdlibFormatter(renderer, journal))
+    handler.setFormatter(_StdlibFormatter(renderer, journal, use_json))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").disabled = True
 

@@ -108,3 +108,17 @@ def test_no_prefix_when_journal_stream_names_another_stream(tmp_path: Path,
     logs.get("t").error("e")
     other.seek(0)
     assert json.loads(other.read())["event"] == "e"
+
+
+def test_console_lines_escape_control_characters_from_outside() -> None:
+    """A title with ESC sequences, CR and LF cannot retitle the terminal or forge a line (issue 18.9)."""
+    import re
+
+    out = Tty()
+    logs.configure("info", "auto", out)
+    logs.get("t").info("decision", item="\x1b]0;owned\x07\rFAKE LINE\nnext\x9b", user="Ev\x1b]0;x\x07il\u202e")
+    text = out.getvalue()
+    assert "\\x1b]0;owned\\x07\\rFAKE LINE\\nnext\\x9b" in text and "Ev\\x1b]0;x\\x07il\\u202e" in text
+    own_colours = re.sub("\x1b\\[[0-9;]*m", "", text)  # the renderer's own SGR sequences
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", own_colours), text
+    assert text.count("\n") == 1 and "\x1b[" in text
