@@ -377,7 +377,7 @@ CURL_EXAMPLES = {
         "\"RunTimeTicks\":73200000000}},\"PlaybackInfo\":{{\"PositionTicks\":600000000}}}}'"
     ),
     "tautulli": (
-        "curl -sS -X POST '{url}' -H 'Content-Type: application/json' -d "
+        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -H 'Content-Type: application/json' -d "
         "'{{\"action\":\"play\",\"media_type\":\"movie\",\"username\":\"me\",\"user_id\":\"1\","
         "\"machine_id\":\"curl\",\"session_key\":\"1\",\"title\":\"Guardians of the Galaxy\","
         "\"year\":\"2014\",\"imdb_id\":\"tt2015381\",\"view_offset\":\"60000\","

@@ -18,6 +18,7 @@ import yaml
 
 from cwhook import __version__, status
 from cwhook.config import parse_config
+from cwhook.sources import SOURCES
 from tests.conftest import ROOT, TOKENS, Daemon, config_text, fixture_json, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -115,7 +116,7 @@ def test_every_try_it_line_is_a_test(tmp_path: Path) -> None:
     path.write_text(config_text(8787, tmp_path / "s"))
     out = cwhook("urls", "-c", str(path))
     tries = [line for line in out.stdout.splitlines() if "try it:" in line]
-    assert len(tries) == 3 and all("-H 'X-Cwhook-Dry-Run: 1'" in line for line in tries), tries
+    assert len(tries) == len(SOURCES) and all("-H 'X-Cwhook-Dry-Run: 1'" in line for line in tries), tries
 
 
 # --- 17.12: the HTTP answers ------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_the_try_it_lines_run_as_tests_against_a_daemon(daemon_factory: Callable
     d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token=refresh, expires_at=expires)
     out = cwhook("urls", "-c", str(d.config_path))
     tries = [line.split("try it: ", 1)[1] for line in out.stdout.splitlines() if "try it:" in line]
-    assert len(tries) == 3
+    assert len(tries) == len(SOURCES)
     for command in tries:
         ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
         answer = json.loads(ran.stdout)
