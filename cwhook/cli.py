@@ -74,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--account", metavar="NAME", default=DEFAULT_ACCOUNT,
                       help="the Trakt account (trakt.accounts.NAME) to log in; default: `default`")
     add("accounts", "one line per Trakt account: users, authorization, token expiry, outbox pending")
-    add("status", "ask the running daemon how it is doing (exit 0 ok, 1 degraded, 3 not running)")
+    status = add("status", "ask the running daemon how it is doing (exit 0 ok, 1 degraded, 3 not running)")
+    status.add_argument("--url", metavar="URL",
+                        help="where the daemon answers (e.g. http://127.0.0.1:8787), when the config "
+                             "file cannot tell")
     recent = add("recent", "what happened to the latest events (the decision journal), newest last")
     recent.add_argument("-n", type=_positive, default=20, metavar="N", help="how many events (default 20)")
     recent.add_argument("--user", metavar="U", help="only this media-server user (NAME or SERVER:NAME)")
@@ -294,13 +297,13 @@ def _main(argv: list[str] | None) -> int:
             return cmd_auth(path, args.account)
         if args.command == "accounts":
             return cmd_accounts(path)
-        if args.command in ("status", "recent"):
+        if args.command == "status":  # asks the daemon even when the file is broken
+            from cwhook.statuscmd import cmd_status
+            return cmd_status(path, args.url)
+        if args.command == "recent":
             config = _load(path)
             if config is None:
                 return EXIT_USAGE
-            if args.command == "status":
-                from cwhook.statuscmd import cmd_status
-                return cmd_status(config)
             from cwhook.recent import cmd_recent
             return cmd_recent(config, args.n, args.user, args.item, args.account, args.json)
     except YamlEditError as exc:

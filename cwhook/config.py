@@ -18,12 +18,35 @@ from typing import Any
 
 import yaml
 
+from cwhook import yamlerrors
 from cwhook.sources import SOURCES
-from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
+from cwhook.yamlerrors import duplicate_keys, explain, sections
 
 SERVERS = tuple(SOURCES)  # webhooks.<server> (cwhook/sources.py)
 DEFAULT_ACCOUNT = "default"
 ACCOUNT_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+_LINE = re.compile(r"\(lines? (\d+)")
+
+
+class Problem(str):
+    """One problem with the file, in words (this str), with a code and the line to fix.
+
+    The words may quote the file (never a secret's value: cwhook/yamlerrors.py); the code
+    and the line are what an unauthenticated reader (/healthz) may see."""
+
+    code: str
+    line: int | None
+
+    def __new__(cls, text: str, code: str = "invalid_value", line: int | None = None) -> Problem:
+        self = super().__new__(cls, text)
+        self.code = code
+        if line is None:
+            found = _LINE.search(text)
+            line = int(found.group(1)) if found else None
+        self.line = line
+        return self
 
 
 class ConfigError(Exception):
@@ -32,6 +55,12 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.details = [p if isinstance(p, Problem) else Problem(p) for p in problems]
+
+    def summary(self) -> str:
+        """The problems as codes and lines only (``yaml_indentation at line 31``): no words of the file."""
+        return ", ".join(dict.fromkeys(
+            p.code + (f" at line {p.line}" if p.line is not None else "") for p in self.details))
 
 
 # --- the schema -------------------------------------------------------------
@@ -123,11 +152,23 @@ def _string_list(value: Any) -> Checked:
 
 def pattern_problem(pattern: str) -> str | None:
     """What is wrong with a user pattern (``SERVER:NAME`` or ``*``), or None."""
-    if pattern.strip() == "*":
+    if pattern == "*":
         return None
+    if pattern.strip() == "*":
+        return f"{pattern!r} has spaces around the *: write it *"
     server, sep, name = pattern.partition(":")
     if not sep or not name.strip():
         return f"{pattern!r} must look like SERVER:NAME (e.g. plex:Anna, jellyfin:anna, *:*)"
+    if " - " in name or name.endswith(" -"):
+        return (f"{pattern!r} reads as two list items run together: a `- ` item indented under the one "
+                "above it continues that item. Start every `- ` of the list at the same indentation")
+    again = re.search(rf"(?i)(?:^|\s)((?:{'|'.join(SERVERS)}|\*):)", name)
+    if again:
+        return (f"{pattern!r} has a second server prefix ({again.group(1)}): one pattern is one "
+                "SERVER:NAME; put each in its own list item")
+    if pattern != pattern.strip() or server != server.strip() or name != name.strip():
+        return (f"{pattern!r} has spaces at the start or end of its server or name: write it "
+                f"{server.strip()}:{name.strip()!s} (a name matches exactly, spaces and all)")
     server, name = server.strip().lower(), name.strip()
     if server not in (*SERVERS, "*"):
         return f"{pattern!r}: the server must be one of {', '.join(SERVERS)} or *"
@@ -152,6 +193,9 @@ def _user_patterns(value: Any) -> Checked:
     return names, None
 
 
+LIST_CHECKERS = (_string_list, _user_patterns)
+
+
 def _mapping(value: Any) -> Checked:
     if not isinstance(value, dict):
         return None, "must be a section of accounts by name (name: {users: [...], ...})"
@@ -165,6 +209,13 @@ def _webhook(extra: Mapping[str, tuple[Any, Checker]]) -> dict[str, tuple[Any, C
         "username_whitelist": ([], _string_list),
         **extra,
     }
+
+
+def _names(spec: Mapping[str, Any]) -> Iterator[str]:
+    for key, sub in spec.items():
+        yield key
+        if isinstance(sub, dict):
+            yield from _names(sub)
 
 
 SCHEMA: dict[str, dict[str, Any]] = {
@@ -211,6 +262,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "format": ("auto", _choice("auto", "console", "json")),
     },
 }
+
+
+yamlerrors.KEY_NAMES.update(_names(SCHEMA))
 
 
 def iter_schema(schema: Mapping[str, Any] = SCHEMA, prefix: tuple[str, ...] = ()
@@ -353,12 +407,16 @@ class Config:
 
 
 def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    """The line of each key, and of each list item (under its list's path and ``#INDEX``)."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 path = (*prefix, str(key_node.value))
                 out[path] = key_node.start_mark.line + 1
                 _key_lines(value_node, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*prefix, f"#{i}")] = item.start_mark.line + 1
 
 
 def _where(path: tuple[str, ...], lines: Mapping[tuple[str, ...], int]) -> str:
@@ -387,7 +445,8 @@ def _check_section(
     for key in data:
         if str(key) not in schema:
             known = ", ".join(schema)
-            problems.append(f"{_where((*path, str(key)), lines)}: unknown key (known: {known})")
+            problems.append(Problem(f"{_where((*path, str(key)), lines)}: unknown key (known: {known})",
+                                    "unknown_key"))
     for key, spec in schema.items():
         sub = (*path, key)
         if isinstance(spec, dict):
@@ -400,7 +459,12 @@ def _check_section(
             continue
         value, error = checker(raw)
         if error:
-            problems.append(f"{_where(sub, lines)}: {error}")
+            where = _where(sub, lines)
+            if checker in LIST_CHECKERS and isinstance(raw, list):  # name the item's own line
+                bad = next((i for i, item in enumerate(raw) if checker([item])[1]), None)
+                if bad is not None and (*sub, f"#{bad}") in lines:
+                    where = f"{'.'.join(sub)} (line {lines[(*sub, f'#{bad}')]})"
+            problems.append(f"{where}: {error}")
         values[key] = value
     return values
 
@@ -434,15 +498,15 @@ def parse_config(text: str, path: Path) -> Config:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        line, explanation = explain_yaml_error(exc, text)
+        line, explanation, code = explain(exc, text)
         where = f" (line {line})" if line else ""
-        raise ConfigError([f"{path.name}{where}: not valid YAML: {explanation}"]) from None
+        raise ConfigError([Problem(f"{path.name}{where}: not valid YAML: {explanation}", code, line)]) from None
     lines: dict[tuple[str, ...], int] = {}
     _key_lines(node, (), lines)
     problems: list[str] = []
     for key_path, line, first in duplicate_keys(node):
-        problems.append(f"{'.'.join(key_path)} (line {line}): duplicate key (already on line {first}); "
-                        "keep only one of them")
+        problems.append(Problem(f"{'.'.join(key_path)} (line {line}): duplicate key (already on line {first}); "
+                                "keep only one of them", "duplicate_key", line))
     values = _check_section(data, SCHEMA, (), lines, problems)
     accounts = _check_accounts(values["trakt"]["accounts"] or {}, lines, problems)
     if not problems:
@@ -473,17 +537,17 @@ def lost_sections(before: Config, after: Config) -> list[str]:
     """Problems for the sections ``before``'s file had and ``after``'s lacks (outermost only)."""
     gone = before.sections - after.sections
     outermost = sorted(p for p in gone if not any(p[:n] in gone for n in range(1, len(p))))
-    return [f"{'.'.join(p)}: this section is missing, but the file had it at the last good read "
-            "(a file caught half-written or truncated?); restore it. To remove it on purpose, "
-            "reload with SIGHUP (`systemctl reload cwhook`)" for p in outermost]
+    return [Problem(f"{'.'.join(p)}: this section is missing, but the file had it at the last good read "
+                    "(a file caught half-written or truncated?); restore it. To remove it on purpose, "
+                    "reload with SIGHUP (`systemctl reload cwhook`)", "missing_section") for p in outermost]
 
 
 def lost_credentials(before: Config, after: Config) -> list[str]:
     """The Trakt app's id and secret never go from set to empty on a reload: that is a file
     caught half-written (say, `systemctl reload` while an editor saves), and every call
     would fail. To clear them on purpose, restart."""
-    return [f"trakt.{key}: empty now, but it was set at the last good read (a file caught "
-            "half-written?); restore it, or restart the daemon to clear it on purpose"
+    return [Problem(f"trakt.{key}: empty now, but it was set at the last good read (a file caught "
+                    "half-written?); restore it, or restart the daemon to clear it on purpose", "credentials_lost")
             for key in ("client_id", "client_secret")
             if getattr(before.trakt, key) and not getattr(after.trakt, key)]
 
@@ -541,13 +605,13 @@ def load_config(path: Path) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+        raise ConfigError([Problem(f"{path}: no such file", "no_such_file")]) from None
     except OSError as exc:
-        raise ConfigError([unreadable(path, exc)]) from None
+        raise ConfigError([Problem(unreadable(path, exc), "unreadable")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path.name}: not UTF-8 text (byte {exc.start})"]) from None
+        raise ConfigError([Problem(f"{path.name}: not UTF-8 text (byte {exc.start})", "not_utf8")]) from None
     return parse_config(text, path)
 
 

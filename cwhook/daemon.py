@@ -79,7 +79,8 @@ class Daemon:
                                journal_ignored=self.journal_ignored)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
-        self.config_error: str | None = None  # why the file on disk is refused, with the fix
+        self.config_error: str | None = None  # why the file on disk is refused (codes and lines), the fix
+        self._refused_words: str | None = None  # ... in words, as logged
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
 
@@ -147,19 +148,18 @@ class Daemon:
             if lost_app:  # even on SIGHUP: the file is being written (tokens follow the pair rule)
                 raise ConfigError(lost_app)
         except ConfigError as exc:
-            error = ("; ".join(exc.problems) + f". The daemon keeps its previous settings; fix {self.config.path} "
-                     f"(`{hint.command('check-config', self.config.path)}` lists the problems): it is read "
-                     "again when it changes, on SIGHUP "
-                     "and every minute")
-            if error != self.config_error:
+            words = "; ".join(exc.problems)
+            if words != self._refused_words:
                 for problem in exc.problems:
                     log.error("config_refused", reason=reason, problem=problem,
                               note="keeping the previous settings; the file is read again every minute")
-            self.config_error = error
+            self._refused_words = words
+            # /healthz answers anyone: codes and lines only, never words of the file (docs/configuration.md)
+            self.config_error = status.refused_text(self.config.path, exc.summary())
             return False
         old = self.config
         self.config = config
-        self.config_error = None
+        self.config_error = self._refused_words = None
         remember(config)
         self.runtime.config = config
         self.worker.update_settings(config.scrobble)

@@ -264,9 +264,9 @@ def test_duplicate_keys_are_errors(text: str, expected: str) -> None:
         ("server:\n  host: x\n port: 8790\nlogging:\n  level: info\n", 3,
          "`port: 8790` is indented 1 space, but the lines under `server` above it are indented 2 spaces"),
         ("webhooks:\n  plex:\n    enabled: true\n   token: abc\n  emby:\n    enabled: true\n", 4,
-         "`token: abc` is indented 3 spaces, but the lines under `plex` above it are indented 4 spaces"),
+         "`token: ***` is indented 3 spaces, but the lines under `plex` above it are indented 4 spaces"),
         ("trakt:\n  client_id: abc\n  client_secret: def\n access_token: ''\n refresh_token: ''\n", 4,
-         "`access_token: ''` is indented 1 space"),
+         "`access_token: ***` is indented 1 space"),
         # the section's first key is the odd one out: PyYAML stops a line later, we name it
         ("webhooks:\n  plex:\n      enabled: true\n    token: abcdefabcdefabcdef\n    ratings: false\n", 3,
          "`enabled: true` is indented 6 spaces, but the next key of `plex` (line 4) is indented 4 spaces"),
