@@ -14,7 +14,8 @@ import urllib.request
 from typing import Any
 
 from cwhook import hint
-from cwhook.config import Config
+from cwhook.config import Config, unreadable
+from cwhook.statedir import StateDirError
 from cwhook.status import duration
 from cwhook.store import FILE_NAME
 from cwhook.termtext import visible
@@ -22,8 +23,13 @@ from cwhook.termtext import visible
 
 def pending_by_account(config: Config) -> dict[str, int]:
     path = config.state_dir / FILE_NAME
-    if not path.exists():
+    try:
+        with open(path, "rb"):  # what sqlite would meet, said the way a config file's is
+            pass
+    except FileNotFoundError:
         return {}
+    except PermissionError as exc:
+        raise StateDirError(unreadable(path, exc)) from None
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
         try:

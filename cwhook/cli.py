@@ -33,7 +33,7 @@ from cwhook.configfile import (
     urls_text,
 )
 from cwhook.listen import bind_error, listen_problem
-from cwhook.statedir import PRIVATE_UMASK, StateDirError, ensure_private_dir
+from cwhook.statedir import PRIVATE_UMASK, StateDirError, ensure_private_dir, state_dir_problem
 from cwhook.yamledit import YamlEditError
 
 EXIT_USAGE = 2
@@ -117,10 +117,14 @@ def _load(path: Path, settled: bool = False) -> Config | None:
 
 def cmd_check_config(path: Path) -> int:
     try:
-        load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)
+        return EXIT_USAGE
+    state = state_dir_problem(config.state_dir, path)  # `run` as this user would stop there
+    if state is not None:
+        print(state)
         return EXIT_USAGE
     print("config OK")
     return 0

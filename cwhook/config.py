@@ -38,10 +38,13 @@ class Problem(str):
 
     code: str
     line: int | None
+    public: bool  # the words quote nothing of the file (its path, users, section names): /healthz may show them
 
-    def __new__(cls, text: str, code: str = "invalid_value", line: int | None = None) -> Problem:
+    def __new__(cls, text: str, code: str = "invalid_value", line: int | None = None,
+                public: bool = False) -> Problem:
         self = super().__new__(cls, text)
         self.code = code
+        self.public = public
         if line is None:
             found = _LINE.search(text)
             line = int(found.group(1)) if found else None
@@ -59,8 +62,9 @@ class ConfigError(Exception):
 
     def summary(self) -> str:
         """The problems as codes and lines only (``yaml_indentation at line 31``): no words of the file."""
-        return ", ".join(dict.fromkeys(
-            p.code + (f" at line {p.line}" if p.line is not None else "") for p in self.details))
+        return "; ".join(dict.fromkeys(
+            f"{p.code}: {p}" if p.public else p.code + (f" at line {p.line}" if p.line is not None else "")
+            for p in self.details))
 
 
 # --- the schema -------------------------------------------------------------
@@ -539,7 +543,8 @@ def lost_sections(before: Config, after: Config) -> list[str]:
     outermost = sorted(p for p in gone if not any(p[:n] in gone for n in range(1, len(p))))
     return [Problem(f"{'.'.join(p)}: this section is missing, but the file had it at the last good read "
                     "(a file caught half-written or truncated?); restore it. To remove it on purpose, "
-                    "reload with SIGHUP (`systemctl reload cwhook`)", "missing_section") for p in outermost]
+                    "reload with SIGHUP (`systemctl reload cwhook`)", "missing_section", public=True)
+            for p in outermost]
 
 
 def lost_credentials(before: Config, after: Config) -> list[str]:
@@ -547,7 +552,8 @@ def lost_credentials(before: Config, after: Config) -> list[str]:
     caught half-written (say, `systemctl reload` while an editor saves), and every call
     would fail. To clear them on purpose, restart."""
     return [Problem(f"trakt.{key}: empty now, but it was set at the last good read (a file caught "
-                    "half-written?); restore it, or restart the daemon to clear it on purpose", "credentials_lost")
+                    "half-written?); restore it, or restart the daemon to clear it on purpose", "credentials_lost",
+                    public=True)
             for key in ("client_id", "client_secret")
             if getattr(before.trakt, key) and not getattr(after.trakt, key)]
 
@@ -580,24 +586,61 @@ def user_name(uid: int | None = None) -> str:
         return str(uid)
 
 
-def ownership_fix(path: Path, access: str, runner: str) -> tuple[str, str, str]:
-    """(who we are, who owns ``path``, the fix in words): give it to us, or run as its owner."""
-    me = user_name()
-    try:
-        owner = user_name(os.stat(path).st_uid)
-    except OSError:
-        owner = "?"
-    fix = f"make it {access} {me} (`chown {me} {path}`)"
-    if owner != me:
-        fix += f", or run {runner} {owner} (`sudo -u {owner} cwhook ...`)"
-    return me, owner, fix
+def owner_name(uid: int) -> str:
+    """A user as a message names it: the name, or ``uid 1234`` when it has no passwd entry."""
+    name = user_name(uid)
+    return f"uid {uid}" if name == str(uid) else name
+
+
+def run_as(uid: int, command: str = "cwhook ...") -> str:
+    """How to run a command as that user (``sudo``, never ``sudo -u root``)."""
+    if uid == 0:
+        return f"sudo {command}"
+    name = user_name(uid)
+    return f"sudo -u {name} {command}" if name != str(uid) else f"sudo -u '#{uid}' {command}"
+
+
+def owning(path: Path) -> tuple[int, Path]:
+    """The owner of ``path``, or when it cannot be looked at, of the directory that hides it
+    (the nearest one that can be): (uid, which path that is)."""
+    p = Path(os.path.abspath(path))
+    while True:
+        try:
+            return os.stat(p).st_uid, p
+        except OSError:
+            if p == p.parent:
+                return 0, p
+            p = p.parent
+
+
+def ownership_fix(path: Path, access: str, runner: str, mode: str = "r") -> tuple[str, str, str]:
+    """(who we are, whose ``path`` is, in words, the fix in words).
+
+    Never "give the file to me" when it belongs to another user: that is the service's file
+    and the service could no longer use it. Run as its owner instead; a file of root's
+    (root ran a command once) may be given to us, when we are the user that runs the daemon."""
+    me_uid = os.geteuid()
+    me = owner_name(me_uid)
+    uid, where = owning(path)
+    owner = owner_name(uid)
+    if uid == me_uid:
+        fix = f"make it {access} {me} (`chmod u+{mode} {where}`)"
+    elif uid == 0:
+        fix = (f"run {runner} root (`{run_as(0)}`); or, if {me} is the user that runs the daemon, "
+               f"make it {access} {me} (`sudo chown {me_uid if me.startswith('uid ') else me} {where}`)")
+    else:
+        fix = f"run {runner} {owner} (`{run_as(uid)}`)"
+    if where != Path(os.path.abspath(path)):
+        return me, f"the directory {where} belongs to {owner} and is closed to {me}", fix
+    return me, f"it belongs to {owner}", fix
 
 
 def unreadable(path: Path, exc: OSError) -> str:
     if not isinstance(exc, PermissionError):
         return f"{path}: cannot read: {exc.strerror or exc}"
-    me, owner, fix = ownership_fix(path, "readable by", "cwhook as its owner")
-    return f"{path}: cannot read it as user {me} (permission denied; the file belongs to {owner}): {fix}"
+    me, whose, fix = ownership_fix(path, "readable by", "cwhook as")
+    whose = whose.replace("it belongs", "the file belongs", 1)
+    return f"{path}: cannot read it as user {me} (permission denied; {whose}): {fix}"
 
 
 def load_config(path: Path) -> Config:
@@ -605,13 +648,14 @@ def load_config(path: Path) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([Problem(f"{path}: no such file", "no_such_file")]) from None
+        raise ConfigError([Problem(f"{path}: no such file", "no_such_file", public=True)]) from None
     except OSError as exc:
-        raise ConfigError([Problem(unreadable(path, exc), "unreadable")]) from None
+        raise ConfigError([Problem(unreadable(path, exc), "unreadable", public=True)]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(f"{path.name}: not UTF-8 text (byte {exc.start})", "not_utf8")]) from None
+        raise ConfigError([Problem(f"{path.name}: not UTF-8 text (byte {exc.start})", "not_utf8",
+                                   public=True)]) from None
     return parse_config(text, path)
 
 

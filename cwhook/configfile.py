@@ -28,7 +28,17 @@ from pathlib import Path
 
 import yaml
 
-from cwhook.config import SERVERS, Config, ConfigError, load_config, ownership_fix, unreadable, user_name
+from cwhook.config import (
+    SERVERS,
+    Config,
+    ConfigError,
+    load_config,
+    owner_name,
+    ownership_fix,
+    run_as,
+    unreadable,
+    user_name,
+)
 from cwhook.sources import SOURCES
 from cwhook.yamledit import Scalar, edit_yaml
 from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
@@ -94,7 +104,7 @@ def write_failure(path: Path, exc: OSError) -> ConfigWriteError:
             f"cannot write {path}: no space left for {directory}; nothing was changed. "
             "Fix: free some space, then run the command again")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        me, _, fix = ownership_fix(directory, "writable for", "the command as")
+        me, _, fix = ownership_fix(directory, "writable for", "the command as", "rwx")
         return ConfigWriteError(
             f"cannot write {path}: the directory {directory} is not writable by user {me} (cwhook "
             f"replaces the file through a temporary file beside it and locks {path.name}.lock); "
@@ -188,12 +198,13 @@ def _keep_owner(fd: int, path: Path, st: os.stat_result) -> None:
     try:
         os.fchown(fd, uid, gid)
     except PermissionError:
-        owner = user_name(st.st_uid)
+        owner = owner_name(st.st_uid)
+        also = "" if st.st_uid == 0 else f" or as root (`{run_as(0)}`)"
         raise ConfigWriteError(
-            f"cannot write {path} as user {user_name()}: it belongs to {owner} (group {st.st_gid}), and "
-            f"a rewrite by {user_name()} could not keep that owner, so {owner} could no longer use it; "
-            f"nothing was changed. Fix: run the command as {owner} (`sudo -u {owner} cwhook ...`) "
-            "or as root") from None
+            f"cannot write {path} as user {owner_name(os.geteuid())}: it belongs to {owner} (group "
+            f"{st.st_gid}), and a rewrite by {owner_name(os.geteuid())} could not keep that owner, so {owner} "
+            f"could no longer use it; nothing was changed. Fix: run the command as {owner} "
+            f"(`{run_as(st.st_uid)}`){also}") from None
 
 
 def check_writable(path: Path) -> None:

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from cwhook.config import user_name
+from cwhook.config import owner_name, user_name
 
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
@@ -38,7 +38,44 @@ def ensure_private_dir(path: Path, config_path: Path | None = None) -> None:
             pass
     except OSError as exc:
         raise StateDirError(_message(path, exc, me, where)) from None
+    foreign = _foreign_file(path, me)
+    if foreign:
+        raise StateDirError(foreign)
     _tighten_files(path)
+
+
+def state_dir_problem(path: Path, config_path: Path | None = None) -> str | None:
+    """What would keep the user running this from creating or using ``path``, found without
+    creating it (`cwhook check-config`); None when `cwhook run` as this user could use it."""
+    where = f" in {config_path}" if config_path else ""
+    me = user_name()
+    try:
+        if path.is_dir():
+            with tempfile.TemporaryFile(dir=path, prefix=".cwhook-probe-"):
+                pass
+            return _foreign_file(path, me)
+        parent = path
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".cwhook-probe-"))
+    except OSError as exc:
+        return _message(path, exc, me, where)
+    return None
+
+
+def _foreign_file(path: Path, me: str) -> str | None:
+    """A file in the directory this user cannot read and write (root ran `cwhook run` once)."""
+    with contextlib.suppress(OSError), os.scandir(path) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and not os.access(entry.path, os.R_OK | os.W_OK):
+                    owner = owner_name(entry.stat(follow_symlinks=False).st_uid)
+                    return (f"state.dir {path}: user {me} cannot use {entry.name} in it: it belongs to {owner} "
+                            f"(did {owner} run cwhook once?). Fix: give the directory back to the user that "
+                            f"runs the daemon: `sudo chown -R {me} {path}`")
+    return None
 
 
 def _make_dirs(path: Path) -> None:
@@ -71,6 +108,17 @@ def _message(path: Path, exc: OSError, me: str, where: str) -> str:
                 f"StateDirectory= (or ReadWritePaths=) must cover it; or set state.dir{where} to a writable "
                 "directory")
     if exc.errno in (errno.EACCES, errno.EPERM):
+        try:
+            uid = os.stat(path).st_uid
+        except OSError:
+            uid = None
+        if uid is not None and uid != os.geteuid():  # left by another user (root ran cwhook once?)
+            return (f"state.dir {path}: user {me} cannot write it ({cause}): it belongs to {owner_name(uid)}. "
+                    f"Fix: give it to the user that runs the daemon: `sudo chown -R {me} {path}`, or set "
+                    f"state.dir{where} to a directory {me} owns")
+        if uid is not None:
+            return (f"state.dir {path}: user {me} cannot write it ({cause}). Fix: `chmod 0700 {path}`, "
+                    f"or set state.dir{where} to a directory {me} owns")
         return (f"state.dir {path}: user {me} cannot create or write it ({cause}). Fix: "
                 f"`install -d -o {me} -m 0700 {path}`, or set state.dir{where} to a directory {me} owns")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):

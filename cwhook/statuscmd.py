@@ -65,9 +65,9 @@ def address(path: Path) -> tuple[str, int]:
                 inside = line.split("#")[0].strip() == "server:"
             elif inside and (m := _SERVER_LINE.match(line)):
                 value = next(g for g in m.groups()[1:] if g is not None)
-                if m.group(1) == "host":
+                if m.group(1) == "host" and host is None:
                     host = value
-                else:
+                elif m.group(1) == "port" and port is None:
                     port = int(value) if value.isdigit() else None
     if not isinstance(host, str) or not host.strip():
         host = default("server", "host")

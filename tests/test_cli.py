@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cwhook.store import FILE_NAME
 from tests.conftest import ROOT, TOKENS, config_text, free_port
 from tests.faketrakt import FakeTrakt
 
@@ -289,8 +290,8 @@ def test_directory_not_writable_names_the_directory_and_the_fix(shared_dir: Path
     assert out.returncode == 1
     assert out.stderr.startswith(f"cwhook: cannot write {path}: the directory {shared_dir} is not writable by "
                                  "user nobody"), out.stderr
-    assert f"Fix: make it writable for nobody (`chown nobody {shared_dir}`), or run the command as root" \
-        in out.stderr
+    assert ("Fix: run the command as root (`sudo cwhook ...`); or, if nobody is the user that runs the daemon, "
+            f"make it writable for nobody (`sudo chown nobody {shared_dir}`)") in out.stderr
     assert ".tmp" not in out.stderr and "Traceback" not in out.stderr
     assert path.read_bytes() == before
 
@@ -405,3 +406,96 @@ def test_urls_piped_to_head(tmp_path: Path) -> None:
     out = subprocess.run(["bash", "-c", f"{sys.executable} -m cwhook urls -c {path} | head -1"],
                          capture_output=True, text=True, timeout=30)
     assert out.stderr == "" and out.stdout.startswith("plex: http://127.0.0.1:8787/webhook/plextrakt?")
+
+
+# --- permission messages name the owner and never give the service's file away ----------------
+
+GHOST = 54321  # a uid with no passwd entry (a service user of another machine, a restored backup)
+
+
+@needs_nobody
+@pytest.mark.parametrize("owner", [GHOST, 0])
+def test_an_unreadable_file_names_its_owner_and_never_gives_it_to_the_caller(shared_dir: Path, owner: int) -> None:
+    os.chmod(shared_dir, 0o755)
+    path = settled_config(shared_dir)  # 0600
+    os.chown(path, owner, owner)
+    for command in ("check-config", "status", "accounts", "urls"):
+        out = cwhook(command, "-c", str(path), as_nobody=True)
+        said = out.stdout + out.stderr
+        assert "?" not in said.split("permission denied", 1)[1].split(")")[0], said
+        assert "sudo -u root" not in said and "Traceback" not in said
+        if owner == GHOST:
+            assert f"(permission denied; the file belongs to uid {GHOST})" in said, said
+            assert f"run cwhook as uid {GHOST} (`sudo -u '#{GHOST}' cwhook ...`)" in said, said
+            assert "chown" not in said, said  # the service's file stays the service's
+        else:
+            assert "(permission denied; the file belongs to root)" in said, said
+            assert "run cwhook as root (`sudo cwhook ...`)" in said, said
+
+
+@needs_nobody
+def test_a_closed_directory_is_named_with_its_owner(shared_dir: Path) -> None:
+    service = shared_dir / "etc"
+    service.mkdir(mode=0o700)
+    path = settled_config(service)
+    os.chown(service, GHOST, GHOST)
+    os.chown(path, GHOST, GHOST)
+    os.chmod(shared_dir, 0o755)
+    out = cwhook("check-config", "-c", str(path), as_nobody=True)
+    assert out.returncode == 2
+    assert out.stdout.startswith(f"{path}: cannot read it as user nobody (permission denied; the directory "
+                                 f"{service} belongs to uid {GHOST} and is closed to nobody): run cwhook as "
+                                 f"uid {GHOST} (`sudo -u '#{GHOST}' cwhook ...`)"), out.stdout
+    assert "chown" not in out.stdout
+
+
+@needs_nobody
+def test_a_state_dir_left_to_root_leads_to_chown_not_install(shared_dir: Path) -> None:
+    os.chmod(shared_dir, 0o755)
+    path = settled_config(shared_dir)
+    os.chown(path, NOBODY, NOBODY)
+    state = shared_dir / "state"
+    state.mkdir(mode=0o700)  # root ran the daemon once
+    (state / FILE_NAME).write_bytes(b"")
+    for command in ("check-config", "run"):
+        out = cwhook(command, "-c", str(path), as_nobody=True, timeout=30)
+        said = out.stdout + out.stderr
+        assert out.returncode in (1, 2) and f"`sudo chown -R nobody {state}`" in said, said
+        assert "install -d" not in said and "unable to open database file" not in said
+    os.chown(state, NOBODY, NOBODY)  # the directory given back, a file in it still root's
+    for command in ("check-config", "run"):
+        out = cwhook(command, "-c", str(path), as_nobody=True, timeout=30)
+        said = out.stdout + out.stderr
+        assert f"cannot use {FILE_NAME} in it: it belongs to root" in said, said
+        assert f"`sudo chown -R nobody {state}`" in said and "install -d" not in said
+
+
+@needs_nobody
+def test_check_config_says_when_state_dir_cannot_be_created(shared_dir: Path) -> None:
+    os.chmod(shared_dir, 0o755)  # root's: nobody cannot create state/ in it
+    path = settled_config(shared_dir)
+    os.chown(path, NOBODY, NOBODY)
+    out = cwhook("check-config", "-c", str(path), as_nobody=True)
+    assert out.returncode == 2, out.stdout
+    assert out.stdout.startswith(f"state.dir {shared_dir / 'state'}: user nobody cannot create or write it"), out.stdout
+    assert not (shared_dir / "state").exists()
+    os.chmod(shared_dir, 0o777)
+    out = cwhook("check-config", "-c", str(path), as_nobody=True)
+    assert out.stdout == "config OK\n" and not (shared_dir / "state").exists()  # checked, not created
+    assert [p.name for p in shared_dir.iterdir()] == ["cwhook.yml"]
+
+
+@needs_nobody
+def test_accounts_on_an_unreadable_database_says_whose_it_is(shared_dir: Path) -> None:
+    os.chmod(shared_dir, 0o755)
+    path = settled_config(shared_dir)
+    path.chmod(0o644)
+    state = shared_dir / "state"
+    state.mkdir(mode=0o700)
+    (state / FILE_NAME).write_bytes(b"")
+    out = cwhook("accounts", "-c", str(path), as_nobody=True)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"cwhook: {state / FILE_NAME}: cannot read it as user nobody (permission "
+                                 f"denied; the directory {state} belongs to root and is closed to nobody): "
+                                 "run cwhook as root (`sudo cwhook ...`)"), out.stderr
+    assert "Permission denied" not in out.stderr

@@ -361,4 +361,4 @@ def test_unreadable_file_names_the_user_and_the_fix(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert "cannot read it as user" in info.value.problems[0] and "chown" in info.value.problems[0]
+    assert "cannot read it as user" in info.value.problems[0] and "`chmod u+r " in info.value.problems[0]

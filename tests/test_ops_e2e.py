@@ -155,7 +155,7 @@ def test_an_unreadable_file_is_a_healthz_problem_with_the_fix_until_a_chown(nobo
     health = d.health()
     assert health["status"] == "degraded"
     assert "cannot read it as user nobody (permission denied; the file belongs to root)" in health["config_refused"]
-    assert f"`chown nobody {d.config_path}`" in health["config_refused"]
+    assert f"`sudo chown nobody {d.config_path}`" in health["config_refused"]
     refused = events(d, "config_refused")
     assert len(refused) == 1 and refused[0]["level"] == "error"
     assert d.post("plex", plex_body("media.play", 1000))[0] == 202  # running on the previous settings

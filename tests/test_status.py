@@ -235,3 +235,53 @@ def test_status_when_something_else_answers(tmp_path: Path) -> None:
         assert out.returncode == 3 and "something that is not cwhook answers" in out.stderr
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_status_on_a_broken_file_still_asks_the_daemon(daemon_factory: Callable[..., Daemon],
+                                                       tmp_path: Path) -> None:
+    from tests.conftest import wait_for
+
+    d = daemon_factory()
+    good = d.config_path.read_text()
+    # A YAML mistake far from `server:` (the file does not parse at all): host and port still read.
+    d.config_path.write_text(good.replace("  level: debug", "   level: debug"))
+    wait_for(lambda: "config_refused" in d.health()["problems"])
+    out = cwhook_status(d.config_path)
+    assert out.returncode == 1, out
+    assert ": DEGRADED (up " in out.stdout.splitlines()[0]
+    assert "  config_refused: cwhook.yml: yaml_indentation at line 25. The daemon keeps its previous settings" \
+        in out.stdout, out.stdout
+    assert out.stderr.startswith(f"cwhook: {d.config_path}: the configuration has problems:\n"
+                                 "  cwhook.yml (line 25): not valid YAML: "), out.stderr
+    assert f"asking the daemon anyway, at http://127.0.0.1:{d.port}/healthz" in out.stderr
+
+    # The mistake is in `server:` itself: its port line is still read.
+    d.config_path.write_text(good.replace("  host: 127.0.0.1", "\thost: 127.0.0.1"))
+    out = cwhook_status(d.config_path)
+    assert out.returncode == 1 and "config_refused" in out.stdout, out
+
+    # Nothing of it can be read: the defaults, or --url.
+    d.config_path.write_text("server: [\n")
+    out = cwhook_status(d.config_path)
+    assert out.returncode == 3 and "asking the daemon anyway, at http://127.0.0.1:8787/healthz" in out.stderr, out
+    out = subprocess.run([sys.executable, "-m", "cwhook", "status", "-c", str(d.config_path), "--url",
+                          f"127.0.0.1:{d.port}"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "config_refused" in out.stdout, out
+    assert d.stop() == 0
+
+
+def test_address_from_a_broken_file(tmp_path: Path) -> None:
+    from cwhook.statuscmd import address
+
+    path = tmp_path / "c.yml"
+    for text, expected in [
+        ("server:\n  host: 10.0.0.2\n  port: 9000\nlogging:\n\tlevel: x\n", ("10.0.0.2", 9000)),
+        ("server:\n  host: '::1'   # comment\n  port: 9001\ntrakt: [\n", ("::1", 9001)),
+        ("server:\n  port: 9002\n port: 1\n", ("0.0.0.0", 9002)),
+        ("trakt:\n  port: 9003\n  [\n", ("0.0.0.0", 8787)),
+        ("server:\n  port: many\n", ("0.0.0.0", 8787)),
+    ]:
+        path.write_text(text)
+        assert address(path) == expected, text
+    assert address(tmp_path / "missing.yml") == ("0.0.0.0", 8787)
