@@ -20,7 +20,7 @@ import yaml
 
 from cwhook import yamlerrors
 from cwhook.sources import SOURCES
-from cwhook.yamlerrors import duplicate_keys, explain, sections
+from cwhook.yamlerrors import duplicate_keys, explain, safe_name, sections
 
 SERVERS = tuple(SOURCES)  # webhooks.<server> (cwhook/sources.py)
 DEFAULT_ACCOUNT = "default"
@@ -424,7 +424,7 @@ def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...], out: dict[tuple[
 
 
 def _where(path: tuple[str, ...], lines: Mapping[tuple[str, ...], int]) -> str:
-    dotted = ".".join(path)
+    dotted = ".".join(safe_name(key) for key in path)
     for n in range(len(path), 0, -1):
         line = lines.get(path[:n])
         if line is not None:
@@ -509,8 +509,8 @@ def parse_config(text: str, path: Path) -> Config:
     _key_lines(node, (), lines)
     problems: list[str] = []
     for key_path, line, first in duplicate_keys(node):
-        problems.append(Problem(f"{'.'.join(key_path)} (line {line}): duplicate key (already on line {first}); "
-                                "keep only one of them", "duplicate_key", line))
+        problems.append(Problem(f"{'.'.join(map(safe_name, key_path))} (line {line}): duplicate key (already "
+                                f"on line {first}); keep only one of them", "duplicate_key", line))
     values = _check_section(data, SCHEMA, (), lines, problems)
     accounts = _check_accounts(values["trakt"]["accounts"] or {}, lines, problems)
     if not problems:

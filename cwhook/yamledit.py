@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from cwhook.yamlerrors import explain_yaml_error
+
 Scalar = str | int | float | bool
 Path = tuple[str, ...]
 
@@ -212,7 +214,8 @@ def edit_yaml(text: str, changes: Mapping[Path, Scalar]) -> str:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
-            raise YamlEditError(f"not valid YAML: {exc}") from None
+            line, what = explain_yaml_error(exc, text)  # never PyYAML's own text: it quotes the file
+            raise YamlEditError(f"not valid YAML{f' (line {line})' if line else ''}: {what}") from None
         edit = _plan(text, root, path, value)
         text = text[: edit.start] + edit.text + text[edit.end :]
     return text

@@ -57,6 +57,12 @@ def _mask_credentials(text: str) -> str:
     return _CREDENTIAL.sub(lambda m: few(m.group(0)) if _looks_like_credential(m.group(0)) else m.group(0), text)
 
 
+def safe_name(name: str) -> str:
+    """A key as a message may name it: one that looks like a credential (a token pasted as a
+    key) is cut to a few characters."""
+    return few(name) if _CREDENTIAL.fullmatch(name) and _looks_like_credential(name) else name
+
+
 def few(text: str) -> str:
     """At most FEW characters of ``text`` (and an ellipsis when there were more)."""
     return text if len(text) <= FEW + 2 else text[:FEW] + "…"
@@ -329,6 +335,8 @@ def explain(exc: yaml.YAMLError, text: str) -> tuple[int | None, str, str]:
         return line, f"{problem} (column {column}): put the value in quotes", "yaml_bad_character"
     if "found undefined alias" in problem or "found duplicate anchor" in problem:
         return line, f"{problem}: a value starting with * or & must be put in quotes", "yaml_alias"
+    if "could not determine a constructor for the tag" in problem:
+        return line, f"{problem}: a value starting with ! must be put in quotes", "yaml_tag"
     words = f"{problem} ({context})" if context else problem
     return line, (f"{words}: check the indentation (spaces only, the same for every key of a section), "
                   "the colons and the quotes around that line"), "yaml_syntax"

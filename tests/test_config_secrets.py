@@ -134,6 +134,8 @@ MISTAKES: dict[str, Mistake] = {
                                                + _bare(s)[10:] + ": x"]),
     # duplicate keys (accepted by PyYAML, refused by cwhook)
     "duplicate_key": _replace(lambda s: [s, s]),
+    "pasted_as_key": _replace(lambda s: " " * _indent(s) + _bare(s) + ": x"),
+    "pasted_twice_as_key": _replace(lambda s: [" " * _indent(s) + _bare(s) + ": x"] * 2),
     "value_as_key": _replace(lambda s: [f"{_key(s)}:", " " * (_indent(s) + 2) + _bare(s) + ": x"]),
 }
 
