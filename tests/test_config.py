@@ -362,3 +362,36 @@ def test_unreadable_file_names_the_user_and_the_fix(tmp_path: Path, monkeypatch:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "cannot read it as user" in info.value.problems[0] and "`chmod u+r " in info.value.problems[0]
+
+
+# --- user patterns YAML reads differently from what was meant ------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # a list item indented under the one above it continues it: one string
+    ("trakt:\n  accounts:\n    partner:\n      users:\n        - jellyfin:partner\n         - jellyfin:kid\n",
+     "trakt.accounts.partner.users (line 5): 'jellyfin:partner - jellyfin:kid' reads as two list items run "
+     "together"),
+    ("trakt:\n  users:\n  - plex:Dad\n  - jellyfin:partner\n    - jellyfin:kid\n",
+     "trakt.users (line 4): 'jellyfin:partner - jellyfin:kid' reads as two list items"),
+    # a second SERVER: prefix
+    ('trakt:\n  users: ["plex:Dad", "plex:jellyfin:kid"]\n',
+     "trakt.users (line 2): 'plex:jellyfin:kid' has a second server prefix (jellyfin:)"),
+    ("trakt:\n  users:\n    - plex:Dad\n    - jellyfin:anna emby:anna\n",
+     "trakt.users (line 4): 'jellyfin:anna emby:anna' has a second server prefix (emby:)"),
+    # spaces at either end of the server or the name
+    ('trakt:\n  users:\n    - plex:Dad\n    - "jellyfin:kid "\n', "trakt.users (line 4): 'jellyfin:kid ' has spaces"),
+    ('trakt:\n  users: [" plex:Dad"]\n', "trakt.users (line 2): ' plex:Dad' has spaces"),
+    ('trakt:\n  users: ["plex: Dad"]\n', "trakt.users (line 2): 'plex: Dad' has spaces"),
+    ('trakt:\n  users: ["plex :Dad"]\n', "trakt.users (line 2): 'plex :Dad' has spaces"),
+    ('trakt:\n  users: [" * "]\n', "trakt.users (line 2): ' * ' has spaces around the *"),
+])
+def test_a_pattern_yaml_read_otherwise_than_meant_is_an_error_at_its_line(text: str, expected: str) -> None:
+    found = problems(text)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+@pytest.mark.parametrize("users", ['["*"]', '["*:*"]', '["plex:id:123", "plex:uuid:abc"]',
+                                   '["plex:Anna Maria", "jellyfin:anna-maria", "emby:x-y"]'])
+def test_ordinary_patterns_still_pass(users: str) -> None:
+    parse_config(f"trakt:\n  users: {users}\n", Path("c.yml"))
