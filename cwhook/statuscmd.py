@@ -86,7 +86,7 @@ def _url(given: str) -> str:
 def cmd_status(path: Path, url: str | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    refused = False
+    refused = failed = False
     try:
         config = load_config(path)
         host, port = config.server.host, config.server.port
@@ -95,6 +95,7 @@ def cmd_status(path: Path, url: str | None = None, out: TextIO | None = None, er
         for problem in exc.problems:
             err.write(f"  {problem}\n")
         refused = not any(p.code in _NOT_THE_FILES_FAULT for p in exc.details)
+        failed = url is None
         host, port = address(path)
         if url is None:
             err.write(f"cwhook: asking the daemon anyway, at {healthz_url(host, port)} (server.host and "
@@ -116,7 +117,7 @@ def cmd_status(path: Path, url: str | None = None, out: TextIO | None = None, er
         else:
             err.write(f"cwhook: not running: nothing answers at {url} ({reason}). "
                       "Start it (`systemctl start cwhook`) or check server.host and server.port in "
-                      f"{path}\n")
+                      f"{path}" + (" (or give the daemon's address with --url)" if failed else "") + "\n")
         return EXIT_NOT_RUNNING
     try:
         data = json.loads(raw)
