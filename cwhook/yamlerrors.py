@@ -38,7 +38,7 @@ _SECRET_NAME = re.compile(r"token|secret", re.IGNORECASE)
 # Keys whose lines (`- item`) may be quoted in full: lists of user names and server ids.
 LIST_KEYS = frozenset({"users", "username_whitelist", "server_uuid_whitelist"})
 # A word that looks like a credential: 16+ characters of the alphabets tokens are written in,
-# letters and digits mixed (a token under a misspelt key, a hex secret).
+# letters and digits mixed, or a long one in mixed case (see _looks_like_credential).
 _CREDENTIAL = re.compile(r"[A-Za-z0-9_+/=~.-]{16,}")
 # The names of the schema's keys (cwhook.config registers them): a line that starts with one
 # belongs to that key even when its colon is missing (`host x`), so it may be quoted.
@@ -50,7 +50,11 @@ def is_secret_key(name: str) -> bool:
 
 
 def _looks_like_credential(word: str) -> bool:
-    return any(c.isdigit() for c in word) and any(c.isalpha() for c in word) and "://" not in word
+    """Letters and digits mixed, or a long run of mixed case (a token that drew no digit)."""
+    if "://" in word:
+        return False
+    mixed_case = len(word) >= 24 and any(c.isupper() for c in word) and any(c.islower() for c in word)
+    return mixed_case or (any(c.isdigit() for c in word) and any(c.isalpha() for c in word))
 
 
 def _mask_credentials(text: str) -> str:

@@ -263,3 +263,36 @@ def test_no_secret_in_healthz_status_or_log_when_a_reload_is_refused(
         wait_for(lambda: "config_refused" not in d.health()["problems"])
     assert refused >= len(MISTAKES) // 2
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize(("code", "owner", "shown"), [
+    ('token: "Qx7vKp2mWz9RtL4nBc8yHd3sFg6jAe1uZk5q', None, "token: ***"),  # the issue's example
+    ("refresh_token Mw6Xe1Ry8Tu3Io5Pa2Sd7Fg4Hj9Kl0Zx", None, "refresh_token ***"),  # no colon
+    ("client_secret:c7Fe9Bd41a7Ee2Ca6f3Q850d1Mc9e7b4a2f6d8", None, "client_secret: ***"),  # no space
+    ("- access_token: x", None, "- access_token: ***"),
+    ("Client_Secret: x", None, "Client_Secret: ***"),  # any case, any section
+    ("acess_token: Ra3Tk8Wm5Zq2Lx7Vn4Bc9Yd6Hs1Jf0Gp", None, "acess_token: ***"),  # misspelt
+    ("Op9Ij4Uh1Yg6Tf3Rd8Es5Wa2Qz7Xc0Vb", "access_token", "***"),  # the rest of a secret's value
+    ("Op9Ij4Uh1Yg6Tf3Rd8Es5Wa2Qz7Xc0Vb", None, "Op9…"),  # a line no key vouches for
+    ("Op9Ij4Uh1Yg6Tf3Rd8Es5Wa2Qz7Xc0Vb", "plex", "Op9…"),
+    ("tokn: AbCdEfGhIjKlMnOpQrStUvWxYz", None, "tokn: AbC…"),  # a credential drawn without a digit
+    ("host x", None, "host x"),  # a schema key without its colon: quoted
+    ("- plex:Anna", "users", "- plex:Anna"),  # a user pattern: quoted
+    ("port: 8790", None, "port: 8790"),
+    ("api_url: https://api.trakt.tv/a/b", None, "api_url: https://api.trakt.tv/a/b"),
+])
+def test_excerpt(code: str, owner: str | None, shown: str) -> None:
+    from cwhook.yamlerrors import excerpt
+
+    assert excerpt(code, owner) == shown
+
+
+def test_clip_quoted_keeps_pyyaml_words_and_cuts_the_files() -> None:
+    from cwhook.yamlerrors import clip_quoted
+
+    assert clip_quoted("expected <block end>, but found '<block mapping start>'") == \
+        "expected <block end>, but found '<block mapping start>'"
+    assert clip_quoted("found character '\\t' that cannot start any token") == \
+        "found character '\\t' that cannot start any token"
+    assert clip_quoted("found undefined alias 'Qx7vKp2mWz9RtL4n'") == "found undefined alias 'Qx7…'"
+    assert clip_quoted('the tag "!Qx7vKp2mWz9RtL4n"') == 'the tag "!Qx…"'
