@@ -172,6 +172,9 @@ def test_check_config_never_quotes_a_secret(tmp_path: Path, capsys: pytest.Captu
     path.write_text(broken(good_text(8787, tmp_path / "state"), secret, mistake))
     code, output = run_cli(capsys, "check-config", "-c", str(path))
     assert leaks(output) == [], output
+    if code == 2:  # what `run`, `urls`, `auth`... print on stderr before they stop
+        urls_code, said = run_cli(capsys, "urls", "-c", str(path))
+        assert urls_code == 2 and leaks(said) == [], said
     assert code == 2 or mistake in ("duplicate_anchor", "second_colon", "no_space_after_colon", "value_as_key",
                                     "wrapped_same", "wrapped_col0", "wrapped_half") or output == "config OK\n"
 
