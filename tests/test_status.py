@@ -264,7 +264,8 @@ def test_status_on_a_broken_file_still_asks_the_daemon(daemon_factory: Callable[
     # Nothing of it can be read: the defaults, or --url.
     d.config_path.write_text("server: [\n")
     out = cwhook_status(d.config_path)
-    assert out.returncode == 3 and "asking the daemon anyway, at http://127.0.0.1:8787/healthz" in out.stderr, out
+    # (whether anything answers on the default port of this machine is not up to the test)
+    assert "asking the daemon anyway, at http://127.0.0.1:8787/healthz" in out.stderr, out
     out = subprocess.run([sys.executable, "-m", "cwhook", "status", "-c", str(d.config_path), "--url",
                           f"127.0.0.1:{d.port}"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "config_refused" in out.stdout, out
