@@ -246,14 +246,15 @@ def test_status_on_a_broken_file_still_asks_the_daemon(daemon_factory: Callable[
     good = d.config_path.read_text()
     # A YAML mistake far from `server:` (the file does not parse at all): host and port still read.
     d.config_path.write_text(good.replace("  level: debug", "   level: debug"))
+    line = good.splitlines().index("  level: debug") + 1
     wait_for(lambda: "config_refused" in d.health()["problems"])
     out = cwhook_status(d.config_path)
     assert out.returncode == 1, out
     assert ": DEGRADED (up " in out.stdout.splitlines()[0]
-    assert "  config_refused: cwhook.yml: yaml_indentation at line 25. The daemon keeps its previous settings" \
+    assert f"  config_refused: cwhook.yml: yaml_indentation at line {line}. The daemon keeps its previous settings" \
         in out.stdout, out.stdout
     assert out.stderr.startswith(f"cwhook: {d.config_path}: the configuration has problems:\n"
-                                 "  cwhook.yml (line 25): not valid YAML: "), out.stderr
+                                 f"  cwhook.yml (line {line}): not valid YAML: "), out.stderr
     assert f"asking the daemon anyway, at http://127.0.0.1:{d.port}/healthz" in out.stderr
 
     # The mistake is in `server:` itself: its port line is still read.
