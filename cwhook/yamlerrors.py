@@ -6,7 +6,7 @@ after the real mistake. This module names the line to fix and how: tabs,
 indentation that matches no level above, a missing colon, an unclosed quote or
 bracket. It also finds what PyYAML accepts silently: duplicate keys.
 
-No explanation quotes a secret (docs/configuration.md, "Secrets"): a line whose key is
+No explanation quotes a secret (docs/configuration.md, "Secrets in messages"): a line whose key is
 named like one (``token``, ``client_secret``, ``access_token``, ``refresh_token``, in any
 section or account) is shown with its value masked, a line that belongs to no key shows
 only its first characters, and what PyYAML quotes from the file (an alias, an anchor, a
@@ -208,7 +208,7 @@ def _quote(line: _Line) -> str:
 
 def _key_name(line: _Line | None) -> str | None:
     key = line.key if line is not None else None
-    return key if key is None or not _looks_like_credential(key) else few(key)
+    return None if key is None else safe_name(key)
 
 
 def indentation_mistake(text: str) -> tuple[int, str] | None:
