@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cwhook import __version__, edge, hint, items, logs, preview, status
+from cwhook import __version__, edge, items, logs, preview, status
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cwhook import hint, journal
-from cwhook.config import Config, user_name
+from cwhook.config import Config, owner_name, owning, run_as
 from cwhook.preview import REASON as TEST
 from cwhook.store import FILE_NAME
 from cwhook.termtext import json_line, visible
@@ -86,12 +86,9 @@ def _problem(path: Path, exc: BaseException, config_path: Path | None = None) ->
         return (f"no journal yet: {path} does not exist. The daemon creates it at its first start; "
                 "check state.dir in the config file")
     if isinstance(exc, PermissionError) or (isinstance(exc, sqlite3.Error) and not os.access(path, os.R_OK)):
-        try:
-            owner = user_name(path.stat().st_uid)
-        except OSError:
-            owner = user_name(path.parent.stat().st_uid) if path.parent.exists() else "the service user"
-        return (f"cannot read {path} as user {user_name()} (it belongs to {owner}): run the command as "
-                f"that user (`sudo -u {owner} {hint.command('recent', config_path)}`)")
+        uid, _ = owning(path)  # the file's owner, or that of the directory that hides it
+        return (f"cannot read {path} as user {owner_name(os.geteuid())} (it belongs to {owner_name(uid)}): run "
+                f"the command as that user (`{run_as(uid, hint.command('recent', config_path))}`)")
     return f"cannot read the journal in {path}: {exc}"
 
 

@@ -58,7 +58,7 @@ def refused_text(path: Path, summary: str) -> str:
     """/healthz's ``config_refused``: problem codes and lines (``yaml_indentation at line 31``),
     never words of the file (which may hold secrets), and where to read the rest."""
     return (f"{path.name}: {summary}. The daemon keeps its previous settings; "
-            f"`cwhook check-config -c {path}` shows each problem and its fix; it is read again "
+            f"`{hint.command('check-config', path)}` shows each problem and its fix; it is read again "
             "when it changes, on SIGHUP and every minute")
 
 

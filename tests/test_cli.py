@@ -499,3 +499,6 @@ def test_accounts_on_an_unreadable_database_says_whose_it_is(shared_dir: Path) -
                                  f"denied; the directory {state} belongs to root and is closed to nobody): "
                                  "run cwhook as root (`sudo cwhook ...`)"), out.stderr
     assert "Permission denied" not in out.stderr
+    out = cwhook("recent", "-c", str(path), as_nobody=True)  # the journal is in the same database
+    assert "(it belongs to root): run the command as that user (`sudo cwhook recent -c " in out.stderr, out.stderr
+    assert "sudo -u root" not in out.stderr
