@@ -162,11 +162,54 @@ def http_exception_answer(exc: web.HTTPException) -> web.Response:
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
+# The request headers aiohttp or cwhook interprets. Each must appear at most once, hold only
+# printable ASCII (tab included) and stay short; aiohttp itself bounds every line at 8 KiB.
+# Any other header is never read, so anything goes there.
+READ_HEADERS = ("Host", "Expect", "Connection", "Upgrade", "Content-Type", "Content-Length",
+                "Content-Encoding", "Transfer-Encoding", "Accept")
+MAX_READ_HEADER = 1024
+_PRINTABLE = re.compile(r"[\t\x20-\x7e]*")
+
+
+def header_problem(request: web.BaseRequest) -> tuple[int, dict[str, str]] | None:
+    """What is wrong with a header cwhook or aiohttp reads (a JSON 4xx), or None.
+
+    Never quotes the value. ``Expect`` other than ``100-continue`` is 417, as aiohttp
+    answers it, but in JSON (aiohttp's own answer quotes the value and fails on non-ASCII).
+    """
+    headers = request.headers
+    for name in READ_HEADERS:
+        values = headers.getall(name, ())
+        if not values:
+            continue
+        if len(values) > 1:
+            return 400, {"error": "bad_request", "detail": f"malformed {name} header (repeated)"}
+        value = values[0]
+        if len(value) > MAX_READ_HEADER:
+            return 400, {"error": "bad_request", "detail": f"malformed {name} header (too long)"}
+        if not _PRINTABLE.fullmatch(value):
+            return 400, {"error": "bad_request",
+                         "detail": f"malformed {name} header (a byte that is not printable ASCII)"}
+    expect = headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        return 417, {"error": "expectation_failed", "detail": "only Expect: 100-continue is supported"}
+    return None
+
 
 def safety_net(handler: Handler) -> Handler:
-    """The outermost handler: whatever escapes the app is still answered in JSON."""
+    """The outermost handler: hostile headers get a JSON 4xx, and whatever escapes the app is
+    still answered in JSON."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        problem = header_problem(request)
+        if problem is not None:
+            status, body = problem
+            log.info("request", status=status, outcome="protocol_error", detail=body["detail"],
+                     remote=request.remote)
+            no_linger(request)
+            answer = json_error(status, body)
+            answer.force_close()
+            return answer
         try:
             return await handler(request)
         except web.HTTPException as exc:

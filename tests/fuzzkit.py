@@ -2,7 +2,9 @@
 
 ``requests_for(server, n, rnd)`` yields well-framed HTTP requests whose bodies are mutated
 samples: oversized integers, 5,000-digit ids, NaN/Infinity, lone UTF-16 surrogates, deep
-nesting, corrupt or unsupported Content-Encoding, broken multipart, mangled bytes, forms.
+nesting, corrupt or unsupported Content-Encoding, broken multipart, mangled bytes, forms; and
+some have the value of a standard header mutated (non-ASCII, control bytes, very long,
+repeated, empty). ``probes_for`` does the same to GET /healthz, /metrics and unknown paths.
 ``MALFORMED`` are requests aiohttp itself rejects (bad request lines and header lines);
 they are sent one per connection. ``Client`` pipelines requests over a few keep-alive
 connections and reads every answer, reconnecting where the server closes.
@@ -170,22 +172,94 @@ class Req:
     data: bytes
 
 
+# The headers aiohttp or cwhook interprets, and two it never reads, with plausible values.
+STANDARD_HEADERS = {
+    "Expect": [b"100-continue"], "Content-Type": [b"application/json", b"multipart/form-data; boundary=b"],
+    "Content-Length": [b"2"], "Content-Encoding": [b"gzip", b"identity"], "Transfer-Encoding": [b"chunked"],
+    "Connection": [b"keep-alive", b"close", b"Upgrade"], "Host": [b"fuzz", b"127.0.0.1:8787"],
+    "Accept": [b"*/*", b"application/openmetrics-text; version=1.0.0", b"text/plain;version=0.0.4"],
+    "Upgrade": [b"websocket", b"h2c"], "Accept-Encoding": [b"gzip"], "User-Agent": [b"PlexMediaServer/1.40"],
+}
+NON_ASCII = [b"\xff", b"\x80", b"\xc3\xa9", b"\xed\xa0\x80", b"\xc0\x80", b"\xef\xbb\xbf", b"\xfe\xff"]
+CONTROL = [bytes([c]) for c in (*range(0, 9), *range(11, 13), *range(14, 32), 127)]
+
+
+def hostile_value(name: str, rnd: random.Random) -> tuple[str, list[bytes]]:
+    """A class of hostile value for header ``name``, and the value lines to send (one or more)."""
+    good = rnd.choice(STANDARD_HEADERS.get(name, [b"x"]))
+    cls = rnd.choice(["non_ascii", "control", "long", "repeated", "empty"])
+    if cls == "non_ascii":
+        pos = rnd.randrange(len(good) + 1)
+        return cls, [good[:pos] + rnd.choice(NON_ASCII) + good[pos:]]
+    if cls == "control":
+        pos = rnd.randrange(len(good) + 1)
+        return cls, [good[:pos] + rnd.choice(CONTROL) + good[pos:]]
+    if cls == "long":
+        return cls, [good + b"a" * rnd.choice([1100, 4000, 8200, 20000])]
+    if cls == "repeated":
+        return cls, [good, rnd.choice([good, *STANDARD_HEADERS.get(name, [b"y"]), good + b"\xff"])]
+    return cls, [rnd.choice([b"", b" ", b"\t"])]
+
+
+def with_header(head: list[tuple[str, bytes]], name: str, values: list[bytes]) -> list[tuple[str, bytes]]:
+    """``head`` with header ``name`` replaced by one line per value (added where it was absent)."""
+    lower = name.lower()
+    out = [(k, v) for k, v in head if k.lower() != lower]
+    at = next((i for i, (k, _) in enumerate(head) if k.lower() == lower), len(out))
+    return out[:at] + [(name, v) for v in values] + out[at:]
+
+
+def serialize(line: str, head: list[tuple[str, bytes]], body: bytes = b"") -> bytes:
+    return line.encode("latin-1") + b"\r\n" + b"".join(k.encode() + b": " + v + b"\r\n" for k, v in head) \
+        + b"\r\n" + body
+
+
 def request(server: str, body: bytes, ctype: str, rnd: random.Random, encoding: str | None = None,
-            token: str | None = None, chunked: bool = False) -> bytes:
+            token: str | None = None, chunked: bool = False,
+            header: tuple[str, list[bytes]] | None = None) -> bytes:
     token = TOKENS[server] if token is None else token
     query = rnd.choice([f"?{token}", f"?token={token}"]) if token else ""
-    head = [f"POST {PATHS[server]}{query} HTTP/1.1", "Host: fuzz"]
+    head: list[tuple[str, bytes]] = [("Host", b"fuzz")]
     if ctype:
-        head.append(f"Content-Type: {ctype}")
+        head.append(("Content-Type", ctype.encode("latin-1")))
     if encoding is not None:
-        head.append(f"Content-Encoding: {encoding}")
+        head.append(("Content-Encoding", encoding.encode("latin-1")))
     if chunked:
-        head.append("Transfer-Encoding: chunked")
+        head.append(("Transfer-Encoding", b"chunked"))
         pieces = [body[i:i + 1000] for i in range(0, len(body), 1000)]
         body = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
     else:
-        head.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        head.append(("Content-Length", str(len(body)).encode()))
+    if header is not None:
+        name, values = header
+        if name == "Content-Length" and chunked:
+            name = "Transfer-Encoding"
+        head = with_header(head, name, values)
+    return serialize(f"POST {PATHS[server]}{query} HTTP/1.1", head, body)
+
+
+PROBES = {"healthz": ("GET", "/healthz"), "metrics": ("GET", "/metrics"), "unknown": ("GET", "/nothing/here"),
+          "post_healthz": ("POST", "/healthz")}
+
+
+def probes_for(n: int, rnd: random.Random) -> Iterator[Req]:
+    """GET /healthz, /metrics, an unknown path and POST /healthz, most with a mutated header."""
+    for _ in range(n):
+        kind = rnd.choice(list(PROBES))
+        method, path = PROBES[kind]
+        head: list[tuple[str, bytes]] = [("Host", b"fuzz"), ("Accept", b"*/*")]
+        if method == "POST":
+            head.append(("Content-Length", b"2"))
+        label = "plain"
+        if rnd.random() < 0.9:
+            name = rnd.choice(list(STANDARD_HEADERS))
+            cls, values = hostile_value(name, rnd)
+            label = f"header:{name}:{cls}"
+            head = with_header(head, name, values)
+        yield Req(kind, label, serialize(f"{method} {path} HTTP/1.1", head, b"{}" if method == "POST" else b""))
+
+
+HEADER_SHARE = 0.1  # of the webhook requests, those with a mutated standard header
 
 
 def requests_for(server: str, n: int, rnd: random.Random) -> Iterator[Req]:
@@ -230,7 +304,14 @@ def requests_for(server: str, n: int, rnd: random.Random) -> Iterator[Req]:
         if rnd.random() < 0.03:
             token = rnd.choice(["", "wrong", TOKENS[server] + "x", "%" + TOKENS[server]])
             kind += "+token"
-        yield Req(server, kind, request(server, body, ctype, rnd, encoding, token, chunked=rnd.random() < 0.05))
+        header = None
+        if rnd.random() < HEADER_SHARE:
+            name = rnd.choice(list(STANDARD_HEADERS))
+            cls, values = hostile_value(name, rnd)
+            header = (name, values)
+            kind += f"+header:{name}:{cls}"
+        yield Req(server, kind, request(server, body, ctype, rnd, encoding, token, chunked=rnd.random() < 0.05,
+                                        header=header))
 
 
 def _line(server: str, token: str) -> str:
@@ -346,6 +427,7 @@ class Tally:
     fivexx: list[tuple[str, str, int, bytes]] = field(default_factory=list)
     not_json: list[tuple[str, str, int, bytes]] = field(default_factory=list)
     unanswered: list[tuple[str, str]] = field(default_factory=list)
+    headers: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (header, class, status)
 
     def note(self, req: Req, answer: Answer | None) -> None:
         self.sent[req.server] += 1
@@ -353,9 +435,13 @@ class Tally:
             self.unanswered.append((req.server, req.kind))
             return
         self.statuses[(req.server, answer.status)] += 1
+        if "header:" in req.kind:
+            name, cls = req.kind.rsplit("header:", 1)[1].split(":", 1)
+            self.headers[(name, cls, answer.status)] += 1
         if answer.status >= 500:
             self.fivexx.append((req.server, req.kind, answer.status, answer.body[:300]))
-        if not answer.is_json:
+        exposition = req.server == "metrics" and answer.status == 200  # Prometheus text, by design
+        if not answer.is_json and not exposition:
             self.not_json.append((req.server, req.kind, answer.status, answer.body[:300]))
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -428,9 +514,10 @@ async def fuzz(port: int, per_endpoint: int, seed: int, connections: int = 6, wi
                round_size: int = 2000) -> Tally:
     """``per_endpoint`` well-framed hostile requests for each endpoint, and the malformed ones.
 
-    Requests are made and sent in rounds (memory stays flat for 100,000 per endpoint).
-    Requests with a Content-Encoding go one per connection (an undecodable body closes its
-    connection); the rest are pipelined.
+    Requests are made and sent in rounds (memory stays flat for 100,000 per endpoint), with
+    a tenth as many probes of /healthz, /metrics and other paths (``probes_for``). Requests
+    with a Content-Encoding or a mutated header, and the probes, go one per connection (an
+    undecodable body closes its connection); the rest are pipelined.
     """
     tally = Tally()
     rnd = random.Random(seed)
@@ -446,11 +533,15 @@ async def fuzz(port: int, per_endpoint: int, seed: int, connections: int = 6, wi
     while done < per_endpoint:
         size = min(round_size, per_endpoint - done)
         reqs = [r for server in PATHS for r in requests_for(server, size, rnd)]
+        reqs += probes_for(max(1, size // 10), rnd)
         rnd.shuffle(reqs)
-        singles = [r for r in reqs if "+encoding" in r.kind]
-        piped = [r for r in reqs if "+encoding" not in r.kind]
+        # one per connection: an undecodable body, or a mutated header, may close the connection
+        # or leave its framing in doubt
+        alone = ["+encoding" in r.kind or "header:" in r.kind or r.server not in PATHS for r in reqs]
+        singles = [r for r, one in zip(reqs, alone, strict=True) if one]
+        piped = [r for r, one in zip(reqs, alone, strict=True) if not one]
         await asyncio.gather(*(pipeline(port, piped[i::connections], tally, window) for i in range(connections)),
-                             *(single_lane(singles[i::2]) for i in range(2)))
+                             *(single_lane(singles[i::3]) for i in range(3)))
         done += size
     return tally
 

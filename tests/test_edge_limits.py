@@ -363,3 +363,40 @@ async def test_protocol_errors_are_json_and_never_quote_the_request(sink: io.Str
         assert TOKENS["plex"].encode() not in answer.body
     assert TOKENS["plex"] not in sink.getvalue()
     assert "Traceback" not in sink.getvalue()
+
+
+# --- hostile header values ------------------------------------------------------------------------
+
+HOSTILE = {"non_ascii": [b"\xff", b"100-continue\xc3\xa9", b"\xed\xa0\x80"], "control": [b"a\x01b", b"\x7f"],
+           "long": [b"a" * 2000, b"b" * 9000], "repeated": []}
+
+
+async def test_every_header_cwhook_reads_refuses_hostile_values_in_json(sink: io.StringIO) -> None:
+    """Each header aiohttp or cwhook interprets, on each endpoint: a JSON 4xx for non-ASCII,
+    control, very long and repeated values (``Expect: \\xff`` used to be a 500)."""
+    targets = [("POST", PLEX), ("POST", f"/webhook/jellyfintrakt?{TOKENS['jellyfin']}"), ("GET", "/healthz"),
+               ("GET", "/metrics"), ("GET", "/nowhere")]
+    seen: list[tuple[str, str, int]] = []
+    async with fuzzkit.served(FAST) as (port, _):
+        for name in edge.READ_HEADERS:
+            for cls, values in HOSTILE.items():
+                lines = [[v] for v in values] or [[b"x", b"y"], [b"100-continue", b"100-continue"]]
+                for method, path in targets:
+                    for value_lines in lines:
+                        head = [("Host", b"t"), ("Content-Length", str(len(SAMPLE)).encode())]
+                        if method == "GET":
+                            head = head[:1]
+                        head = fuzzkit.with_header(head, name, value_lines)
+                        body = SAMPLE if method == "POST" else b""
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                        writer.write(fuzzkit.serialize(f"{method} {path} HTTP/1.1", head, body))
+                        answer = await asyncio.wait_for(fuzzkit.read_answer(reader), 5)
+                        writer.close()
+                        assert answer.is_json, (name, cls, path, answer)
+                        assert 400 <= answer.status < 500, (name, cls, path, answer)
+                        assert b"\\u" not in answer.body and b"aaaa" not in answer.body  # never quoted
+                        seen.append((name, cls, answer.status))
+    assert len(seen) == len(edge.READ_HEADERS) * 9 * len(targets)
+    assert not [e for e in events(sink) if e["level"] in ("error", "critical")]
+    expect = {status for name, cls, status in seen if name == "Expect" and cls == "non_ascii"}
+    assert expect == {400}

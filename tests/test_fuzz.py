@@ -15,7 +15,7 @@ import json
 import os
 import time
 
-from cwhook import logs
+from cwhook import edge, logs
 from tests import fuzzkit
 
 PER_ENDPOINT = int(os.environ.get("CWHOOK_FUZZ_PER_ENDPOINT", "7000"))
@@ -41,6 +41,13 @@ async def test_fuzz_every_answer_is_json_and_none_is_5xx() -> None:
     for server in fuzzkit.PATHS:
         statuses = {status for (s, status), n in tally.statuses.items() if s == server}
         assert {200, 202, 400, 401, 413} <= statuses, (server, statuses)
+    # hostile values of the headers aiohttp or cwhook reads are refused in JSON, on every endpoint
+    assert {s for s, _ in tally.statuses} == {*fuzzkit.PATHS, *fuzzkit.PROBES}
+    assert {name for name, _, _ in tally.headers} == set(fuzzkit.STANDARD_HEADERS)
+    hostile = {(name, cls, status): n for (name, cls, status), n in tally.headers.items()
+               if name in edge.READ_HEADERS and cls in ("non_ascii", "control", "long", "repeated")}
+    assert sum(hostile.values()) > PER_ENDPOINT // 10
+    assert {key: n for key, n in hostile.items() if not 400 <= key[2] < 500} == {}
     lines = [json.loads(line) for line in sink.getvalue().splitlines()]
     assert not [line for line in lines if line["level"] in ("error", "critical")]
     assert rt.counters.received > 0
