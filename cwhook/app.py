@@ -331,6 +331,7 @@ def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
     app[RUNTIME] = runtime
     edge.install(app)
+    app[edge.COUNTS] = runtime.counters.connections
     redact.set_secrets(lambda: _secrets(runtime.config))
     for server, path in ROUTES.items():
         app.router.add_post(path, _webhook_handler(server))

@@ -31,7 +31,7 @@ import os
 import re
 import resource
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -44,7 +44,8 @@ from cwhook import logs
 log = logs.get("cwhook.http")
 
 ENCODINGS = ("", "identity", "gzip", "deflate")  # what request bodies may be encoded with
-WARN_EVERY = 60.0  # seconds between two connections_short warnings
+WARN_EVERY = 60.0  # seconds between two connections_short warnings, or two silent_connections lines
+SILENT_GATHER = 5.0  # seconds from the first silent connection to its summary line
 BACKLOG = 128
 ENV_PREFIX = "_CWHOOK_EDGE_"
 _REASON = re.compile(r"[A-Za-z][A-Za-z '\-,.]{0,79}")
@@ -86,6 +87,9 @@ class Limits:
 
 
 LIMITS: web.AppKey[Limits] = web.AppKey("edge_limits", Limits)
+# Where the edge counts the connections it closes on its own, by reason ("silent": no byte
+# before header_timeout); the app points it at its counters for /metrics.
+COUNTS: web.AppKey[Counter[str]] = web.AppKey("edge_counts", Counter)
 
 
 def raise_open_file_limit() -> int:
@@ -236,6 +240,7 @@ class EdgeProtocol(RequestHandler):
         self.edge = manager
         self.last_active = 0.0
         self.evicted = False
+        self.heard = False  # a byte arrived on this connection
         self._payload: Any = None  # the body of the latest request
         self._header_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -282,6 +287,7 @@ class EdgeProtocol(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if data:
+            self.heard = True
             self.last_active = self._loop.time()
             if self._header_timer is None and self._between_requests():
                 self._start_header_timer()  # the first byte of the next request
@@ -304,7 +310,10 @@ class EdgeProtocol(RequestHandler):
         self._header_timer = None
         if self.transport is None or self._force_close or not self.idle:
             return
-        log.info("request", status=408, outcome="header_timeout", remote=self._peer())
+        if self.heard:
+            log.info("request", status=408, outcome="header_timeout", remote=self._peer())
+        else:  # a connection that never sent a byte: counted, and summed up once a minute
+            self.edge.silent_closed()
         self.transport.write(HEADER_TIMEOUT_ANSWER)
         self.force_close()
 
@@ -356,17 +365,22 @@ class EdgeProtocol(RequestHandler):
 class EdgeServer(web.Server):
     """aiohttp's connection factory, with a bound on the connections open at once."""
 
-    def __init__(self, inner: web.Server, limits: Limits, capacity: int) -> None:
+    def __init__(self, inner: web.Server, limits: Limits, capacity: int,
+                 counts: Counter[str] | None = None) -> None:
         super().__init__(safety_net(inner.request_handler), request_factory=inner.request_factory,
                          handler_cancellation=inner.handler_cancellation, loop=inner._loop,
                          **inner._kwargs)
         self.limits = limits
         self.capacity = capacity
+        self.counts: Counter[str] = Counter() if counts is None else counts  # connections closed, by reason
         self.live: set[EdgeProtocol] = set()
         self.batch = max(1, capacity // 32)
         self._warned_at: float | None = None
         self._closed_idle = 0
         self._refused = 0
+        self._silent = 0  # silent connections closed since the last summary
+        self._silent_logged_at: float | None = None
+        self._silent_timer: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
         return EdgeProtocol(self, loop=self._loop, **self._kwargs)
@@ -398,6 +412,36 @@ class EdgeServer(web.Server):
 
     def gone(self, proto: EdgeProtocol) -> None:
         self.live.discard(proto)
+
+    def silent_closed(self) -> None:
+        """A connection closed at ``header_timeout`` without a byte: one summary line a minute.
+
+        The first summary comes ``SILENT_GATHER`` seconds after the first such connection (a
+        burst is one line), the next ones no sooner than ``WARN_EVERY`` after the previous."""
+        self.counts["silent"] += 1
+        self._silent += 1
+        if self._silent_timer is None:
+            now = self._loop.time()
+            due = now + SILENT_GATHER
+            if self._silent_logged_at is not None:
+                due = max(due, self._silent_logged_at + WARN_EVERY)
+            self._silent_timer = self._loop.call_at(due, self.log_silent)
+
+    def log_silent(self) -> None:
+        """The summary of silent connections (also at shutdown, so that none goes unmentioned)."""
+        if self._silent_timer is not None:
+            self._silent_timer.cancel()
+            self._silent_timer = None
+        if not self._silent:
+            return
+        self._silent_logged_at = self._loop.time()
+        log.info("silent_connections", closed=self._silent, total=self.counts["silent"],
+                 note=f"connections that sent nothing within {self.limits.header_timeout:g} s were closed")
+        self._silent = 0
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        self.log_silent()
+        await super().shutdown(timeout)
 
     def _warn(self, note: str) -> None:
         now = time.monotonic()
@@ -448,7 +492,7 @@ class Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()
-        return EdgeServer(inner, self.limits, self.capacity)
+        return EdgeServer(inner, self.limits, self.capacity, self.app.get(COUNTS))
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         server = self.server

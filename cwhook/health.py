@@ -22,6 +22,7 @@ class Counters:
     ignored_reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (server, reason)
     decisions: Counter[str] = field(default_factory=Counter)  # reason (cwhook.rules.Reason)
     trakt_requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (account, endpoint, status)
+    connections: Counter[str] = field(default_factory=Counter)  # closed by the edge, by reason (cwhook.edge)
     sent: int = 0  # outbox entries Trakt accepted
     failed: int = 0  # outbox entries refused for good, or set aside
     would_send: int = 0  # dry-run: logged instead of sent

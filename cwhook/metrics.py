@@ -38,6 +38,7 @@ from cwhook.status import Snapshot
 # Every outcome the webhook handler (cwhook/app.py) gives, so each series exists from the start.
 OUTCOMES = ("queued", "ignored", "bad_payload", "invalid_token", "too_large", "busy", "disabled",
             "unavailable", "client_gone", "body_timeout", "test")
+CLOSE_REASONS = ("silent",)  # cwhook.edge's reasons for closing a connection
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TRAKT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 
@@ -108,6 +109,14 @@ def _counters(s: Snapshot) -> Iterator[Metric]:
     for account, path, status, n in c.trakt_requests:
         requests.add_metric([account, path, status], n)
     yield requests
+
+    closed = CounterMetricFamily("cwhook_connections_closed",
+                                 "Connections the daemon closed on its own, by reason (silent: sent no byte "
+                                 "before the header timeout).", labels=["reason"])
+    done = dict(c.connections)
+    for reason in sorted(set(done) | set(CLOSE_REASONS)):
+        closed.add_metric([reason], done.get(reason, 0))
+    yield closed
 
     deliveries = CounterMetricFamily("cwhook_deliveries",
                                      "Outbox entries done: sent (Trakt accepted), failed (refused for good or "

@@ -124,6 +124,7 @@ class Counts:
     ignored_reasons: tuple[tuple[str, str, int], ...] = ()  # (server, reason, n)
     decisions: tuple[tuple[str, int], ...] = ()  # (reason, n)
     trakt_requests: tuple[tuple[str, str, str, int], ...] = ()  # (account, endpoint, status, n)
+    connections: tuple[tuple[str, int], ...] = ()  # (reason, n): closed by the edge
 
     @classmethod
     def of(cls, c: Counters) -> Counts:
@@ -131,7 +132,8 @@ class Counts:
                    webhooks=tuple(sorted((s, o, n) for (s, o), n in c.webhooks.items())),
                    ignored_reasons=tuple(sorted((s, r, n) for (s, r), n in c.ignored_reasons.items())),
                    decisions=tuple(sorted(c.decisions.items())),
-                   trakt_requests=tuple(sorted((a, e, s, n) for (a, e, s), n in c.trakt_requests.items())))
+                   trakt_requests=tuple(sorted((a, e, s, n) for (a, e, s), n in c.trakt_requests.items())),
+                   connections=tuple(sorted(c.connections.items())))
 
     def totals(self) -> dict[str, int]:
         return {"received": self.received, "queued": self.queued, "ignored": self.ignored,

@@ -80,7 +80,22 @@ async def test_headers_that_do_not_arrive_in_time_get_408_and_a_close(sink: io.S
             assert 0.4 < took < 2.0
             assert answer_of(data) == (408, {"error": "timeout", "detail": "the request headers took too long"})
     assert TOKENS["plex"] not in sink.getvalue()
-    assert [e["outcome"] for e in events(sink) if e.get("status") == 408] == ["header_timeout"] * 2
+    # the partial request is logged; the silent connection only counted, in one summary line
+    assert [e["outcome"] for e in events(sink) if e.get("status") == 408] == ["header_timeout"]
+    assert [(e["closed"], e["level"]) for e in events(sink) if e["event"] == "silent_connections"] == [(1, "info")]
+
+
+async def test_silent_connections_are_summed_up_not_logged_one_by_one(sink: io.StringIO) -> None:
+    async with fuzzkit.served(FAST) as (port, rt):
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(60)]
+        results = await asyncio.gather(*(until_closed(r) for r, _ in conns))
+        assert all(answer_of(data)[0] == 408 for data, _ in results)
+        assert rt.counters.connections["silent"] == 60
+        found = events(sink)
+        assert [e for e in found if e.get("status") == 408] == []
+        # the summary comes a few seconds after the first one, or at shutdown
+        assert [e for e in found if e["event"] == "silent_connections"] == []
+    assert [e["closed"] for e in events(sink) if e["event"] == "silent_connections"] == [60]
 
 
 async def test_slowloris_connections_are_closed() -> None:

@@ -112,6 +112,30 @@ def test_two_thousand_idle_connections_under_a_1024_file_limit(daemon_factory: C
         assert "accept()" in short[0]["note"]
 
 
+def test_a_thousand_silent_connections_make_one_summary_line_and_a_metric(
+        daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory(env={"_CWHOOK_EDGE_HEADER_TIMEOUT": "1"})
+    socks = hold_idle(d.port, 1000)
+    try:
+        for s in socks:
+            s.settimeout(10)
+            assert b" 408 " in s.recv(65536)  # answered, then closed
+    finally:
+        for s in socks:
+            s.close()
+    with urllib.request.urlopen(d.base + "/metrics", timeout=10) as resp:
+        exposition = resp.read().decode()
+    assert 'cwhook_connections_closed_total{reason="silent"} 1000.0' in exposition
+    assert d.stop() == 0
+    found = d.log_events()
+    assert [e for e in found if e.get("status") == 408] == []
+    summaries = [e for e in found if e.get("event") == "silent_connections"]
+    print(f"\n1000 silent connections: {len(d.logs().splitlines())} log lines in all, "
+          f"summaries {[e['closed'] for e in summaries]}")
+    assert 1 <= len(summaries) <= 2 and sum(e["closed"] for e in summaries) == 1000
+    assert len(d.logs().splitlines()) < 60  # start, stop and a few lines, not one per connection
+
+
 def _open(s: socket.socket) -> bool:
     s.setblocking(False)
     try:
