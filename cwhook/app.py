@@ -67,10 +67,16 @@ async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
                 raise BadPayload(f"the body is not valid {request.headers.get('Content-Encoding', '')[:20]} "
                                  "data (Content-Encoding)") from None
             raise ClientGone(str(exc)) from None
+        except edge.BodyEvicted:
+            edge.dropped(request)
+            raise edge.Busy() from None
         except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
             edge.no_linger(request)
             raise ClientGone(str(exc)) from None
         if not chunk:
+            if edge.was_dropped(request):  # a read woken as its body was dropped
+                edge.dropped(request)
+                raise edge.Busy()
             return
         total += len(chunk)
         if total > limit:
@@ -136,7 +142,7 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
 
     ``limit`` bounds a multipart body; a raw body, and the part kept from a multipart one,
     are bounded by the edge limits too (1 MiB). What is kept counts against the body budget
-    shared by all requests (``edge.Busy`` when there is no room in time).
+    shared by all requests (``edge.Busy`` when the edge dropped this body to make room).
     """
     limits = request.app[edge.LIMITS]
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
@@ -147,7 +153,7 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
     cap = limit if multipart else min(limit, limits.max_raw_body)
     if request.content_length is not None and request.content_length > cap:
         raise TooLarge()
-    lease = edge.Lease(request.app[edge.BUDGET], limits.budget_wait)
+    lease = edge.Lease(request)
     try:
         async with asyncio.timeout(limits.body_deadline):
             if not multipart:
@@ -155,8 +161,8 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
                 size = 0
                 async for chunk in _chunks(request, cap):
                     size += len(chunk)
-                    await lease.grow_to(size)
                     parts.append(chunk)
+                    lease.hold(size)
                 return ctype, b"".join(parts)
             scanner = PartScanner(ctype, field)
             async for chunk in _chunks(request, cap):
@@ -168,7 +174,7 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
                     return "application/json", found
                 if scanner.held > limits.max_raw_body:
                     raise TooLarge()
-                await lease.grow_to(scanner.held)
+                lease.hold(scanner.held)
             return "application/json", scanner.finish()
     except TimeoutError:
         raise BodyTimeout() from None

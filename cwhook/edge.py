@@ -15,8 +15,10 @@ answered when aiohttp itself gives up:
   oldest idle connections are closed first; with none idle, the newcomer gets 503 JSON. The
   event loop's ``accept() out of system resource`` errors are handled the same way. Either
   logs ``connections_short`` at most once a minute.
-- ``BodyBudget`` caps the bytes of all request bodies held in memory at once: a request
-  waits for room, then gets 503.
+- ``Flow`` caps the bytes of all request bodies in memory at once, aiohttp's buffers
+  included: over the budget, the slowest bodies are dropped (503 busy) until there is room;
+  ``Lease`` counts what the app keeps of a body. Hostile header values are refused before
+  the app sees them (``header_problem``).
 
 The timeouts have hidden environment overrides (``_CWHOOK_EDGE_<FIELD>``) so that tests can
 use seconds instead of the real values.
@@ -31,7 +33,7 @@ import os
 import re
 import resource
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -45,6 +47,8 @@ log = logs.get("cwhook.http")
 
 ENCODINGS = ("", "identity", "gzip", "deflate")  # what request bodies may be encoded with
 WARN_EVERY = 60.0  # seconds between two connections_short warnings, or two silent_connections lines
+EVICTED_LINGER = 1.0  # seconds a dropped body's connection stays open after its 503
+QUIET = 1.0  # seconds without a byte before an idle connection is closed ahead of a trickling body
 SILENT_GATHER = 5.0  # seconds from the first silent connection to its summary line
 BACKLOG = 128
 ENV_PREFIX = "_CWHOOK_EDGE_"
@@ -58,8 +62,10 @@ class Limits:
     body_stall: float = 30.0  # no byte of a body being received for this long
     body_deadline: float = 60.0  # the part of a body cwhook reads arrives within this
     max_raw_body: int = 1 << 20  # raw (non-multipart) bodies, and the JSON part of a multipart one
-    body_budget: int = 16 << 20  # bytes of all bodies being received at once
-    budget_wait: float = 10.0  # a request waits this long for room in the budget, then 503
+    body_budget: int = 8 << 20  # bytes of all bodies in memory at once (aiohttp's buffers included)
+    slow_body_rate: int = 32 << 10  # bytes/s: a body slower than this (after the grace) is a trickle
+    slow_body_grace: float = 1.0  # seconds a body gets before its pace is judged
+    read_size: int = 16 << 10  # bytes read from a socket at once; aiohttp buffers twice this per body
     max_connections: int = 4096  # lowered further to fit the open-file limit
     reserved_fds: int = 256  # descriptors kept for accept batches, SQLite, Trakt, logs
 
@@ -166,6 +172,46 @@ def http_exception_answer(exc: web.HTTPException) -> web.Response:
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
+
+# --- aiohttp's and asyncio's private state used for the body budget (tests/test_edge_* pin it) ---
+
+
+def _buffered(payload: Any) -> int:
+    """Bytes in a request body's StreamReader not read yet."""
+    return int(getattr(payload, "_size", 0))
+
+
+def _received(payload: Any) -> int:
+    return int(getattr(payload, "total_bytes", 0))
+
+
+def _small_reads(transport: asyncio.BaseTransport, size: int) -> None:
+    """Read at most ``size`` bytes a time from this socket (asyncio's default is 256 KiB), so
+    that what one read brings is small beside the body budget."""
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = size  # type: ignore[attr-defined]
+
+
+def _drop(payload: Any, exc: BaseException) -> None:
+    """Free what a body's StreamReader holds, and make its reader raise ``exc``.
+
+    The end of the body is marked too: a read woken already (its waiter done, which
+    ``set_exception`` leaves alone) loops back to wait while the buffer is empty and the body
+    not at its end; with the end marked it returns instead."""
+    payload._buffer.clear()
+    payload._buffer_offset = 0
+    payload._size = 0
+    payload.set_exception(exc)
+    payload._eof = True
+
+
+def _forgive(payload: Any) -> None:
+    """Once the app has seen the exception of a dropped body: clear it and the end mark, so
+    that aiohttp's lingering close reads (and throws away) the rest for a moment instead of
+    taking it for an error, and the client reads its answer before the close."""
+    payload._exception = None
+    payload._eof = False
+
 # The request headers aiohttp or cwhook interprets. Each must appear at most once, hold only
 # printable ASCII (tab included) and stay short; aiohttp itself bounds every line at 8 KiB.
 # Any other header is never read, so anything goes there.
@@ -242,6 +288,10 @@ class EdgeProtocol(RequestHandler):
         self.evicted = False
         self.heard = False  # a byte arrived on this connection
         self._payload: Any = None  # the body of the latest request
+        self.body_started = 0.0  # when the latest request's headers were complete
+        self.app_held = 0  # bytes of bodies the app holds for this connection (Lease)
+        self.counted = 0  # bytes of bodies counted for this connection in the edge's budget
+        self.body_evicted = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
 
@@ -264,10 +314,33 @@ class EdgeProtocol(RequestHandler):
         self.evicted = True
         self.force_close()
 
+    def receiving(self) -> bool:
+        """A request body is on its way (not complete, not evicted)."""
+        return not self.body_evicted and not self._between_requests() and self.transport is not None
+
+    def body_rate(self, now: float) -> float:
+        """Bytes a second of the body being received, since its headers were complete."""
+        return _received(self._payload) / max(now - self.body_started, 1e-3)
+
+    def in_memory(self) -> int:
+        """Bytes of bodies this connection holds: aiohttp's unread buffer and what the app keeps."""
+        return (_buffered(self._payload) if self._payload is not None else 0) + self.app_held
+
+    def evict_body(self) -> None:
+        """Drop the body being received: its buffer at once, the request answered 503 busy.
+
+        The rest of the body is read and thrown away for ``EVICTED_LINGER`` seconds before the
+        close, so that the client reads its 503 (a close with unread data resets the connection).
+        """
+        self.body_evicted = True
+        self._lingering_time = EVICTED_LINGER
+        _drop(self._payload, BodyEvicted("evicted: bodies in flight were short of memory or connections"))
+
     # events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        _small_reads(transport, self.edge.limits.read_size)
         self.last_active = self._loop.time()
         if not self.edge.admit(self):
             if self.transport is not None:
@@ -278,6 +351,7 @@ class EdgeProtocol(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.edge.gone(self)
+        self.edge.flow.forget(self)
         for timer in (self._header_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
@@ -286,6 +360,8 @@ class EdgeProtocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.body_evicted:
+            return  # the connection closes after its 503; nothing more is kept
         if data:
             self.heard = True
             self.last_active = self._loop.time()
@@ -299,9 +375,12 @@ class EdgeProtocol(RequestHandler):
                 self._header_timer = None
             if self._messages:
                 self._payload = self._messages[-1][1]
+                self.body_started = self.last_active
                 if not self._payload.is_eof() and self._stall_timer is None:
                     self._stall_timer = self._loop.call_at(
                         self.last_active + self.edge.limits.body_stall, self._check_stall)
+        if self._payload is not None or self.counted:
+            self.edge.flow.account(self)
 
     def _start_header_timer(self) -> None:
         self._header_timer = self._loop.call_later(self.edge.limits.header_timeout, self._header_timeout)
@@ -323,7 +402,7 @@ class EdgeProtocol(RequestHandler):
         if payload is None or payload.is_eof() or self.transport is None or self._force_close:
             return
         now = self._loop.time()
-        if self._reading_paused:  # cwhook is not reading (waiting for room in the budget)
+        if self._reading_paused:  # the app is not reading (busy with what it has)
             self.last_active = now
         due = self.last_active + self.edge.limits.body_stall
         if now >= due:
@@ -379,6 +458,9 @@ class EdgeServer(web.Server):
         self._closed_idle = 0
         self._refused = 0
         self._silent = 0  # silent connections closed since the last summary
+        self.flow = Flow(self, limits)
+        self.evicted: Counter[str] = Counter()  # bodies dropped since the last warning, by reason
+        self._bodies_warned_at: float | None = None
         self._silent_logged_at: float | None = None
         self._silent_timer: asyncio.TimerHandle | None = None
 
@@ -390,6 +472,13 @@ class EdgeServer(web.Server):
         self.live.add(proto)
         if len(self.live) <= self.capacity:
             return True
+        # idle ones quiet for a while first, then trickling bodies, then idle ones just accepted
+        # (their request is likely on its way already)
+        if self.relieve(exclude=proto, quiet=QUIET):
+            return True
+        if self.flow.evict_slow(self.batch, "body_slots"):
+            self._warn("connections are at the limit and none is idle; closed the slowest bodies")
+            return True
         if self.relieve(exclude=proto):
             return True
         self.live.discard(proto)
@@ -398,9 +487,11 @@ class EdgeServer(web.Server):
         return False
 
     def relieve(self, exclude: EdgeProtocol | None = None, batch: int | None = None,
-                why: str = "connections are at the limit") -> int:
-        """Close a batch of the oldest idle connections; how many were closed."""
-        idle = sorted((p for p in self.live if p is not exclude and p.idle), key=lambda p: p.last_active)
+                why: str = "connections are at the limit", quiet: float = 0.0) -> int:
+        """Close a batch of the oldest idle connections (quiet for ``quiet`` s at least); how many."""
+        since = self._loop.time() - quiet
+        idle = sorted((p for p in self.live if p is not exclude and p.idle and p.last_active <= since),
+                      key=lambda p: p.last_active)
         victims = idle[:batch or self.batch]
         for proto in victims:
             self.live.discard(proto)
@@ -449,8 +540,20 @@ class EdgeServer(web.Server):
             return
         self._warned_at = now
         log.warning("connections_short", open=len(self.live), capacity=self.capacity,
-                    closed_idle=self._closed_idle, refused=self._refused, note=note)
+                    closed_idle=self._closed_idle, refused=self._refused,
+                    closed_slow=self.evicted.pop("body_slots", 0), note=note)
         self._closed_idle = self._refused = 0
+
+    def note_evicted(self) -> None:
+        """Bodies were dropped for memory: one ``bodies_short`` warning a minute at most."""
+        now = time.monotonic()
+        if self._bodies_warned_at is not None and now - self._bodies_warned_at < WARN_EVERY:
+            return
+        self._bodies_warned_at = now
+        log.warning("bodies_short", budget=self.limits.body_budget, in_memory=self.flow.total,
+                    receiving=len(self.flow.counted), dropped=self.evicted.pop("body_memory", 0),
+                    note="bodies in memory reached the budget; the slowest (then the largest) were "
+                         "answered 503 busy")
 
     def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> bool:
         """Handle the loop's accept() failures for want of descriptors; False for anything else."""
@@ -472,6 +575,7 @@ class Runner(web.AppRunner):
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         self.limits = app.get(LIMITS) or Limits.from_env()
         kwargs.setdefault("access_log", None)
+        kwargs.setdefault("read_bufsize", self.limits.read_size)  # aiohttp pauses a body at twice this
         super().__init__(app, handle_signals=False, keepalive_timeout=self.limits.idle_timeout, **kwargs)
         self.capacity = self.limits.max_connections
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -508,87 +612,129 @@ class Runner(web.AppRunner):
 
 
 class Busy(Exception):
-    """No room for this body under the budget within the wait."""
+    """This body was dropped to make room: answered 503 busy."""
 
 
-class BodyBudget:
-    """Bytes of all request bodies held at once; takers wait in line for room."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[bool]]] = deque()
-
-    async def take(self, n: int, wait: float) -> bool:
-        """Room for ``n`` more bytes: True at once or once there is room, False after ``wait``."""
-        if not self._waiters and self.used + n <= self.capacity:
-            self.used += n
-            return True
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append((n, fut))
-        timer = loop.call_later(wait, self._expire, fut)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result():
-                self.give(n)
-            raise
-        finally:
-            timer.cancel()
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        self._wake()
-
-    def _expire(self, fut: asyncio.Future[bool]) -> None:
-        if not fut.done():
-            fut.set_result(False)
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            n, fut = self._waiters[0]
-            if fut.done():
-                self._waiters.popleft()
-                continue
-            if self.used + n > self.capacity:
-                return
-            self._waiters.popleft()
-            self.used += n
-            fut.set_result(True)
+class BodyEvicted(ConnectionError):
+    """The body being received was dropped to make room (``Flow``): the request gets 503 busy."""
 
 
-BUDGET: web.AppKey[BodyBudget] = web.AppKey("edge_budget", BodyBudget)
+class Flow:
+    """Bytes of all request bodies in memory, aiohttp's buffers included, under ``body_budget``.
+
+    Each connection receiving a body is counted: aiohttp's unread buffer plus what the app
+    keeps of it (``Lease``). When a read takes the total over the budget, bodies are dropped
+    (``evict_body``: answered 503 busy, their buffer freed at once) until it is back under
+    three quarters of it: trickles first (slower than ``slow_body_rate`` after
+    ``slow_body_grace``), the slowest first, then those the app keeps most of. A webhook is a few
+    kilobytes that arrive in milliseconds, so it is neither. Over the connection limit with
+    none idle, the slowest trickles make room the same way (``evict_slow``).
+    """
+
+    def __init__(self, server: EdgeServer, limits: Limits) -> None:
+        self.server = server
+        self.limits = limits
+        self.total = 0
+        self.counted: set[EdgeProtocol] = set()
+
+    def account(self, proto: EdgeProtocol) -> None:
+        now = proto.in_memory()
+        self.total += now - proto.counted
+        proto.counted = now
+        if now:
+            self.counted.add(proto)
+        else:
+            self.counted.discard(proto)
+        if self.total > self.limits.body_budget:
+            self.relieve()
+
+    def forget(self, proto: EdgeProtocol) -> None:
+        self.total -= proto.counted
+        proto.counted = 0
+        self.counted.discard(proto)
+
+    def _order(self, protos: list[EdgeProtocol], now: float) -> list[EdgeProtocol]:
+        """Trickles first (the slowest first), then the others (those holding most first)."""
+        grace, floor = self.limits.slow_body_grace, self.limits.slow_body_rate
+
+        def key(p: EdgeProtocol) -> tuple[int, float]:
+            rate = p.body_rate(now)
+            if now - p.body_started >= grace and rate < floor:
+                return 0, rate
+            return 1, -p.app_held  # what the app keeps; aiohttp's buffer of a fast body is read at once
+
+        return sorted(protos, key=key)
+
+    def relieve(self) -> None:
+        """Over the budget: recount everyone, then drop bodies until under 3/4 of it."""
+        for proto in list(self.counted):  # aiohttp's lingering reads are not seen as they happen
+            fresh = proto.in_memory()
+            self.total += fresh - proto.counted
+            proto.counted = fresh
+            if not fresh:
+                self.counted.discard(proto)
+        low = self.limits.body_budget * 3 // 4
+        if self.total <= self.limits.body_budget:
+            return
+        now = self.server._loop.time()
+        for proto in self._order([p for p in self.counted if p.receiving()], now):
+            if self.total <= low:
+                break
+            self._evict(proto, "body_memory")
+        self.server.note_evicted()
+
+    def evict_slow(self, n: int, reason: str) -> int:
+        """Drop up to ``n`` trickling bodies, the slowest first; how many were dropped."""
+        now = self.server._loop.time()
+        grace, floor = self.limits.slow_body_grace, self.limits.slow_body_rate
+        slow = [p for p in self.server.live if p.receiving() and now - p.body_started >= grace
+                and p.body_rate(now) < floor]
+        victims = self._order(slow, now)[:n]
+        for proto in victims:
+            self._evict(proto, reason)
+        return len(victims)
+
+    def _evict(self, proto: EdgeProtocol, reason: str) -> None:
+        proto.evict_body()
+        self.forget(proto)
+        self.server.counts[reason] += 1
+        self.server.evicted[reason] += 1
 
 
 class Lease:
-    """One request's share of the budget, given back when the request is done."""
+    """What the app keeps of one request's body, counted in the edge's budget (``Flow``)."""
 
-    def __init__(self, budget: BodyBudget, wait: float) -> None:
-        self.budget = budget
-        self.wait = wait
+    def __init__(self, request: web.BaseRequest) -> None:
+        proto = request.protocol
+        self.proto = proto if isinstance(proto, EdgeProtocol) else None
         self.held = 0
 
-    async def grow_to(self, total: int) -> None:
-        if total <= self.held:
-            return
-        more = total - self.held
-        if not await self.budget.take(more, self.wait):
-            raise Busy()
-        self.held = total
+    def hold(self, total: int) -> None:
+        """The app now keeps ``total`` bytes of this body (never waits: the edge makes room)."""
+        if self.proto is not None:
+            self.proto.app_held += total - self.held
+            self.held = total
+            self.proto.edge.flow.account(self.proto)
+        else:
+            self.held = total
 
     def release(self) -> None:
-        if self.held:
-            self.budget.give(self.held)
-            self.held = 0
+        self.hold(0)
 
 
 def install(app: web.Application, limits: Limits | None = None) -> None:
-    """Give the app its limits and its body budget (before the app starts)."""
-    limits = limits or Limits.from_env()
-    app[LIMITS] = limits
-    app[BUDGET] = BodyBudget(limits.body_budget)
+    """Give the app its limits (before the app starts)."""
+    app[LIMITS] = limits or Limits.from_env()
+
+
+def was_dropped(request: web.BaseRequest) -> bool:
+    proto = request.protocol
+    return isinstance(proto, EdgeProtocol) and proto.body_evicted and proto._payload is request.content
+
+
+def dropped(request: web.BaseRequest) -> None:
+    """The app saw ``BodyEvicted`` for this request (it answers 503 busy)."""
+    _forgive(request.content)
 
 
 def no_linger(request: web.BaseRequest) -> None:

@@ -38,7 +38,7 @@ from cwhook.status import Snapshot
 # Every outcome the webhook handler (cwhook/app.py) gives, so each series exists from the start.
 OUTCOMES = ("queued", "ignored", "bad_payload", "invalid_token", "too_large", "busy", "disabled",
             "unavailable", "client_gone", "body_timeout", "test")
-CLOSE_REASONS = ("silent",)  # cwhook.edge's reasons for closing a connection
+CLOSE_REASONS = ("silent", "body_memory", "body_slots")  # cwhook.edge's reasons for closing a connection
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TRAKT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 
@@ -112,7 +112,8 @@ def _counters(s: Snapshot) -> Iterator[Metric]:
 
     closed = CounterMetricFamily("cwhook_connections_closed",
                                  "Connections the daemon closed on its own, by reason (silent: sent no byte "
-                                 "before the header timeout).", labels=["reason"])
+                                 "before the header timeout; body_memory, body_slots: a slow body dropped "
+                                 "for memory or for a connection, answered 503 busy).", labels=["reason"])
     done = dict(c.connections)
     for reason in sorted(set(done) | set(CLOSE_REASONS)):
         closed.add_metric([reason], done.get(reason, 0))

@@ -7,6 +7,7 @@ test_edge_process.py checks the real defaults and the real `cwhook run` process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import json
@@ -226,47 +227,51 @@ async def test_multipart_thumbnail_is_skipped_and_a_huge_json_part_is_413() -> N
         writer.close()
 
 
-async def test_bodies_received_at_once_are_capped_wait_then_503() -> None:
-    limits = replace(FAST, body_budget=300_000, budget_wait=0.5, body_stall=5, body_deadline=8)
-    async with fuzzkit.served(limits) as (port, _):
-        # an upload holds 250 kB of the 300 kB budget and is not finished
+async def test_over_the_budget_the_slowest_body_is_dropped_not_the_newcomer(sink: io.StringIO) -> None:
+    limits = replace(FAST, body_budget=300_000, slow_body_grace=0.3, body_stall=5, body_deadline=8)
+    async with fuzzkit.served(limits) as (port, rt):
+        # an upload holds 250 kB of the 300 kB budget (aiohttp's buffer and the app's share) and
+        # is not finished
         holder_r, holder_w = await asyncio.open_connection("127.0.0.1", port)
         holder_w.write(post(b"[" + b" " * 250_000, length=250_010))
-        await asyncio.sleep(0.2)
-        # a 100 kB body waits for room, then is told to come back
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        big = b'{"event": "media.play", "x": "' + b"x" * 100_000 + b'"}'
-        writer.write(post(big))
-        started = time.monotonic()
-        answer = await fuzzkit.read_answer(reader)
-        assert (answer.status, json.loads(answer.body)) == (503, {"error": "busy"})
-        assert answer.headers["retry-after"] == "5"
-        assert 0.4 < time.monotonic() - started < 2
-        # a small one fits beside the holder
+        await asyncio.sleep(0.5)
+        # a small one fits beside it
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(post(SAMPLE))
         assert (await fuzzkit.read_answer(reader)).status == 202
-        # once the holder is done, its room is given back
-        holder_w.write(b" " * 8 + b"]")
-        assert (await fuzzkit.read_answer(holder_r)).status == 400
+        # a 100 kB body does not: the older, slower one is dropped to make room
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = b'{"event": "media.play", "x": "' + b"x" * 100_000 + b'"}'
         writer.write(post(big))
-        assert (await fuzzkit.read_answer(reader)).status == 400  # not a Plex payload, but read
+        assert (await fuzzkit.read_answer(reader)).status == 400  # read: not a Plex payload
+        dropped = await fuzzkit.read_answer(holder_r)
+        assert (dropped.status, json.loads(dropped.body)) == (503, {"error": "busy"})
+        assert dropped.headers["retry-after"] == "5"
+        assert (await until_closed(holder_r, 3))[0] == b""
+        assert rt.counters.connections["body_memory"] == 1
+    short = [e for e in events(sink) if e["event"] == "bodies_short"]
+    assert len(short) == 1 and short[0]["level"] == "warning" and short[0]["dropped"] == 1
 
 
-async def test_budget_wakes_waiters_in_order_and_gives_back_on_expiry() -> None:
-    budget = edge.BodyBudget(100)
-    assert await budget.take(80, 1)
-    first = asyncio.ensure_future(budget.take(50, 1))
-    second = asyncio.ensure_future(budget.take(10, 1))  # would fit, but waits its turn
-    await asyncio.sleep(0.05)
-    assert not first.done() and not second.done()
-    budget.give(80)
-    assert await first and await second and budget.used == 60
-    late = await budget.take(50, 0.1)
-    assert late is False and budget.used == 60
-    budget.give(60)
-    assert budget.used == 0
+async def test_at_the_connection_limit_a_trickle_makes_room_for_a_newcomer() -> None:
+    limits = replace(FAST, max_connections=16, slow_body_grace=0.3, header_timeout=30, body_stall=30,
+                     body_deadline=30)
+    async with fuzzkit.served(limits) as (port, rt):
+        trickles = []
+        for _ in range(16):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post(b"{", length=1000))  # mid-body, one byte so far
+            trickles.append((reader, writer))
+        await asyncio.sleep(0.6)  # past the grace: trickles now
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(SAMPLE))
+        assert (await fuzzkit.read_answer(reader)).status == 202
+        dropped = []
+        for r, _ in trickles:
+            with contextlib.suppress(TimeoutError):
+                dropped.append(await asyncio.wait_for(fuzzkit.read_answer(r), 0.2))
+        assert dropped and {(a.status, a.body) for a in dropped} == {(503, b'{"error": "busy"}')}
+        assert rt.counters.connections["body_slots"] == len(dropped)
 
 
 # --- connections ----------------------------------------------------------------------------------

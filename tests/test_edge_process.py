@@ -18,14 +18,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from tests import fuzzkit
 from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, wait_for
+from tests.test_durability import FAST_ENV, count, plex_stop
+from tests.test_e2e import authorized
 
 pytestmark = pytest.mark.slow
 
@@ -394,3 +398,112 @@ def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Pat
 def test_unit_sets_limit_nofile() -> None:
     unit = (ROOT / "systemd" / "cwhook.service").read_text()
     assert "LimitNOFILE=65536" in unit.splitlines()
+
+
+# --- trickled bodies -----------------------------------------------------------------------------------
+
+TRICKLERS = int(os.environ.get("CWHOOK_TRICKLERS", "800"))
+TRICKLE_SECONDS = float(os.environ.get("CWHOOK_TRICKLE_SECONDS", "16"))
+
+
+async def _trickler(port: int, stop: asyncio.Event, answers: list[int | str]) -> None:
+    """Posts 1 MiB JSON bodies at 60 KB every 2 s, never stalling; starts over when answered."""
+    plex = f"/webhook/plextrakt?{TOKENS['plex']}"
+    head = f"POST {plex} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {MiB}\r\n\r\n"
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.5)
+            continue
+        answer = asyncio.ensure_future(fuzzkit.read_answer(reader))
+        try:
+            writer.write(head.encode() + b"[")
+            sent = 1
+            while sent < MiB and not answer.done() and not stop.is_set():
+                await asyncio.wait([answer], timeout=2)
+                piece = min(60_000, MiB - sent)
+                writer.write(b" " * piece)
+                sent += piece
+            if not stop.is_set():
+                got = await asyncio.wait_for(answer, 10)
+                answers.append(got.status)
+                assert got.is_json
+        except (fuzzkit.Closed, ConnectionError, OSError, TimeoutError) as exc:
+            answers.append(type(exc).__name__)
+        finally:
+            answer.cancel()
+            writer.close()
+
+
+async def _legit(port: int, body: bytes) -> int | str:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /webhook/plextrakt?{TOKENS['plex']} HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                     f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        answer = await asyncio.wait_for(fuzzkit.read_answer(reader), 30)
+        writer.close()
+        return answer.status
+    except (fuzzkit.Closed, ConnectionError, OSError, TimeoutError) as exc:
+        return type(exc).__name__
+
+
+def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory: Callable[..., Daemon],
+                                                                  fake_trakt: Any) -> None:
+    """Issue 18.5: many connections trickling 1 MiB bodies (60 KB every 2 s, never stalling
+    long enough to be cut) once took RSS past a gigabyte. The edge counts aiohttp's buffers in
+    the body budget and drops the slowest bodies: RSS stays bounded, and webhooks sent
+    meanwhile are all acknowledged and all reach Trakt."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard < TRICKLERS + 300:
+        pytest.skip(f"this test needs {TRICKLERS + 300} descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    fake_trakt.rate_limit = False
+    legit = 40
+    fake_trakt.add_movies(legit)
+    d = daemon_factory(env=dict(FAST_ENV), **authorized(fake_trakt))
+    pid = d.proc.pid  # type: ignore[union-attr]
+    before = rss_mb(pid)
+
+    async def main() -> tuple[list[int | str], list[int | str], float]:
+        stop = asyncio.Event()
+        answers: list[int | str] = []
+        tricklers = []
+        for _ in range(TRICKLERS):
+            tricklers.append(asyncio.ensure_future(_trickler(d.port, stop, answers)))
+            await asyncio.sleep(0.002)
+        peak = 0.0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_mb(pid))
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.ensure_future(sample())
+        await asyncio.sleep(3)  # the trickles are established
+        statuses: list[int | str] = []
+        for i in range(legit):
+            statuses.append(await _legit(d.port, plex_stop(i)))
+            await asyncio.sleep((TRICKLE_SECONDS - 3) / legit)
+        stop.set()
+        await asyncio.gather(*tricklers)
+        sampler.cancel()
+        return statuses, answers, peak
+
+    statuses, answers, peak = asyncio.run(main())
+    high = rss_mb(pid, "VmHWM")
+    wait_for(lambda: len(fake_trakt.history_counts()) >= legit, 30)
+    lost, doubled = count(fake_trakt, set(range(legit)))
+    tally = Counter(answers)
+    print(f"\n{TRICKLERS} trickling connections for {TRICKLE_SECONDS:.0f}s: RSS {before:.0f} MB before, "
+          f"peak {max(peak, high):.0f} MB; trickles answered {dict(tally)}; webhooks {Counter(statuses)}; "
+          f"lost {len(lost)}, doubled {len(doubled)}")
+    assert high < 150
+    assert statuses == [202] * legit
+    assert lost == [] and doubled == []
+    assert tally[503] > 0  # the trickles were dropped (503 busy), not the webhooks
+    assert d.stop() == 0
+    found = d.log_events()
+    assert len([e for e in found if e.get("event") == "bodies_short"]) == 1  # once a minute at most
+    assert "Traceback" not in d.logs()
