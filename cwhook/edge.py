@@ -216,7 +216,7 @@ def _forgive(payload: Any) -> None:
 # printable ASCII (tab included) and stay short; aiohttp itself bounds every line at 8 KiB.
 # Any other header is never read, so anything goes there.
 READ_HEADERS = ("Host", "Expect", "Connection", "Upgrade", "Content-Type", "Content-Length",
-                "Content-Encoding", "Transfer-Encoding", "Accept")
+                "Content-Encoding", "Transfer-Encoding", "Accept", "X-Cwhook-Dry-Run")  # the last: preview
 MAX_READ_HEADER = 1024
 _PRINTABLE = re.compile(r"[\t\x20-\x7e]*")
 

@@ -178,7 +178,8 @@ STANDARD_HEADERS = {
     "Content-Length": [b"2"], "Content-Encoding": [b"gzip", b"identity"], "Transfer-Encoding": [b"chunked"],
     "Connection": [b"keep-alive", b"close", b"Upgrade"], "Host": [b"fuzz", b"127.0.0.1:8787"],
     "Accept": [b"*/*", b"application/openmetrics-text; version=1.0.0", b"text/plain;version=0.0.4"],
-    "Upgrade": [b"websocket", b"h2c"], "Accept-Encoding": [b"gzip"], "User-Agent": [b"PlexMediaServer/1.40"],
+    "Upgrade": [b"websocket", b"h2c"], "X-Cwhook-Dry-Run": [b"1", b"0"], "Accept-Encoding": [b"gzip"],
+    "User-Agent": [b"PlexMediaServer/1.40"],
 }
 NON_ASCII = [b"\xff", b"\x80", b"\xc3\xa9", b"\xed\xa0\x80", b"\xc0\x80", b"\xef\xbb\xbf", b"\xfe\xff"]
 CONTROL = [bytes([c]) for c in (*range(0, 9), *range(11, 13), *range(14, 32), 127)]

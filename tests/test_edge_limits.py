@@ -446,3 +446,9 @@ def test_the_private_state_the_body_budget_uses_is_still_there() -> None:
         assert selector_events._SelectorSocketTransport.max_size == 256 * 1024
     finally:
         loop.close()
+
+
+def test_the_test_request_header_is_screened_like_the_others() -> None:
+    from cwhook import preview
+
+    assert preview.HEADER in edge.READ_HEADERS
