@@ -38,6 +38,7 @@ ROUTES = {name: source.path for name, source in SOURCES.items()}
 CHUNK = 65536
 RETRY_AFTER_BUSY = "5"
 RETRY_AFTER_UNAVAILABLE = "10"
+DROPPED = "body dropped to make room"  # the detail of a request whose body the edge dropped
 _request_ids = itertools.count(1)
 # What the handler found out, for the middleware's one log line per request.
 _request_notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("request_notes")
@@ -220,8 +221,8 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         except ClientGone as exc:
             notes.update(outcome="client_gone", detail=str(exc))
             return _json(400, {"error": "bad_payload", "detail": "the request body was cut off"})
-        except edge.Busy:
-            notes["outcome"] = "busy"
+        except edge.Busy:  # the edge dropped this body to make room: summed up in its warnings
+            notes.update(outcome="busy", detail=DROPPED)
             return _json(503, {"error": "busy"}, {"Retry-After": RETRY_AFTER_BUSY})
         except BodyTimeout:
             notes["outcome"] = "body_timeout"
@@ -318,7 +319,10 @@ async def access_log(
             response = _json(500, {"error": "internal"})
         seconds = time.monotonic() - started
         _count(request.app[RUNTIME], notes, seconds)
-        level = log.debug if request.path in ("/healthz", "/metrics") else log.info
+        # a body the edge dropped is counted in its bodies_short / connections_short warnings
+        # (a flood of trickles would flood the log otherwise)
+        quiet = request.path in ("/healthz", "/metrics") or notes.get("detail") == DROPPED
+        level = log.debug if quiet else log.info
         level("request", method=request.method, path=path, status=response.status,
               ms=round(seconds * 1000, 1), remote=request.remote, **notes)
         return response

@@ -252,6 +252,9 @@ async def test_over_the_budget_the_slowest_body_is_dropped_not_the_newcomer(sink
         assert rt.counters.connections["body_memory"] == 1
     short = [e for e in events(sink) if e["event"] == "bodies_short"]
     assert len(short) == 1 and short[0]["level"] == "warning" and short[0]["dropped"] == 1
+    # summed up by the warning: the dropped request's own line is at debug (a flood stays quiet)
+    busy = [e for e in events(sink) if e.get("status") == 503]
+    assert [(e["outcome"], e["level"]) for e in busy] == [("busy", "debug")]
 
 
 async def test_at_the_connection_limit_a_trickle_makes_room_for_a_newcomer() -> None:
