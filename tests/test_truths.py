@@ -144,7 +144,7 @@ def test_aiohttps_own_answers_are_json_with_their_headers(daemon_factory: Callab
     code, body, headers = d.request("POST", "/healthz", b"")
     assert (code, body, headers.get("Allow")) == (405, {"error": "method_not_allowed"}, "GET")
     code, body, _ = d.request("POST", f"/webhook/plextrakt?{TOKENS['plex']}", b"{}", {"Expect": "tea"})
-    assert (code, body) == (417, {"error": "expectation_failed"})
+    assert (code, body["error"]) == (417, "expectation_failed")
     code, body, _ = d.request("GET", "/nothing-here")
     assert (code, body) == (404, {"error": "not_found"})
 
@@ -273,7 +273,7 @@ def test_status_and_accounts_escape_what_the_daemon_and_the_file_say(tmp_path: P
     text = status.to_text(s, now=time.time())
     assert no_control(text) and "\\x1b]0;owned" in text and "FAKE LINE" in text
     assert all(not line.startswith("FAKE") for line in text.splitlines())
-    cfg = parse_config('trakt:\n  accounts:\n    anna:\n      users: ["plex:A\\e[2Jnna\\r"]\n'
+    cfg = parse_config('trakt:\n  accounts:\n    anna:\n      users: ["plex:A\\e[2Jn\\rna"]\n'
                        f"state:\n  dir: {tmp_path}\n", tmp_path / "c.yml")
     text = accounts_text(cfg, health={"accounts": {"default": {"needs_auth": HOSTILE}}}, now=time.time())
     assert no_control(text) and len(text.splitlines()) == 2 and "\\x1b[2J" in text
