@@ -15,9 +15,9 @@ an account removed from the file stops its lane but keeps its outbox entries, wh
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 
+from cwhook import clock as clocks
 from cwhook import logs
 from cwhook.config import DEFAULT_ACCOUNT, AccountConfig, Config
 from cwhook.delivery import Lane, Options
@@ -153,7 +153,7 @@ class Accounts:
             await unit.client.close()
 
     async def _deliverable(self) -> bool:
-        now = time.time()
+        now = clocks.now()  # retry times are steady (cwhook/clock.py)
         for unit in self.units.values():
             if unit.auth.needs_auth:
                 continue

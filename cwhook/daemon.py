@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from cwhook import __version__, edge, items, logs, preview, status
+from cwhook import clock as clocks
 from cwhook.accounts import Accounts
 from cwhook.app import Busy, Runtime, make_app
 from cwhook.config import (
@@ -60,7 +61,7 @@ class Daemon:
     def __init__(self, config: Config, force_dry_run: bool = False) -> None:
         self.config = config
         self.force_dry_run = force_dry_run
-        self.started = time.time()
+        self.started = clocks.now()
         self.counters = Counters()
         # Bounded by admission (``_admit``), not by the queue: an event is committed
         # to the inbox first and must then always find room.
@@ -98,7 +99,7 @@ class Daemon:
         try:
             await self.db.ingest(event, lambda seq, e: self.queue.put_nowait((seq, e)))
         except StoreUnavailable as exc:
-            self._unavailable = (time.time(), str(exc))
+            self._unavailable = (clocks.now(), str(exc))
             log.error("inbox_write_failed", error=str(exc), note="answered 503; the client retries")
             raise
         finally:
@@ -118,12 +119,13 @@ class Daemon:
         return self.accounts.default.dry_run
 
     def snapshot(self) -> status.Snapshot:
-        """Built from memory only (the store's stats are cached): ready while SQLite is locked."""
-        now = time.time()
+        """Built from memory only (the store's stats are cached): ready while SQLite is locked.
+        Ages and uptime on steady time (a wall clock set back shows no false age of 0)."""
+        now, wall = clocks.now(), time.time()
         stats = self.store.stats
         accounts = {}
         for unit in self.accounts:
-            st = status.account_status(unit.name, unit.auth, unit.client, unit.dry_run, stats, now)
+            st = status.account_status(unit.name, unit.auth, unit.client, unit.dry_run, stats, now, wall)
             accounts[unit.name] = st if unit.in_use else dataclasses.replace(st, problems=())
         removed = dict(self.accounts.orphans(stats))
         unavailable = self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR

@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cwhook import clock as clocks
 from cwhook import items, logs
 from cwhook import trakt_bodies as tb
 from cwhook.event import Event
 from cwhook.health import Counters
 from cwhook.items import TraktAliases
 from cwhook.journal import Result
-from cwhook.store import AsyncStore, Entry, NewEntry, StoreUnavailable
+from cwhook.store import LONGEST_RETRY, AsyncStore, Entry, NewEntry, StoreUnavailable
 from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
 
 log = logs.get("cwhook.delivery")
@@ -35,7 +36,7 @@ log = logs.get("cwhook.delivery")
 LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
 HISTORY_LOOKBACK = 3600.0  # how far before a late stop's time its earlier attempt is looked for
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
-MAX_DEFER = 300.0
+MAX_DEFER = LONGEST_RETRY  # 300 s; a restart after a clock set back relies on it (cwhook/store.py)
 STORE_RETRY = 5.0  # the state file could not be written (disk full, locked): try again soon
 LOCAL_RETRY = 30.0  # a failure that is not Trakt's: try again soon, set aside after 3
 
@@ -86,7 +87,8 @@ class Lane:
         counters: Counters,
         options: Callable[[], Options],
         needs_auth: Callable[[], str | None],
-        clock: Callable[[], float] = time.time,
+        clock: clocks.Clock = clocks.now,
+        wall: clocks.Clock = time.time,
         aliases: TraktAliases = items.SHARED,
     ) -> None:
         self.account = account
@@ -97,7 +99,8 @@ class Lane:
         self.counters = counters
         self.options = options
         self.needs_auth = needs_auth
-        self.clock = clock
+        self.clock = clock  # steady: retry times and ages (docs/durability.md, "Clocks")
+        self.wall = wall  # the times stored and sent to Trakt
         self.wake = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
 
@@ -213,12 +216,13 @@ class Lane:
     # --- one entry ------------------------------------------------------------------
 
     async def deliver(self, entry: Entry, now: float) -> Outcome:
+        """One attempt; ``now`` is steady time (the entry's age is measured on it)."""
         event, verb = entry.event, entry.verb
-        age = now - entry.created_at
+        age = now - entry.born
         if verb == "stop":
             outcome = await self._watched_stop(entry, age)
             if event.kind == "movie" and self.options().watchlist_autoremove_movies:
-                outcome.follow_up = NewEntry("watchlist_remove", event, entry.progress, now,
+                outcome.follow_up = NewEntry("watchlist_remove", event, entry.progress, self.wall(),
                                              account=self.account)
             return outcome
         if verb in ("start", "pause"):
@@ -352,7 +356,7 @@ class Lane:
         key = event.identity
         self.aliases.learn_answer(event, resp.data)
         with contextlib.suppress(StoreUnavailable):  # only a cache: the call itself succeeded
-            await self.db.call(self.store.match_put, key, tb.remembered_form(form, resp.data), self.clock())
+            await self.db.call(self.store.match_put, key, tb.remembered_form(form, resp.data), self.wall())
         detail: dict[str, Any] = {"status": resp.status}
         if isinstance(resp.data, dict) and "action" in resp.data:
             detail["trakt_action"] = resp.data["action"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cwhook import clock as clocks
 from cwhook import hint
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.health import Counters, problems
@@ -91,9 +92,9 @@ class StatsView(Protocol):
     @property
     def inbox(self) -> int: ...
     @property
-    def oldest_created_at(self) -> float | None: ...
+    def oldest_born(self) -> float | None: ...  # steady time (cwhook/clock.py)
     @property
-    def by_account(self) -> tuple[tuple[str, int, float | None], ...]: ...
+    def by_account(self) -> tuple[tuple[str, int, float | None], ...]: ...  # (name, pending, oldest_born)
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,9 @@ def _age(now: float, since: float | None) -> float | None:
 
 
 def account_status(name: str, auth: AuthView, client: ClientView, dry_run: bool, stats: StatsView,
-                   now: float) -> AccountStatus:
-    """One Trakt account's block: its auth, its client's last call, its part of the outbox."""
+                   now: float, wall: float | None = None) -> AccountStatus:
+    """One Trakt account's block: its auth, its client's last call, its part of the outbox.
+    ``now`` is steady time (ages), ``wall`` the wall time (the token's expiry; default ``now``)."""
     pending, oldest = 0, None
     for account, count, created in stats.by_account:
         if account == name:
@@ -185,7 +187,7 @@ def account_status(name: str, auth: AuthView, client: ClientView, dry_run: bool,
     expires = auth.expires_at
     return AccountStatus(
         authorized=auth.authorized, needs_auth=auth.needs_auth, dry_run=dry_run,
-        token_expires_in_s=int(expires - now) if expires else None,
+        token_expires_in_s=int(expires - (now if wall is None else wall)) if expires else None,
         outbox_pending=pending, oldest_age_s=age,
         last_success_at=client.last_success_at, last_error=client.last_error,
         problems=tuple(found))
@@ -214,7 +216,8 @@ def build(*, version: str, started: float, queue_depth: int, sessions: int, stat
           accounts: Mapping[str, AccountStatus], counters: Counters, config_refused: str | None = None,
           store_unavailable: bool = False, removed: Mapping[str, int] | None = None,
           now: float | None = None) -> Snapshot:
-    now = time.time() if now is None else now
+    """``started`` and ``now`` are steady times (cwhook/clock.py), like the store's."""
+    now = clocks.now() if now is None else now
     found: list[str] = []
     if config_refused:
         found.append("config_refused")
@@ -230,7 +233,7 @@ def build(*, version: str, started: float, queue_depth: int, sessions: int, stat
         version=version, status="degraded" if ordered else "ok", problems=ordered,
         uptime_s=round(now - started, 1), queue_depth=queue_depth, sessions=sessions,
         inbox_undecided=stats.inbox, outbox_pending=stats.pending,
-        outbox_oldest_age_s=_age(now, stats.oldest_created_at), outbox_set_aside=stats.set_aside,
+        outbox_oldest_age_s=_age(now, stats.oldest_born), outbox_set_aside=stats.set_aside,
         accounts=dict(sorted(accounts.items(), key=lambda kv: (kv[0] != DEFAULT_ACCOUNT, kv[0]))),
         removed_accounts=dict(sorted((removed or {}).items())), counts=Counts.of(counters),
         config_refused=config_refused)

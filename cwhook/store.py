@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cwhook import clock as clocks
 from cwhook import items, journal, logs
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
@@ -57,6 +59,8 @@ MAX_MATCHES = 5000
 WATCHED_VERBS = ("stop", "history_add")
 WATCHED_KEPT = 3600.0  # the rules' one-hour window
 SET_ASIDE_AFTER = 3  # attempts that failed for a reason that is not Trakt's
+LONGEST_RETRY = 300.0  # no retry is set further ahead than this (cwhook/delivery.py's MAX_DEFER)
+MAX_BIRTHS = 100_000  # outbox entries whose steady birth time is kept (beyond: aged by the wall clock)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -82,6 +86,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (account, set_aside, session, id);
 CREATE INDEX IF NOT EXISTS outbox_age ON outbox (account, set_aside, created_at);
+CREATE INDEX IF NOT EXISTS outbox_first ON outbox (account, set_aside, id);
 CREATE TABLE IF NOT EXISTS watched (
     account TEXT NOT NULL,
     identity TEXT NOT NULL,
@@ -144,19 +149,21 @@ class Entry:
     attempts: int
     local_failures: int
     attempted: bool
-    next_attempt_at: float
+    next_attempt_at: float  # steady time (cwhook/clock.py) of the process that wrote it
     last_error: str | None
+    born: float = 0.0  # steady time the entry was made at, as this process knows it (its age)
 
 
 @dataclass(frozen=True)
 class Stats:
-    """What /healthz shows of the store; refreshed after every write."""
+    """What /healthz shows of the store; refreshed after every write. The times are steady
+    (cwhook/clock.py): an age is ``now() - oldest_born`` whatever the wall clock did."""
 
     pending: int = 0
-    oldest_created_at: float | None = None
+    oldest_born: float | None = None
     set_aside: int = 0
     inbox: int = 0
-    by_account: tuple[tuple[str, int, float | None], ...] = ()
+    by_account: tuple[tuple[str, int, float | None], ...] = ()  # (account, pending, oldest_born)
 
 
 def _dump(data: Any) -> str:
@@ -165,7 +172,13 @@ def _dump(data: Any) -> str:
 
 
 class Store:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, clock: clocks.Clock = clocks.now,
+                 wall: clocks.Clock = time.time) -> None:
+        self.clock, self.wall = clock, wall
+        # The ages of outbox entries: from the steady clock for those made by this process;
+        # for older ones (and beyond MAX_BIRTHS), from their wall time as the clock read at start.
+        self._births: dict[int, float] = {}
+        self._opened = (clock(), wall())
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = state_dir / FILE_NAME
         existed = self.path.exists()
@@ -190,6 +203,10 @@ class Store:
         self.refresh_stats()
         with contextlib.suppress(sqlite3.Error, StoreUnavailable), self._tx() as (db, _):
             self.journal.prune(db, time.time())
+            # Retry times are an earlier process's steady time: one further ahead than any retry
+            # is set means the wall clock was set back since. Due now, not held for the step.
+            db.execute("UPDATE outbox SET next_attempt_at = ? WHERE next_attempt_at > ?",
+                       (clock(), clock() + LONGEST_RETRY))
 
     def close(self) -> None:
         self._db.close()
@@ -321,14 +338,29 @@ class Store:
 
     # --- outbox -----------------------------------------------------------------------
 
-    @staticmethod
-    def _insert(db: sqlite3.Connection, e: NewEntry) -> int:
+    def _insert(self, db: sqlite3.Connection, e: NewEntry) -> int:
         cur = db.execute(
             "INSERT INTO outbox (account, session, created_at, verb, progress, event, extra)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (e.account, safe_text(e.event.session_key), e.created_at, e.verb, e.progress,
              _dump(e.event.to_dict()), _dump(e.extra or {})))
-        return int(cur.lastrowid or 0)
+        entry_id = int(cur.lastrowid or 0)
+        self._births[entry_id] = clocks.steady_of(e.created_at, self.clock, self.wall)
+        if len(self._births) > MAX_BIRTHS:
+            del self._births[next(iter(self._births))]
+        return entry_id
+
+    def born(self, entry_id: int, created_at: float) -> float:
+        """The steady time an outbox entry was made at (see ``_births``)."""
+        born = self._births.get(entry_id)
+        if born is None:
+            steady, wall = self._opened
+            born = steady - max(0.0, wall - created_at)
+        return born
+
+    def _entry(self, row: tuple[Any, ...]) -> Entry:
+        entry = _entry(row)
+        return dataclasses.replace(entry, born=self.born(entry.id, entry.created_at))
 
     def add(self, entry: NewEntry) -> int:
         with self._tx() as (db, delta):
@@ -344,11 +376,11 @@ class Store:
             "SELECT o.* FROM outbox o WHERE o.account = ? AND o.set_aside = 0 AND o.id = ("
             " SELECT MIN(p.id) FROM outbox p WHERE p.account = o.account AND p.session = o.session"
             " AND p.set_aside = 0) ORDER BY o.id LIMIT ?", (account, limit)).fetchall()
-        return [_entry(r) for r in rows]
+        return [self._entry(r) for r in rows]
 
     def get(self, entry_id: int) -> Entry | None:
         row = self._db.execute("SELECT * FROM outbox WHERE id = ?", (entry_id,)).fetchone()
-        return None if row is None else _entry(row)
+        return None if row is None else self._entry(row)
 
     def mark_attempted(self, entry_id: int) -> None:
         with self._tx() as (db, _):
@@ -390,6 +422,7 @@ class Store:
             event_id = None
             if row is not None:
                 db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                self._births.pop(entry_id, None)
                 if row[1]:
                     delta.aside -= 1
                 else:
@@ -404,7 +437,7 @@ class Store:
 
     def set_aside_entries(self) -> list[Entry]:
         rows = self._db.execute("SELECT * FROM outbox WHERE set_aside = 1 ORDER BY id").fetchall()
-        return [_entry(r) for r in rows]
+        return [self._entry(r) for r in rows]
 
     def refresh_stats(self) -> None:
         """Count everything again (at open); later transactions keep the counts up to date."""
@@ -416,18 +449,22 @@ class Store:
         self._publish()
 
     def _publish(self) -> None:
-        """A fresh Stats for /healthz: counts kept in memory, the oldest entry by index."""
+        """A fresh Stats for /healthz: counts kept in memory, the oldest entry by index: the first
+        made (by id: made in this process before a wall clock set back) or the earliest stamped
+        (replayed or from an earlier process), whichever is older in steady time."""
         per = []
         for account in sorted(self._counts):
             count = self._counts[account]
             if count <= 0:
                 continue
-            row = self._db.execute("SELECT MIN(created_at) FROM outbox WHERE account = ? AND set_aside = 0",
-                                   (account,)).fetchone()
-            per.append((account, count, None if row[0] is None else float(row[0])))
+            rows = [self._db.execute(f"SELECT id, created_at FROM outbox WHERE account = ? AND set_aside = 0"
+                                     f" ORDER BY {order} LIMIT 1", (account,)).fetchone()
+                    for order in ("id", "created_at")]
+            born = [self.born(int(r[0]), float(r[1])) for r in rows if r is not None]
+            per.append((account, count, min(born) if born else None))
         oldest = [r[2] for r in per if r[2] is not None]
         self.stats = Stats(pending=sum(r[1] for r in per) + self._aside,
-                           oldest_created_at=min(oldest) if oldest else None,
+                           oldest_born=min(oldest) if oldest else None,
                            set_aside=self._aside, inbox=self._inbox, by_account=tuple(per))
 
     # --- how Trakt knows each item (kept across restarts, bounded) ---------------------

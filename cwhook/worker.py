@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from cwhook import clock as clocks
 from cwhook import logs
 from cwhook.config import DEFAULT_ACCOUNT, ScrobbleConfig
 from cwhook.event import Event
@@ -41,7 +42,8 @@ class Worker:
         db: AsyncStore,
         counters: Counters,
         wake_sender: Callable[[], None],
-        clock: Callable[[], float] = time.time,
+        clock: clocks.Clock | None = None,
+        wall: clocks.Clock | None = None,
     ) -> None:
         self.queue = queue
         self.rules = rules  # the default account's; every other account gets its own (spec §8)
@@ -49,7 +51,11 @@ class Worker:
         self.db = db
         self.counters = counters
         self.wake_sender = wake_sender
-        self.clock = clock
+        # The rules run on steady time: a wall clock set back or ahead neither holds a pause
+        # nor lets it go early. Outbox rows are stamped with the wall time (docs/durability.md).
+        # Given only ``clock`` (tests), the wall clock is the same one: a world without steps.
+        self.clock = clock or clocks.now
+        self.wall = wall or (time.time if clock is None else clock)
         # Inbox ids of the events the rules hold (pending pauses), by the event object.
         self._held: dict[int, tuple[int, Event]] = {}
         self._upto = 0  # the newest inbox id taken from the queue
@@ -97,7 +103,8 @@ class Worker:
 
     def entries(self, decisions: list[Routed], now: float, noted: list[Noted] | None = None,
                 base: int = 0) -> list[NewEntry]:
-        """Log and count each decision; the outbox rows the sends need. With ``noted``, the
+        """Log and count each decision; the outbox rows the sends need (stamped ``now``, a wall
+        time). With ``noted``, the
         journal's record of each decision is added to it (``base``: entries already decided
         in the same commit)."""
         out: list[NewEntry] = []
@@ -166,16 +173,24 @@ class Worker:
                 self.wake_sender()
             return True
 
+    def steady_of(self, stamp: float) -> float:
+        """The steady time of a stored wall time (its age never negative: see cwhook/clock.py)."""
+        return clocks.steady_of(stamp, self.clock, self.wall)
+
     async def process(self, batch: list[Item], times: list[float] | None = None,
                       once: bool = False) -> bool:
-        """Decide a batch (each event at its time, else now) and commit it in one transaction."""
+        """Decide a batch (each event at its stored wall time ``times[i]``, else now) and commit it
+        in one transaction."""
         entries: list[NewEntry] = []
         noted: list[Noted] = []
         items: list[Item | None] = [*batch] or [None]
         self._track(batch)
         for i, item in enumerate(items):
-            t = self.clock() if times is None or item is None else times[i]
-            entries += self.entries(self.step(item, t), t, noted, len(entries))
+            if times is None or item is None:
+                t, stamp = self.clock(), self.wall()
+            else:
+                t, stamp = self.steady_of(times[i]), times[i]
+            entries += self.entries(self.step(item, t), stamp, noted, len(entries))
         return await self.commit(entries, self.settle(batch), once, noted)
 
     # --- the loop ---------------------------------------------------------------------
@@ -186,9 +201,9 @@ class Worker:
         Each is handled at the time it was received, so a held pause keeps its
         window; the rules' timers then catch up with the present.
         """
-        now = self.clock()
-        for account, identity, at in await self.db.call(self.db.store.recent_watched, now - WATCHED_WINDOW):
-            self.rules_for(account).remember_watched(identity, at)
+        since = self.wall() - WATCHED_WINDOW
+        for account, identity, at in await self.db.call(self.db.store.recent_watched, since):
+            self.rules_for(account).remember_watched(identity, self.steady_of(at))
         times, last = [], 0.0
         for _, event in items:
             last = max(last, event.received_at)
@@ -226,7 +241,7 @@ class Worker:
         batch, self._taken = self._taken, []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
-        now = self.clock()
+        now, stamp = self.clock(), self.wall()
         decisions: list[Routed] = []
         for item in batch:
             decisions += self.step(item, now)
@@ -235,5 +250,5 @@ class Worker:
             decisions += [(account, d) for d in rules.flush_pending()]
         self._track(batch)
         noted: list[Noted] = []
-        entries = self.entries(decisions, now, noted)
+        entries = self.entries(decisions, stamp, noted)
         await self.commit(entries, self.settle(batch), once=True, noted=noted)

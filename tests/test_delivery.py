@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from cwhook import clock as clocks
 from cwhook import emby, logs, plex
 from cwhook.config import TraktConfig
 from cwhook.delivery import Lane, Options
@@ -334,8 +335,9 @@ async def test_late_stop_after_an_unanswered_attempt_checks_history_first(rig: R
     entry = rig.head()
     assert entry is not None and entry.attempted
     # Trakt did record the unanswered one; twenty minutes later Trakt is back
-    rig.store._db.execute("UPDATE outbox SET created_at = created_at - 1200, next_attempt_at = 0")
-    fake_trakt.history.append(("movie:28", entry.created_at - 1200 + 1))
+    rig.store._db.execute("UPDATE outbox SET next_attempt_at = 0")
+    rig.lane.clock = lambda: clocks.now() + 1200
+    fake_trakt.history.append(("movie:28", entry.created_at + 1))
     fake_trakt.outage_until = 0
     await rig.drain()
     assert fake_trakt.posts("/sync/history") == [] and rig.pending() == 0

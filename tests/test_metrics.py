@@ -94,7 +94,7 @@ def test_a_snapshot_in_prometheus_format() -> None:
     counters.trakt_request("default", "/scrobble/stop", "201")
     counters.sent = 1
     now = time.time()
-    stats = Stats(pending=2, oldest_created_at=now - 100, set_aside=1, by_account=(("default", 2, now - 100),))
+    stats = Stats(pending=2, oldest_born=now - 100, set_aside=1, by_account=(("default", 2, now - 100),))
     account = status.AccountStatus(authorized=True, dry_run=False, token_expires_in_s=3600, outbox_pending=2,
                                    oldest_age_s=100.0, problems=("trakt_unreachable",))
     snap = status.build(version="1.2", started=now - 10, queue_depth=3, sessions=1, stats=stats,

@@ -61,7 +61,7 @@ def test_healthz_url(host: str, port: int, url: str) -> None:
 
 
 def test_healthz_has_every_key_the_spec_names() -> None:
-    stats = Stats(pending=3, oldest_created_at=NOW - 120, inbox=1, by_account=(("default", 3, NOW - 120),))
+    stats = Stats(pending=3, oldest_born=NOW - 120, inbox=1, by_account=(("default", 3, NOW - 120),))
     counters = Counters()
     counters.webhook("plex", "queued")
     counters.webhook("plex", "ignored", "no_ids")
@@ -85,7 +85,7 @@ def test_healthz_has_every_key_the_spec_names() -> None:
     ({"auth": Auth(needs_auth="refused")}, ["trakt_needs_auth"]),
     ({"client": Client(unreachable=True)}, ["trakt_unreachable"]),
     ({"client": Client(unreachable=True), "dry_run": True}, []),
-    ({"stats": Stats(pending=1, oldest_created_at=NOW - OUTBOX_AGING - 1,
+    ({"stats": Stats(pending=1, oldest_born=NOW - OUTBOX_AGING - 1,
                      by_account=(("default", 1, NOW - OUTBOX_AGING - 1),))}, ["outbox_aging"]),
     ({"stats": Stats(pending=1, set_aside=1)}, ["outbox_set_aside"]),
     ({"auth": Auth(unsaved="read-only")}, ["tokens_not_saved"]),
@@ -105,7 +105,7 @@ def test_problems(kw: dict[str, Any], problems: list[str]) -> None:
 def test_text_names_each_problem_with_its_fix() -> None:
     s = snapshot(auth=Auth(needs_auth="token refresh refused (400): run `cwhook auth`"),
                  client=Client(last_error="503: Trakt server error", unreachable=True),
-                 stats=Stats(pending=2, oldest_created_at=NOW - 1000, by_account=(("default", 2, NOW - 1000),)),
+                 stats=Stats(pending=2, oldest_born=NOW - 1000, by_account=(("default", 2, NOW - 1000),)),
                  config_refused="server.port (line 4): must be a whole number; fix the file")
     text = status.to_text(s, now=NOW)
     lines = text.splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ import pytest
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
-from cwhook.store import AsyncStore, NewEntry, Store, StoreUnavailable
+from cwhook.store import AsyncStore, NewEntry, Stats, Store, StoreUnavailable
 from cwhook.trakt import TraktClient
 from tests.faketrakt import FakeTrakt
 
@@ -197,4 +198,13 @@ def test_counts_kept_in_memory_match_a_recount(tmp_path: Path) -> None:
             store.reschedule(rng.choice(live), 0, "bug", local_failure=True)
     kept = store.stats
     store.close()
-    assert Store(tmp_path).stats == kept and kept.pending > 0 and kept.set_aside > 0
+    again = Store(tmp_path).stats
+    # the oldest entries' steady birth: from this process's clock, then from their wall time
+    assert again.oldest_born == pytest.approx(kept.oldest_born, abs=0.5)
+    assert [b for _, _, b in again.by_account] == pytest.approx([b for _, _, b in kept.by_account], abs=0.5)
+
+    def counts(s: Stats) -> Stats:
+        return dataclasses.replace(s, oldest_born=None, by_account=tuple((a, n, None) for a, n, _ in s.by_account))
+
+    assert counts(again) == counts(kept)
+    assert kept.pending > 0 and kept.set_aside > 0
