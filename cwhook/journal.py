@@ -23,6 +23,7 @@ written here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import sqlite3
 from collections import OrderedDict
@@ -92,6 +93,13 @@ def _only_folded(row: tuple[Any, ...]) -> bool:
     """A journal row whose every decision is a progress report that changed nothing."""
     decisions = json.loads(row[2] or "{}")
     return row[1] is None and bool(decisions) and all(d.get("reason") == FOLDED for d in decisions.values())
+
+
+def _session(key: str) -> str:
+    """The folding map's key: bounded in size (a session key may hold a megabyte-long title)."""
+    if len(key) <= 200:
+        return key
+    return "#" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _text(value: str | None) -> str | None:
@@ -175,8 +183,9 @@ class Writer:
              ignored, _text(detail), decisions))
         row_id = int(cur.lastrowid or 0)
         if a.session is not None:
-            self._newest[a.session] = row_id
-            self._newest.move_to_end(a.session)
+            key = _session(a.session)
+            self._newest[key] = row_id
+            self._newest.move_to_end(key)
             if len(self._newest) > SESSIONS_REMEMBERED:
                 self._newest.popitem(last=False)
         return row_id
@@ -226,7 +235,7 @@ class Writer:
     def _fold(self, db: sqlite3.Connection, a: Arrived, same: Callable[[tuple[Any, ...]], bool]) -> int | None:
         """Fold a repeat into its session's newest row when ``same`` says that row tells the same
         (and nothing was sent for it): the row's id, or None when a row of its own is needed."""
-        newest = None if a.session is None else self._newest.get(a.session)
+        newest = None if a.session is None else self._newest.get(_session(a.session))
         if newest is None:
             return None
         row = db.execute("SELECT id, ignored, decisions, action FROM journal WHERE id = ?", (newest,)).fetchone()

@@ -19,8 +19,11 @@ go to Trakt, a ``Send`` (start, pause, stop or rate with a progress percent).
 
 State is kept per viewing session (source + user + player + item, see
 ``Event.session_key``), bounded in number (least recently seen evicted first)
-and dropped after ``idle_seconds`` without events. Besides sessions, a small
-registry remembers which items were watched in the last hour. One ``Rules``
+and dropped after ``idle_seconds`` without events. Besides sessions, small
+registries remember which items were watched in the last hour, and the recent
+ratings and marks; each is bounded by time and by count (``max_sessions`` items,
+the oldest forgotten first), and a key longer than ``MAX_KEY`` is kept as its
+digest, so memory stays bounded whatever the webhooks carry. One ``Rules``
 serves one Trakt account (the worker keeps one per account, spec §8), so "the
 same user" of rule 6 is the account: whichever of its media-server users
 (Anna on Plex, anna on Jellyfin, the shared `Family`) played the item.
@@ -88,6 +91,7 @@ Rules, in the order they apply to one event (numbers are the spec's, §5):
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar, get_args
@@ -134,6 +138,7 @@ ALREADY_PLAYING_PERCENT = 5.0  # a start this close to where playback should be 
 SWEEP_INTERVAL = 30.0  # idle sessions and old marks are forgotten at most this often
 MAX_NAMES = 8  # names per item (cwhook.items.names) the watched memory is sized for
 _V = TypeVar("_V")
+MAX_KEY = 200  # a longer session or item key (a title of a megabyte) is kept as its digest
 
 
 @dataclass(frozen=True)
@@ -253,8 +258,9 @@ class Rules:
     def remember_watched(self, identity: str, at: float) -> None:
         """At start: an item watched before the restart (the store keeps the last hour, one
         row per name of the item)."""
-        if at > self._watched.get(identity, 0.0):
-            self._remember_watched((identity,), at)
+        key = _compact(identity)
+        if at > self._watched.get(key, float("-inf")):
+            self._remember_watched((key,), at)
 
     def held_events(self) -> list[Event]:
         """The events whose decision is still open (pauses in their debounce window)."""
@@ -278,7 +284,7 @@ class Rules:
         if event.action in MARKS:
             return self._per_episode([self._mark(event, now)])
         out: list[Decision] = []
-        session = self._session(event.session_key, now, out)
+        session = self._session(_session_key(event), now, out)
         session.notes = []
         out.append(self._handle(session, event, now))
         return self._per_episode(out)
@@ -404,7 +410,7 @@ class Rules:
             s.pending.event, s.pending.progress = event, progress
         else:
             s.pending = _Pending(event, progress, now + self.settings.pause_debounce_seconds)
-            self._holding.add(event.session_key)
+            self._holding.add(_session_key(event))
         return Decision(event, "debounced", progress=progress, notes=tuple(s.notes))
 
     def _stop(self, s: _Session, event: Event, progress: float, now: float) -> Decision:
@@ -446,7 +452,7 @@ class Rules:
         if last is not None and last[0] == event.action and now - last[1] <= RATING_WINDOW:
             return Decision(event, "duplicate")
         for key in keys:
-            self._marks[key] = (event.action, now)
+            _put(self._marks, key, (event.action, now), self.max_sessions * MAX_NAMES)
         if event.action == "mark_unwatched":
             for key in keys:
                 self._watched.pop(key, None)
@@ -461,10 +467,7 @@ class Rules:
         """Under every name of the item; bounded like sessions (a few names per item): the
         oldest entries go first."""
         for key in keys:
-            self._watched.pop(key, None)
-            self._watched[key] = now
-        while len(self._watched) > self.max_sessions * MAX_NAMES:
-            del self._watched[next(iter(self._watched))]
+            _put(self._watched, key, now, self.max_sessions * MAX_NAMES)
 
     def _names(self, event: Event) -> tuple[str, ...]:
         return _item(event, self.aliases)
@@ -480,7 +483,7 @@ class Rules:
         if last is not None and last[0] == event.rating and now - last[1] <= RATING_WINDOW:
             return Decision(event, "duplicate")
         for key in keys:
-            self._ratings[key] = (event.rating, now)
+            _put(self._ratings, key, (event.rating, now), self.max_sessions * MAX_NAMES)
         return Decision(event, "sent", Send("rate", event, 0.0))
 
     # --- multi-episode files ------------------------------------------------------
@@ -568,7 +571,26 @@ def _item(event: Event, aliases: TraktAliases) -> tuple[str, ...]:
     (cwhook.items), so that two servers naming one item differently meet. One ``Rules`` serves
     one Trakt account (spec §8), so an item is the same whichever of the account's media-server
     users played it: Anna on Plex and on Jellyfin, or `Family`, is one person to Trakt."""
-    return aliases.names(event)
+    return tuple(_compact(name) for name in aliases.names(event))
+
+
+def _session_key(event: Event) -> str:
+    return _compact(event.session_key)
+
+
+def _compact(key: str) -> str:
+    """A key of bounded size: a long one becomes its digest (the same key, the same digest)."""
+    if len(key) <= MAX_KEY:
+        return key
+    return "#" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _put(registry: dict[str, _V], key: str, value: _V, limit: int) -> None:
+    """Remember ``key`` as the newest entry; beyond ``limit`` entries the oldest go first."""
+    registry.pop(key, None)
+    registry[key] = value
+    while len(registry) > limit:
+        del registry[next(iter(registry))]
 
 
 def _newest(memory: dict[str, tuple[_V, float]], keys: tuple[str, ...]) -> tuple[_V, float] | None:

@@ -636,3 +636,29 @@ def test_each_episode_watched_once_and_never_paused_after(
                 assert fresh.get(key, -1.0) > seen, (d.send.verb, number, d.reason)
             if d.send.verb == "stop":
                 watched_at[number] = now
+
+
+def test_every_registry_is_bounded_by_count_and_long_keys_by_size() -> None:
+    """Distinct sessions, items, ratings and marks beyond the bound: the oldest are forgotten,
+    each registry stays at ``max_sessions`` entries, and no kept key is longer than ``MAX_KEY``."""
+    from cwhook.rules import MAX_KEY, MAX_NAMES
+
+    rules = Rules(ScrobbleConfig(sync_manual_marks=True, pause_debounce_seconds=0), max_sessions=20)
+    base = Event(source="jellyfin", action="stop", kind="movie", title="T", user_name="u", player_id="p",
+                 progress=95.0)
+    now = 1000.0
+    for i in range(400):
+        title = f"Movie {i} " + "x" * (5000 if i % 2 else 0)  # half of them with a long title
+        ev = replace(base, title=title, item_key=title)
+        for action, extra in (("mark_unwatched", {}), ("stop", {}), ("rate", {"rating": 7}),
+                              ("mark_watched", {})):
+            rules.handle(replace(ev, action=action, **extra), now)  # type: ignore[arg-type]
+        now += 0.5  # all within the time windows: only the count bound can hold them
+    assert 0 < len(rules._sessions) <= 20
+    for registry in (rules._sessions, rules._watched, rules._ratings, rules._marks):
+        assert 0 < len(registry) <= 20 * MAX_NAMES  # (a few names per item: cwhook.items)
+        assert max(len(k) for k in registry) <= MAX_KEY
+    # the newest are the ones kept, and a long key still finds its own entry
+    newest = replace(base, title="Movie 399 " + "x" * 5000, item_key="Movie 399 " + "x" * 5000)
+    [d] = rules.handle(replace(newest, action="rate", rating=7), now)
+    assert d.reason == "duplicate"
