@@ -378,3 +378,20 @@ async def test_the_worker_journals_a_held_pause_to_its_end(tmp_path: Path) -> No
     assert rows[1].decisions["default"] == {"reason": "sent", "notes": ["shutdown"], "progress": 40.0}
     assert [(a.verb, a.state) for a in rows[1].actions] == [("pause", "pending")]
     assert store.undecided() == []
+
+
+def test_the_folding_map_is_bounded_by_count_and_key_size() -> None:
+    """Sessions whose keys hold a long title: the map keeps SESSIONS_REMEMBERED of them, each
+    key of bounded size, and a repeat still folds into its session's row."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.executescript(journal.SCHEMA)
+    writer = journal.Writer()
+    for i in range(journal.SESSIONS_REMEMBERED + 100):
+        arrived = Arrived(1000.0 + i, "plex", user="u", item="x", action="pause", session=f"s{i}|" + "t" * 5000)
+        writer.ignored(db, [IgnoredRow(arrived, "duplicate", None)], 1000.0 + i)
+    assert len(writer._newest) == journal.SESSIONS_REMEMBERED
+    assert max(len(k) for k in writer._newest) <= 200
+    last = journal.SESSIONS_REMEMBERED + 99
+    again = Arrived(9999.0, "plex", user="u", item="x", action="pause", session=f"s{last}|" + "t" * 5000)
+    writer.ignored(db, [IgnoredRow(again, "duplicate", None)], 9999.0)
+    assert db.execute("SELECT repeats FROM journal ORDER BY id DESC LIMIT 1").fetchone()[0] == 2  # folded
