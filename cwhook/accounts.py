@@ -44,6 +44,14 @@ class Account:
                                   account=cfg.name, observe=observe)
         self.lane = Lane(cfg.name, self.client, db, counters, self.options, lambda: self.auth.needs_auth)
         self.task: asyncio.Task[None] | None = None
+        self._db = db
+        self.auth.on_refreshed = self._refreshed
+
+    def _refreshed(self) -> None:
+        """A refresh succeeded after failing: what waited for it is delivered at once."""
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._db.call(self._db.store.retry_now, self.name)).add_done_callback(
+            lambda _t: self.lane.wake.set())
 
     @property
     def dry_run(self) -> bool:
@@ -112,6 +120,7 @@ class Accounts:
             unit = self.units.pop(name)
             if unit.task is not None:
                 unit.task.cancel()
+            unit.auth.close()
             asyncio.get_running_loop().create_task(unit.client.close())
             log.warning("account_removed", account=name,
                         note="its pending outbox entries are kept and delivered if it comes back")
@@ -150,6 +159,7 @@ class Accounts:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for unit in self.units.values():
+            unit.auth.close()
             await unit.client.close()
 
     async def _deliverable(self) -> bool:

@@ -75,6 +75,7 @@ class Daemon:
         self.metrics = Metrics(self.counters, self.snapshot)
         self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run,
                                  observe=self.metrics.trakt_request)
+        self.db.on_outside_change = self.accounts.wake  # `cwhook outbox retry|send|drop` ran
         self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake)
         self.runtime = Runtime(config, self.counters, self.health, self.ingest, metrics=self.metrics,
                                journal_ignored=self.journal_ignored)

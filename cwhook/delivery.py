@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from cwhook.health import Counters
 from cwhook.items import TraktAliases
 from cwhook.journal import Result
 from cwhook.store import LONGEST_RETRY, AsyncStore, Entry, NewEntry, StoreUnavailable
-from cwhook.trakt import AuthError, FinalError, NotFound, Response, TraktClient, TraktError
+from cwhook.trakt import AuthError, FinalError, NotFound, NotTrakt, Response, TraktClient, TraktError
 
 log = logs.get("cwhook.delivery")
 
@@ -39,6 +40,20 @@ DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = LONGEST_RETRY  # 300 s; a restart after a clock set back relies on it (cwhook/store.py)
 STORE_RETRY = 5.0  # the state file could not be written (disk full, locked): try again soon
 LOCAL_RETRY = 30.0  # a failure that is not Trakt's: try again soon, set aside after 3
+NOT_TRAKT_RETRY = 30.0  # an answer that is not Trakt's: again after 30 s, 60 s, then set aside
+
+
+def _retry_scale() -> float:
+    """Hidden test setting (_CWHOOK_DELIVERY_RETRY_SCALE): shortens the waits before a retry."""
+    try:
+        return max(0.0, float(os.environ.get("_CWHOOK_DELIVERY_RETRY_SCALE", "1")))
+    except ValueError:
+        return 1.0
+
+
+class Unsure(Exception):
+    """A late play whose earlier attempt may have reached Trakt's history, and no way to ask:
+    set aside for the user to decide (docs/durability.md) rather than risk a second play."""
 
 
 @dataclass
@@ -187,8 +202,25 @@ class Lane:
             return
         except StoreUnavailable:
             raise
+        except NotTrakt as exc:  # a portal, a proxy, a redirect: retried, then set aside
+            delay = min(MAX_DEFER, NOT_TRAKT_RETRY * 2 ** min(entry.local_failures, 10)) * _retry_scale()
+            aside = await self.db.call(self.store.reschedule, entry.id, self.clock() + delay,
+                                       f"not Trakt's answer: {exc}", True)
+            if aside:
+                self.counters.failed += 1
+                log.error("outbox_set_aside", error=str(exc), attempts=entry.local_failures + 1,
+                          note="answers that are not Trakt's; `cwhook outbox retry` once fixed", **ctx)
+            else:
+                log.warning("trakt_not_trakt", error=str(exc), retry_in_s=round(delay, 1), **ctx)
+            return
+        except Unsure as exc:
+            await self.db.call(self.store.set_aside, entry.id, f"unsure: {exc}")
+            self.counters.failed += 1
+            log.error("outbox_unsure", error=str(exc), **ctx,
+                      note="set aside rather than risk a second play: see `cwhook outbox`")
+            return
         except TraktError as exc:  # transient, rate limited, or a 401 a refresh could not cure
-            delay = min(MAX_DEFER, 5.0 * 2 ** min(entry.attempts, 10))
+            delay = min(MAX_DEFER, 5.0 * 2 ** min(entry.attempts, 10)) * _retry_scale()
             await self.db.call(self.store.reschedule, entry.id, self.clock() + delay, str(exc))
             log.warning("trakt_deferred", error=str(exc), retry_in_s=delay,
                         needs_auth=isinstance(exc, AuthError), **ctx)
@@ -243,6 +275,8 @@ class Lane:
                 "sent")
         if verb in ("history_add", "history_remove"):  # marked watched/unwatched by hand
             add = verb == "history_add"
+            if add and entry.attempted and await self._in_history(event, entry.created_at):
+                return Outcome("already_in_history")
             return await self._with_item(
                 event, tb.item_forms(event),
                 lambda form: self._post("/sync/history" if add else "/sync/history/remove",
@@ -271,10 +305,20 @@ class Lane:
             lambda form: self._post("/sync/history", tb.history_body(form, when), True), "late_history")
 
     async def _in_history(self, event: Event, since: float) -> bool:
-        """Did an earlier attempt of this watched stop (cut off by a crash or a lost
-        answer) reach Trakt's history? Asked before adding it there."""
+        """Did an earlier attempt of this play (cut off by a crash or a lost answer) reach
+        Trakt's history? Asked before adding it there: by the item's Trakt id (the cached
+        match, else a search by its ids or title), or for an episode named by its show, in
+        the show's history by season and number. ``Unsure`` when nothing can be asked."""
         if self._dry():
             return False
+        # An hour back: the play may carry Trakt's clock, not ours (a host whose clock runs
+        # ahead), and the rules allow no second play of the item within the hour anyway.
+        start = tb.iso(since - HISTORY_LOOKBACK)
+        cached = await self.db.call(self.store.match_get, event.identity)
+        targets = tb.history_targets(cached) if cached else []
+        for rtype, trakt_id in targets:
+            if rtype != "show":
+                return await self._history_has(f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
         text = tb.text_search(event)
         searches = [s for s in tb.id_searches(event) if s[1] != "show"]
         if event.kind == "movie" and text:
@@ -283,16 +327,30 @@ class Lane:
             forms = await self._search(event, path, rtype, [])
             if not forms:
                 continue
-            found = forms[0]
-            trakt_id = found[rtype]["ids"]["trakt"]
-            # An hour back: the play may carry Trakt's clock, not ours (a host whose clock runs
-            # ahead), and the rules allow no second play of the item within the hour anyway.
-            start = tb.iso(since - HISTORY_LOOKBACK)
-            resp = await self.client.request("GET", f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
-            return isinstance(resp.data, list) and bool(resp.data)
+            trakt_id = forms[0][rtype]["ids"]["trakt"]
+            return await self._history_has(f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
+        if event.kind == "episode" and event.season is not None and event.number is not None:
+            shows = [trakt_id for rtype, trakt_id in targets if rtype == "show"]
+            if not shows:
+                searches = [s for s in tb.id_searches(event) if s[1] == "show"]
+                searches += [text] if text else []
+                for path, rtype in searches:
+                    forms = await self._search(event, path, rtype, [])
+                    if forms:
+                        shows.append(forms[0]["show"]["ids"]["trakt"])
+                        break
+            if shows:
+                resp = await self.client.request(
+                    "GET", f"/sync/history/shows/{shows[0]}?start_at={start}")
+                return any(tb.is_episode(item, event.season, event.number) for item in resp.data)
         log.warning("history_check_impossible", item=event.label(),
-                    note="no Trakt id found to check; adding the play (a duplicate is less bad than a loss)")
-        return False
+                    note="no Trakt id found to check; set aside rather than risk a second play")
+        raise Unsure("an earlier attempt may have reached Trakt's history and there is no Trakt "
+                     "id to check it; if the play is not on trakt.tv, `cwhook outbox send` it")
+
+    async def _history_has(self, path: str) -> bool:
+        resp = await self.client.request("GET", path)
+        return isinstance(resp.data, list) and bool(resp.data)
 
     async def _post(self, path: str, body: tb.Body, sync: bool = False) -> Response:
         if self._dry():

@@ -66,7 +66,8 @@ class Counters:
 
 
 def problems(authorized: bool, needs_auth: str | None, unreachable: bool, dry_run: bool,
-             oldest_outbox_age: float | None) -> list[str]:
+             oldest_outbox_age: float | None, refresh_retrying: bool = False,
+             not_trakt: bool = False) -> list[str]:
     """Why one Trakt account makes the daemon degraded; empty when it is ok (the daemon-wide
     problems are added by ``status.build``)."""
     found = []
@@ -74,8 +75,12 @@ def problems(authorized: bool, needs_auth: str | None, unreachable: bool, dry_ru
         found.append("trakt_not_authorized")
     if needs_auth:
         found.append("trakt_needs_auth")
+    if refresh_retrying and not needs_auth:
+        found.append("trakt_refresh_retrying")
     if unreachable and not dry_run:
         found.append("trakt_unreachable")
+    if not_trakt and not dry_run:
+        found.append("trakt_answer_not_trakt")
     if oldest_outbox_age is not None and oldest_outbox_age > OUTBOX_AGING:
         found.append("outbox_aging")
     return found

@@ -36,12 +36,20 @@ FIXES: dict[str, str] = {
                             "(as the service user)",
     "trakt_needs_auth": "Trakt refused the refresh token; the outbox is kept: run `cwhook auth` "
                         "(as the service user)",
+    "trakt_refresh_retrying": "the last token refresh failed for a passing reason (rate limit, outage, a "
+                              "proxy's page); the refresh token is still good and the refresh is retried, "
+                              "honouring Retry-After; the outbox is kept and resumes once it succeeds",
     "trakt_unreachable": "the last Trakt call failed (outage, rate limit or network); nothing is lost, "
                          "the outbox retries: check the network and https://status.trakt.tv",
+    "trakt_answer_not_trakt": "the last Trakt call got an answer that is not Trakt's API (a redirect, whose "
+                              "Location `last_error` shows, an HTML page, broken or oversized JSON): a "
+                              "captive portal, a proxy or a wrong trakt.api_url. Nothing was counted as sent; "
+                              "the entry is retried, then set aside (`cwhook outbox`)",
     "outbox_aging": "a Trakt action has waited more than 15 minutes; `cwhook recent` shows each one's "
                     "last error",
-    "outbox_set_aside": "an outbox entry failed 3 times for a reason that is not Trakt's and is no longer "
-                        "tried; `cwhook recent` and the `outbox_set_aside` log line say why (please report it)",
+    "outbox_set_aside": "an outbox entry is no longer tried: it failed 3 times for a reason that is not "
+                        "Trakt's, or cwhook cannot tell whether Trakt already has that play. `cwhook outbox` "
+                        "lists them with the reason; `cwhook outbox retry`, `send` or `drop` resolves them",
     "tokens_not_saved": "a refreshed Trakt token could not be written to the config file; it is used from "
                         "memory and the write is retried every minute: make the config directory writable "
                         "by the service user",
@@ -72,6 +80,7 @@ class AuthView(Protocol):
     def expires_at(self) -> int: ...
     needs_auth: str | None
     unsaved: str | None
+    refresh_retrying: str | None
 
 
 class ClientView(Protocol):
@@ -80,6 +89,7 @@ class ClientView(Protocol):
     last_success_at: float | None
     last_error: str | None
     unreachable: bool
+    not_trakt: bool
 
 
 class StatsView(Protocol):
@@ -181,7 +191,8 @@ def account_status(name: str, auth: AuthView, client: ClientView, dry_run: bool,
         if account == name:
             pending, oldest = count, created
     age = _age(now, oldest)
-    found = problems(auth.authorized, auth.needs_auth, client.unreachable, dry_run, age)
+    found = problems(auth.authorized, auth.needs_auth, client.unreachable, dry_run, age,
+                     auth.refresh_retrying is not None, client.not_trakt)
     if auth.unsaved is not None:
         found.append("tokens_not_saved")
     expires = auth.expires_at

@@ -201,6 +201,7 @@ class Store:
         self._aside = 0
         self._inbox = 0
         self.refresh_stats()
+        self._data_version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
         with contextlib.suppress(sqlite3.Error, StoreUnavailable), self._tx() as (db, _):
             self.journal.prune(db, time.time())
             # Retry times are an earlier process's steady time: one further ahead than any retry
@@ -439,6 +440,60 @@ class Store:
         rows = self._db.execute("SELECT * FROM outbox WHERE set_aside = 1 ORDER BY id").fetchall()
         return [self._entry(r) for r in rows]
 
+    def set_aside(self, entry_id: int, why: str) -> None:
+        """No longer tried until the user says (``cwhook outbox``): e.g. a late play whose
+        earlier attempt may have reached Trakt's history, which cannot be checked."""
+        with self._tx() as (db, delta):
+            cur = db.execute("UPDATE outbox SET set_aside = 1, attempts = attempts + 1, last_error = ?"
+                             " WHERE id = ? AND set_aside = 0", (safe_text(why), entry_id))
+            row = db.execute("SELECT account, attempts FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            if cur.rowcount > 0 and row is not None:
+                delta.add(str(row[0]), -1)
+                delta.aside += 1
+                self.journal.retrying(db, entry_id, int(row[1]), why, True, time.time())
+
+    def release(self, entry_ids: Iterable[int], unchecked: bool = False) -> list[int]:
+        """Set-aside entries go back to the outbox, tried at once (the user's
+        ``cwhook outbox retry``); ``unchecked`` also forgets that an earlier attempt may have
+        reached Trakt (``cwhook outbox send``: the user checked that the play is not there)."""
+        done = []
+        with self._tx() as (db, _):
+            for entry_id in entry_ids:
+                cur = db.execute(
+                    "UPDATE outbox SET set_aside = 0, local_failures = 0, next_attempt_at = 0"
+                    + (", attempted = 0" if unchecked else "") + " WHERE id = ? AND set_aside = 1",
+                    (entry_id,))
+                if cur.rowcount:
+                    done.append(entry_id)
+                    db.execute("UPDATE journal_action SET state = 'retrying' WHERE outbox_id = ?", (entry_id,))
+        self.refresh_stats()
+        return done
+
+    def drop(self, entry_ids: Iterable[int], why: str) -> list[int]:
+        """Set-aside entries removed for good (``cwhook outbox drop``), journaled as failed."""
+        done = []
+        with self._tx() as (db, _):
+            for entry_id in entry_ids:
+                row = db.execute("SELECT attempts FROM outbox WHERE id = ? AND set_aside = 1",
+                                 (entry_id,)).fetchone()
+                if row is None:
+                    continue
+                db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                self.journal.result(db, entry_id, int(row[0]), journal.Result("failed", None, why),
+                                    time.time())
+                done.append(entry_id)
+        self.refresh_stats()
+        return done
+
+    def notice_outside_changes(self) -> bool:
+        """Another program (``cwhook outbox``) committed to the file: count again; True if so."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        changed = self._data_version != version
+        self._data_version = version
+        if changed:
+            self.refresh_stats()
+        return changed
+
     def refresh_stats(self) -> None:
         """Count everything again (at open); later transactions keep the counts up to date."""
         db = self._db
@@ -536,6 +591,7 @@ class AsyncStore:
         self._batch: list[tuple[Event, asyncio.Future[int], Callable[[int, Event], None]]] = []
         self._ignored: list[journal.IgnoredRow] = []
         self._flushing: asyncio.Task[None] | None = None
+        self.on_outside_change: Callable[[], None] | None = None  # e.g. `cwhook outbox retry` ran
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -596,6 +652,9 @@ class AsyncStore:
                 await loop.run_in_executor(self._pool, self.store.checkpoint)
             except sqlite3.Error as exc:  # locked or full: the next one catches up
                 log.debug("checkpoint_skipped", error=str(exc))
+            with contextlib.suppress(sqlite3.Error):
+                if self.store.notice_outside_changes() and self.on_outside_change is not None:
+                    self.on_outside_change()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -4,6 +4,7 @@ Retry policy (spec §6):
 * 429 waits ``Retry-After`` seconds and retries;
 * 5xx (520-522 included), timeouts and network errors back off exponentially
   with jitter;
+* 408 is transient too;
 * 401 refreshes the access token once and retries once;
 * 409 (already scrobbled) counts as success; 404 and 422 are final (404 lets
   the caller try another way of naming the item); 420/423 stop that action and
@@ -11,11 +12,21 @@ Retry policy (spec §6):
   an outage; any other 4xx is final.
 When the attempts run out the error goes back to the caller (the outbox keeps
 the action and tries again later), so nothing is lost to a long outage.
+
+A success is a 2xx from Trakt's API whose JSON body has the shape Trakt documents
+for that call (``trakt_bodies.answer_ok``). Anything else — a redirect (never
+followed), an HTML page from a captive portal or a proxy, broken JSON, a 2xx of
+the wrong shape, a 4xx whose body is not JSON, an answer over ``MAX_ANSWER``
+bytes — is ``NotTrakt``: never counted as sent (docs/durability.md, "Answers
+that are not Trakt's"). A POST that Trakt does not deduplicate (``/sync/history``)
+is never repeated inside one call after a failure that may have reached Trakt:
+the caller asks the history first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -32,6 +43,7 @@ from tenacity import (
 )
 
 from cwhook import __version__, logs
+from cwhook import trakt_bodies as tb
 
 log = logs.get("cwhook.trakt")
 
@@ -45,6 +57,8 @@ def post_interval() -> float:
     except ValueError:
         return POST_INTERVAL
 MAX_RETRY_AFTER = 600.0
+MAX_ANSWER = 1 << 20  # bytes of a Trakt answer read at most (Trakt's answers are a few KB)
+NOT_IDEMPOTENT = ("/sync/history",)  # POSTs Trakt does not deduplicate: a repeat is a second play
 
 
 class TraktError(Exception):
@@ -78,6 +92,44 @@ class AppRefused(TraktError):
 
 class AuthError(TraktError):
     """401 that a refresh could not cure: needs `cwhook auth`."""
+
+
+class NotSent(TransientError):
+    """The connection could not be made: the request never left (safe to repeat any call)."""
+
+
+class NotTrakt(TraktError):
+    """An answer that is not Trakt's API answering this call: a redirect, an HTML page, broken
+    or oversized JSON, a body of the wrong shape. Never a success, never a final refusal."""
+
+
+async def read_answer(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER) -> bytes:
+    """The answer's body, at most ``limit`` bytes (``NotTrakt`` beyond: an endless or huge
+    answer holds no memory). Broken framing raises aiohttp's payload error at once."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise NotTrakt(resp.status, f"answer of {resp.content_length} bytes is not Trakt's "
+                                    f"(over {limit // 1024} KiB)")
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise NotTrakt(resp.status, f"answer over {limit // 1024} KiB is not Trakt's")
+    return bytes(body)
+
+
+def parse_json(raw: bytes) -> tuple[bool, Any]:
+    """(parsed, data): an empty body parses as None."""
+    if not raw.strip():
+        return True, None
+    try:
+        return True, json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        return False, None
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw[:60].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else " " for c in text).strip()
 
 
 @dataclass
@@ -146,6 +198,7 @@ class TraktClient:
         self.last_success_at: float | None = None
         self.last_error: str | None = None
         self.unreachable = False  # the last call ended in an outage, a rate limit or a network error
+        self.not_trakt = False  # the last call got an answer that is not Trakt's (NotTrakt)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -181,23 +234,39 @@ class TraktClient:
         url = self.api_url + path
         started = time.monotonic()
         try:
-            async with self._http().request(method, url, json=body, headers=self.headers()) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError):
-                    data = None
+            async with self._http().request(method, url, json=body, headers=self.headers(),
+                                            allow_redirects=False) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location")
+                raw = b"" if 300 <= status < 400 else await read_answer(resp)
+        except NotTrakt as exc:
+            self._observed(path, "not_trakt", started)
+            raise exc from None
+        except aiohttp.ClientConnectorError as exc:
+            self._observed(path, "network_error", started)
+            raise NotSent(0, f"network error: {type(exc).__name__}: {exc}") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._observed(path, "network_error", started)
             raise TransientError(0, f"network error: {type(exc).__name__}: {exc}") from None
         self._observed(path, str(status), started)
-        if status in (200, 201, 204, 409):
-            return Response(status, data)
+        if 300 <= status < 400:
+            # Never followed: a POST turned into a GET elsewhere is no scrobble.
+            raise NotTrakt(status, f"redirected to {location or '(no Location)'}; "
+                                   "check trakt.api_url and any proxy in between")
+        parsed, data = parse_json(raw)
+        if 200 <= status < 300 or status == 409:
+            if parsed and tb.answer_ok(method, path, status, data):
+                return Response(status, data)
+            raise NotTrakt(status, "the answer is not Trakt's (" + (
+                f"not JSON: {_snippet(raw)!r}" if not parsed else "not the shape Trakt gives") + ")")
         if status == 429:
             raise RateLimited(_retry_after(retry_after))
-        if status >= 500:
-            raise TransientError(status, "Trakt server error")
+        if status >= 500 or status == 408:
+            raise TransientError(status, "Trakt server error" if status >= 500 else "request timeout")
+        if not parsed:
+            # Trakt answers its refusals with JSON (or nothing): an HTML 400/418 is a proxy's.
+            raise NotTrakt(status, f"the answer is not Trakt's (not JSON: {_snippet(raw)!r})")
         if status == 401:
             raise AuthError(401, "access token rejected")
         if status == 403:
@@ -227,6 +296,7 @@ class TraktClient:
                 if not isinstance(exc, AuthError):
                     self.last_error = str(exc)
                     self.unreachable = isinstance(exc, TransientError)
+                    self.not_trakt = isinstance(exc, NotTrakt)
                     raise
                 _, token = self.tokens()
                 if refreshed or self.refresh is None or not await self.refresh(token):
@@ -237,10 +307,14 @@ class TraktClient:
             self.last_success_at = time.time()
             self.last_error = None
             self.unreachable = False
+            self.not_trakt = False
             return response
 
     async def _retrying(self, method: str, path: str, body: Any) -> Response:
         policy = self.policy
+        # A POST Trakt does not deduplicate is repeated only when it cannot have reached Trakt.
+        repeat = (NotSent, RateLimited) if method == "POST" and path in NOT_IDEMPOTENT \
+            else (TransientError,)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -251,7 +325,7 @@ class TraktClient:
                         wait_s=round(wait, 2))
 
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(repeat),
             wait=_wait(policy),
             stop=stop_after_attempt(policy.attempts),
             before_sleep=before_sleep,

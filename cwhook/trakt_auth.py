@@ -8,11 +8,19 @@ comments kept), then used. If the YAML write fails the new pair is still used
 in memory, ``unsaved`` says so (``/healthz``: ``tokens_not_saved``) and
 ``save_pending`` tries again every minute. A reload never replaces the pair in
 use with an older one from the file.
+
+Only Trakt saying the refresh token is dead (``400 invalid_grant``) or refusing the
+app's credentials (``401``) needs `cwhook auth`. Any other answer (429, 408, 423,
+5xx, a proxy's page, no answer) is retried with back-off, honouring ``Retry-After``;
+meanwhile ``refresh_retrying`` says why (``/healthz``: ``trakt_refresh_retrying``),
+and ``on_refreshed`` is told when the refresh finally succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +33,16 @@ from cwhook import __version__, hint, logs
 from cwhook.config import DEFAULT_ACCOUNT, AccountConfig, TraktConfig
 from cwhook.configfile import update_file
 from cwhook.tokenjournal import Pair, TokenJournal
+from cwhook.trakt import NotTrakt, parse_json, read_answer
 
 log = logs.get("cwhook.trakt_auth")
 
 REDIRECT_URI = "urn:ietf:wg:oauth:2.0:oob"
 REFRESH_MARGIN = 3600.0  # refresh this long before expiry (tokens live 24 h or 7 days)
 TIMEOUT = aiohttp.ClientTimeout(total=20)
+RETRY_FIRST = 5.0  # a refresh that failed for a passing reason is tried again after this...
+RETRY_MAX = 300.0  # ...doubling up to this (a Retry-After wins, up to RETRY_AFTER_MAX)
+RETRY_AFTER_MAX = 600.0
 
 
 def _headers() -> dict[str, str]:
@@ -104,6 +116,11 @@ class TraktAuth:
         self.unsaved: str | None = None  # why the pair in use is not in the file yet
         # Told of each refresh call: (account, path, status or "network_error", seconds).
         self.observe: Callable[[str, str, str, float], None] | None = None
+        self.refresh_retrying: str | None = None  # why the last refresh failed; it is tried again
+        self.on_refreshed: Callable[[], None] | None = None  # a refresh succeeded after failures
+        self._failures = 0
+        self._retry_at = 0.0  # (monotonic) no refresh call before this
+        self._retry_task: asyncio.Task[None] | None = None
 
     @property
     def auth_command(self) -> str:
@@ -220,19 +237,23 @@ class TraktAuth:
                 "redirect_uri": REDIRECT_URI,
                 "grant_type": "refresh_token",
             }
+            if self.refresh_retrying is not None and time.monotonic() < self._retry_at:
+                return False  # waiting out Retry-After or the back-off; the retry is scheduled
             started = time.monotonic()
+            retry_after: str | None = None
             try:
                 async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.post(
-                    t.oauth_url + "/oauth/token", json=body, headers=_headers()
+                    t.oauth_url + "/oauth/token", json=body, headers=_headers(), allow_redirects=False
                 ) as resp:
                     status = resp.status
-                    data = await resp.json(content_type=None) if status == 200 else None
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-                self._observed("network_error", started)
-                log.warning("trakt_refresh_failed", error=f"{type(exc).__name__}: {exc}",
-                            transient=True)
+                    retry_after = resp.headers.get("Retry-After")
+                    raw = await read_answer(resp)
+            except (TimeoutError, aiohttp.ClientError, OSError, NotTrakt) as exc:
+                self._observed("not_trakt" if isinstance(exc, NotTrakt) else "network_error", started)
+                self._retry_later(f"{type(exc).__name__}: {exc}", None)
                 return False
             self._observed(str(status), started)
+            parsed, data = parse_json(raw)
             if status == 200 and isinstance(data, dict) and data.get("access_token"):
                 pair = pair_of(data, self.clock())
                 if self.journal is not None:  # first of all: the old refresh token is dead now
@@ -248,13 +269,52 @@ class TraktAuth:
                 self.unsaved = "not written yet"
                 await asyncio.to_thread(self.save_pending_sync)
                 log.info("trakt_token_refreshed", expires_at=t.expires_at, **self._who)
+                recovered = self.refresh_retrying is not None
+                self.refresh_retrying, self._failures = None, 0
+                if recovered and self.on_refreshed is not None:
+                    self.on_refreshed()
                 return True
-            if 400 <= status < 500:
-                self.needs_auth = f"token refresh refused ({status}): run `{self.auth_command}`"
+            error = data.get("error") if isinstance(data, dict) else None
+            if status == 400 and error == "invalid_grant":
+                self.needs_auth = f"Trakt refused the refresh token (400 invalid_grant): run `{self.auth_command}`"
+            elif status == 401 and parsed:
+                self.needs_auth = (f"Trakt refused the app's credentials (401{' ' + str(error) if error else ''}): "
+                                   f"check trakt.client_id and trakt.client_secret, then run `{self.auth_command}`")
+            if self.needs_auth:
+                self.refresh_retrying = None
                 log.error("trakt_needs_auth", reason=self.needs_auth, status=status, **self._who)
                 return False
-            log.warning("trakt_refresh_failed", status=status, transient=True, **self._who)
+            what = f"{status}" + (f" {error}" if isinstance(error, str) else "") + (
+                "" if parsed else " (not Trakt's JSON)")
+            self._retry_later(f"token refresh answered {what}", retry_after if status in (429, 503) else None)
             return False
+
+    def _retry_later(self, reason: str, retry_after: str | None) -> None:
+        """A refresh failed for a passing reason: try again after Retry-After or the back-off."""
+        self._failures += 1
+        delay = min(RETRY_MAX, RETRY_FIRST * 2.0 ** min(self._failures - 1, 10))
+        delay += random.uniform(0, delay / 5)
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):
+                delay = min(RETRY_AFTER_MAX, max(1.0, float(retry_after)))
+        self.refresh_retrying = reason
+        self._retry_at = time.monotonic() + delay
+        log.warning("trakt_refresh_retrying", error=reason, retry_in_s=round(delay, 1),
+                    attempt=self._failures, **self._who,
+                    note="the refresh token is still good; the outbox waits and is kept")
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.get_running_loop().create_task(
+                self._retry(delay), name=f"refresh-retry-{self.account}")
+
+    async def _retry(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._retry_task = None
+        await self.refresh(self._t.access_token)
+
+    def close(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            self._retry_task = None
 
 
 # --- the device flow --------------------------------------------------------------

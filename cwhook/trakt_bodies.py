@@ -256,3 +256,54 @@ def form_from_search(event: Event, results: Any, result_type: str) -> Body | Non
     """The best form ``forms_from_search`` finds, or None."""
     forms = forms_from_search(event, results, result_type)
     return forms[0] if forms else None
+
+
+# --- answers ------------------------------------------------------------------------
+
+SCROBBLE_ACTIONS = ("start", "pause", "scrobble", "stop")
+
+
+def answer_ok(method: str, path: str, status: int, data: Any) -> bool:
+    """Is ``data`` (a 2xx or 409 answer's JSON) the shape Trakt documents for this call?
+
+    A scrobble: an object with ``action`` and the movie or episode; a 409: an object
+    (``watched_at``, ``expires_at``); /sync/history and /sync/ratings: ``added`` counts;
+    the /sync removals: ``deleted`` counts; a search or a history listing: a list.
+    Anything else did not come from Trakt's API (a portal, a proxy, a moved API).
+    """
+    route = path.split("?", 1)[0]
+    if status == 409:
+        return isinstance(data, dict)
+    if method == "GET":
+        return isinstance(data, list)
+    if not isinstance(data, dict):
+        return False
+    if route.startswith("/scrobble/"):
+        return (data.get("action") in SCROBBLE_ACTIONS
+                and any(isinstance(data.get(k), dict) for k in ("movie", "episode")))
+    if route.endswith("/remove"):
+        return isinstance(data.get("deleted"), dict)
+    if route.startswith("/sync/"):
+        return isinstance(data.get("added"), dict)
+    return True
+
+
+def history_targets(form: Body) -> list[tuple[str, int]]:
+    """What a remembered form says to look up in the history: ("movie"|"episode", Trakt id),
+    or ("show", Trakt id) for an episode named by its show (then matched by season/number)."""
+    out: list[tuple[str, int]] = []
+    for key in ("movie", "episode", "show"):
+        item = form.get(key)
+        ids = item.get("ids") if isinstance(item, dict) else None
+        trakt_id = ids.get("trakt") if isinstance(ids, dict) else None
+        episode = form.get("episode")
+        by_season = isinstance(episode, dict) and "season" in episode
+        if isinstance(trakt_id, int) and not isinstance(trakt_id, bool) and (key != "show" or by_season):
+            out.append((key, trakt_id))
+    return out
+
+
+def is_episode(item: Any, season: int, number: int) -> bool:
+    """Is a history item (of a show's history) the play of this season's episode?"""
+    episode = item.get("episode") if isinstance(item, dict) else None
+    return isinstance(episode, dict) and episode.get("season") == season and episode.get("number") == number

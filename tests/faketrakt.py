@@ -19,7 +19,9 @@
 * OAuth: refresh tokens are single-use; a used or unknown one gets 400
   invalid_grant. The device flow answers scripted statuses.
 * Fault injection: ``outage_until`` (503), ``script`` (statuses for the next
-  requests), ``delay`` (slow answers), ``drop`` (close the connection).
+  requests), ``delay`` (slow answers), ``drop`` (close the connection), and
+  ``faults``: per path and user, answers that are not Trakt's or are broken
+  (``Fault``), optionally after Trakt has acted on the call (``act``).
 """
 
 from __future__ import annotations
@@ -87,6 +89,34 @@ def default_catalogue() -> tuple[list[Movie], list[Show]]:
     return movies, shows
 
 
+FAULT_KINDS = ("html", "badjson", "redirect_same", "redirect_other", "status", "cut", "hang",
+               "endless", "badchunk")
+
+
+@dataclass
+class Fault:
+    """Answer the next ``count`` calls to ``path`` (a prefix) of ``user`` (None: anyone) badly.
+
+    kinds: ``html`` (``status`` with a captive portal's page), ``badjson`` (201, JSON cut short),
+    ``redirect_same``/``redirect_other`` (302 to /moved on this host / on "localhost"), ``status``
+    (``status`` with a JSON body and ``headers``), ``cut`` (headers announce 200 bytes, 10 come,
+    the connection closes), ``hang`` (headers and part of the body, then nothing for ``seconds``),
+    ``endless`` (201, chunked, 64 KiB every 20 ms until the client gives up), ``badchunk`` (201,
+    chunked, then an invalid chunk-size line, held open ``seconds``).
+    ``act``: Trakt acts on the call first (records the play), then answers so.
+    """
+
+    path: str
+    kind: str
+    count: int = 1
+    user: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    act: bool = False
+    seconds: float = 30.0
+    hits: int = 0
+
+
 @dataclass
 class Call:
     method: str
@@ -134,6 +164,8 @@ class FakeTrakt:
         self.port = 0
         self.lock = threading.Lock()
         self._current: Call | None = None  # the call being handled (handlers never await first)
+        self.faults: list[Fault] = []
+        self.endless_sent = 0  # bytes of endless answers written
 
     # --- set-up helpers -------------------------------------------------------------
 
@@ -257,8 +289,17 @@ class FakeTrakt:
         call = Call(request.method, request.path, request.query_string, dict(request.headers), body,
                     time.time())
         call.user = self.token_user.get(request.headers.get("Authorization", "").removeprefix("Bearer "), "")
+        if request.path == "/oauth/token" and isinstance(body, dict):
+            call.user = self.token_user.get(str(body.get("refresh_token")), "")
         with self.lock:
             self.calls.append(call)
+        fault = self._fault(call)
+        if fault is not None:
+            if fault.act:
+                self._current = call
+                acted = await handler(request)
+                call.answer = {"acted": acted.status}
+            return await self._faulty(request, call, fault)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.slow_calls > 0:
@@ -292,6 +333,54 @@ class FakeTrakt:
             except (ValueError, TypeError):
                 call.answer = None
         return response
+
+    def _fault(self, call: Call) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if (fault.hits < fault.count and call.path.startswith(fault.path)
+                        and fault.user in (None, call.user or "default")):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    async def _faulty(self, request: web.Request, call: Call, fault: Fault) -> web.StreamResponse:
+        call.status = -2  # answered by a fault
+        kind = fault.kind
+        if kind == "html":
+            return web.Response(status=fault.status, content_type="text/html",
+                                text="<html><body>Please log in to the hotel Wi-Fi</body></html>")
+        if kind == "badjson":
+            return web.Response(status=201, content_type="application/json", text='{"id": 1, "action": "scro')
+        if kind in ("redirect_same", "redirect_other"):
+            host = "127.0.0.1" if kind == "redirect_same" else "localhost"
+            return web.Response(status=302, headers={"Location": f"http://{host}:{self.port}/moved"})
+        if kind == "status":
+            return web.json_response({"error": "injected"}, status=fault.status, headers=fault.headers)
+        transport = request.transport
+        assert transport is not None
+        if kind in ("cut", "hang"):
+            transport.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 200\r\n\r\n{\"added\": ")
+            if kind == "hang":
+                await asyncio.sleep(fault.seconds)
+        elif kind == "endless":
+            transport.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n")
+            chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+            while not transport.is_closing():
+                transport.write(chunk)
+                self.endless_sent += 0x10000
+                await asyncio.sleep(0.02)
+        elif kind == "badchunk":
+            transport.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz-not-a-size\r\n")
+            await asyncio.sleep(fault.seconds)
+        transport.close()
+        raise web.HTTPInternalServerError()
+
+    async def moved(self, request: web.Request) -> web.Response:
+        """Where the injected redirects point: a page that answers anything 200 (or 201)."""
+        return web.json_response({"moved": True}, status=201 if request.host.startswith("localhost") else 200)
 
     def _check_api(self, request: web.Request, need_auth: bool) -> web.Response | None:
         if request.method == "POST" and not request.headers.get("Content-Type", "").startswith(
@@ -409,6 +498,16 @@ class FakeTrakt:
         kind = request.match_info["kind"][:-1]  # movies -> movie
         key = f"{kind}:{request.match_info['id']}"
         since = _parse_iso(request.query.get("start_at")) or 0.0
+        if kind == "show":  # every episode of the show, with its season and number
+            show = next((s for s in self.shows if str(s.ids["trakt"]) == request.match_info["id"]), None)
+            found = []
+            for i, (k, t) in enumerate(self._hist()):
+                for (season, number), ids in (show.episodes.items() if show else []):
+                    if k == f"episode:{ids['trakt']}" and t >= since:
+                        found.append({"id": i, "watched_at": _iso(t), "action": "scrobble", "type": "episode",
+                                      "episode": {"season": season, "number": number, "ids": ids},
+                                      "show": {"title": show.title, "year": show.year, "ids": show.ids}})
+            return web.json_response(found)
         entries = [{"id": i, "watched_at": _iso(t), "action": "scrobble", "type": kind}
                    for i, (k, t) in enumerate(self._hist()) if k == key and t >= since]
         return web.json_response(entries)
@@ -508,7 +607,8 @@ class FakeTrakt:
                      "/sync/watchlist/remove"):
             app.router.add_post(path, self.sync)
         app.router.add_get("/search/{id_type:trakt|imdb|tmdb|tvdb}/{id}", self.search_id)
-        app.router.add_get("/sync/history/{kind:movies|episodes}/{id}", self.history_get)
+        app.router.add_get("/sync/history/{kind:movies|episodes|shows}/{id}", self.history_get)
+        app.router.add_route("*", "/moved", self.moved)
         app.router.add_get("/search/{kind:movie|show}", self.search_text)
         app.router.add_post("/oauth/token", self.oauth_token)
         app.router.add_post("/oauth/device/code", self.device_code)

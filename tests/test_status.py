@@ -30,6 +30,7 @@ class Auth:
     expires_at: int = int(NOW) + 86400
     needs_auth: str | None = None
     unsaved: str | None = None
+    refresh_retrying: str | None = None
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Client:
     last_success_at: float | None = NOW - 60
     last_error: str | None = None
     unreachable: bool = False
+    not_trakt: bool = False
 
 
 def snapshot(auth: Auth | None = None, client: Client | None = None, stats: Stats | None = None,
