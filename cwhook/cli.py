@@ -1,4 +1,4 @@
-"""The command line: run, check-config, urls, rotate-tokens, auth, status, recent, --version."""
+"""The command line: run, check-config, urls, rotate-tokens, auth, status, recent, outbox, --version."""
 
 from __future__ import annotations
 
@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     recent.add_argument("--item", metavar="TEXT", help="only items whose title contains TEXT")
     recent.add_argument("--account", metavar="A", help="only events decided for this Trakt account")
     recent.add_argument("--json", action="store_true", help="one JSON object per line")
+    outbox = add("outbox", "list the Trakt actions set aside; retry, send or drop them")
+    outbox.add_argument("action", nargs="?", choices=("retry", "send", "drop"),
+                        help="retry: try again; send: without asking Trakt's history first; drop: forget")
+    outbox.add_argument("ids", nargs="*", type=int, metavar="ID", help="entries, as `cwhook outbox` lists them")
+    outbox.add_argument("--all", action="store_true", help="every entry set aside")
     return parser
 
 
@@ -304,10 +309,13 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "status":  # asks the daemon even when the file is broken
             from cwhook.statuscmd import cmd_status
             return cmd_status(path, args.url)
-        if args.command == "recent":
+        if args.command in ("recent", "outbox"):
             config = _load(path)
             if config is None:
                 return EXIT_USAGE
+            if args.command == "outbox":
+                from cwhook.outboxcmd import cmd_outbox
+                return cmd_outbox(config, args.action, args.ids, args.all)
             from cwhook.recent import cmd_recent
             return cmd_recent(config, args.n, args.user, args.item, args.account, args.json)
     except YamlEditError as exc:

@@ -11,10 +11,12 @@ CWHOOK_KILL_ROUNDS=N runs N rounds of each kill test instead of the CI default.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,7 +32,7 @@ import pytest
 from cwhook.event import Event, Ids
 from cwhook.store import NewEntry, Store
 from tests.conftest import TOKENS, Daemon, config_text, free_port, wait_for
-from tests.faketrakt import FakeTrakt
+from tests.faketrakt import FakeTrakt, Fault
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +79,7 @@ class Rig:
     """One config and state dir; daemons started and killed on it in turn."""
 
     def __init__(self, tmp: Path, fake: FakeTrakt, state_dir: Path | None = None,
-                 lifetime: int | None = None) -> None:
+                 lifetime: int | None = None, env: dict[str, str] | None = None) -> None:
         self.fake = fake
         self.port = free_port()
         self.path = tmp / "cwhook.yml"
@@ -85,9 +87,10 @@ class Rig:
         access, refresh, expires = fake.issue_tokens(lifetime)
         self.path.write_text(config_text(self.port, self.state, fake.url, access, refresh, expires))
         self.daemons: list[Daemon] = []
+        self.env = {**FAST_ENV, **(env or {})}
 
     def start(self, wait: bool = True) -> Daemon:
-        d = Daemon(self.path, self.port, env=FAST_ENV)
+        d = Daemon(self.path, self.port, env=self.env)
         self.daemons.append(d)
         return d.start(wait)
 
@@ -104,6 +107,14 @@ class Rig:
 
     def logs(self) -> str:
         return "\n".join(d.logs() for d in self.daemons)
+
+    def events(self) -> str:
+        """The log without the request lines (the tests poll /healthz)."""
+        return "\n".join(line for line in self.logs().splitlines() if '"event": "request"' not in line)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cwhook", *args, "-c", str(self.path)],
+                              capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
@@ -396,4 +407,251 @@ def test_sighup_on_a_half_written_file_never_logs_out_nor_loses_a_202(
     d.proc.send_signal(signal.SIGHUP)
     assert post(rig.port, plex_stop(1)) == 202
     wait_for(lambda: count(fake, {0, 1}) == ([], []), timeout=15)
+    assert d.stop() == 0
+
+
+# --- when the other side misbehaves: Trakt's answers, the history path, the refresh ----------
+
+QUICK_RETRY = {"_CWHOOK_DELIVERY_RETRY_SCALE": "0.02"}  # outbox retries after ~0.1-1 s, not minutes
+
+
+def _events(d: Daemon, name: str) -> list[dict[str, Any]]:
+    return [e for e in d.log_events() if e.get("event") == name]
+
+
+NOT_TRAKT = [Fault("/scrobble/stop", "html", count=3, status=200),
+             Fault("/scrobble/stop", "badjson", count=3),
+             Fault("/scrobble/stop", "redirect_same", count=3),
+             Fault("/scrobble/stop", "redirect_other", count=3),
+             Fault("/scrobble/stop", "html", count=3, status=400),
+             Fault("/scrobble/stop", "html", count=3, status=418),
+             Fault("/scrobble/stop", "endless", count=3)]
+
+
+def test_answers_that_are_not_trakts_are_never_counted_sent(rig_factory: Callable[..., Rig],
+                                                            fake: FakeTrakt) -> None:
+    """A captive portal's page, broken JSON, a redirect (same host or not), a proxy's HTML 400/418,
+    an endless body: each is retried, then set aside and shown, never journaled `sent`;
+    `cwhook outbox retry` then delivers it once. Nothing follows a redirect."""
+    fake.add_movies(len(NOT_TRAKT) + 1)
+    rig = rig_factory(env=QUICK_RETRY)
+    d = rig.start()
+    assert d.proc is not None
+    for i, fault in enumerate(NOT_TRAKT):
+        fake.faults = [fault]
+        assert post(rig.port, plex_stop(i)) == 202
+        try:
+            wait_for(lambda: d.health()["outbox"]["set_aside"] == 1, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"{fault.kind} {fault.status}: not set aside; counted "
+                                 f"{count(fake, {i})}: {rig.events()[-3000:]}") from None
+        assert fault.hits == 3 and count(fake, {i}) == ([i], [])  # nothing reached the history
+        health = d.health()
+        assert health["status"] == "degraded", health
+        assert {"outbox_set_aside", "trakt_answer_not_trakt"} <= set(health["problems"]), health
+        if fault.kind.startswith("redirect"):  # the Location is shown
+            assert "/moved" in health["trakt"]["last_error"], health["trakt"]
+        recent = rig.cli("recent", "-n", "1")
+        assert "set aside" in recent.stdout and "not Trakt's" in recent.stdout, recent
+        listed = rig.cli("outbox")
+        assert listed.returncode == 0 and f"Counted Movie {i}" in listed.stdout, listed
+        out = rig.cli("outbox", "retry", "--all")
+        assert out.returncode == 0, out
+        wait_for(lambda i=i: count(fake, {i}) == ([], []) and d.health()["outbox"]["pending"] == 0,
+                 timeout=20)
+        assert d.health()["status"] == "ok", d.health()
+    assert not [c for c in fake.calls if c.path == "/moved"], "a redirect was followed"
+    # an endless answer is cut at the cap: a few MB at most reached the socket, not 15 s of it
+    assert fake.endless_sent < 3 * 8 * 2**20, fake.endless_sent
+    # a 408 is transient: retried at once, never a final refusal
+    fake.faults = [Fault("/scrobble/stop", "status", status=408)]
+    last = len(NOT_TRAKT)
+    assert post(rig.port, plex_stop(last)) == 202
+    wait_for(lambda: count(fake, {last}) == ([], []), timeout=20)
+    acked = set(range(last + 1))
+    assert count(fake, acked) == ([], [])
+    assert d.stop() == 0
+
+
+def test_endless_answer_holds_no_memory(rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    fake.add_movies(1)
+    rig = rig_factory(env=QUICK_RETRY)
+    d = rig.start()
+    assert d.proc is not None
+    fake.faults = [Fault("/scrobble/stop", "endless", count=2)]
+    assert post(rig.port, plex_stop(0)) == 202
+    wait_for(lambda: count(fake, {0}) == ([], []), timeout=30)
+    status = Path(f"/proc/{d.proc.pid}/status").read_text()
+    peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    assert peak_kb < 100 * 1024, f"peak RSS {peak_kb // 1024} MB"
+    assert d.stop() == 0
+
+
+def test_broken_chunk_framing_is_rejected_at_once(rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    """An invalid chunk-size line is an error when it arrives, not a 15 s timeout."""
+    fake.add_movies(1)
+    rig = rig_factory(env=QUICK_RETRY)
+    d = rig.start()
+    fake.faults = [Fault("/scrobble/stop", "badchunk", count=2, seconds=60)]
+    assert post(rig.port, plex_stop(0)) == 202
+    wait_for(lambda: count(fake, {0}) == ([], []), timeout=30)
+    retries = _events(d, "trakt_retry")
+    assert len(retries) == 2 and all("chunk" in e["error"] for e in retries), retries
+    assert not any("Timeout" in e["error"] for e in retries)
+    assert d.stop() == 0
+
+
+def _late_stops(rig: Rig, items: range, at: float) -> None:
+    store = Store(rig.state)
+    for i in items:
+        event = Event(source="plex", action="stop", kind="movie", title=f"Counted Movie {i}", year=2001,
+                      ids=Ids(imdb=f"tt{9000000 + i}"), user_name="alice", player_id="p",
+                      item_key=str(i), received_at=at)
+        store.add(NewEntry("stop", event, 95.0, at + i))
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["status", "cut", "hang"])
+def test_ambiguous_history_failure_is_never_posted_twice(rig_factory: Callable[..., Rig], fake: FakeTrakt,
+                                                         kind: str) -> None:
+    """/sync/history does not deduplicate: after a 502, a cut answer or no answer (Trakt acted
+    each time), the next attempt asks the history before any second POST."""
+    items = 3
+    fake.add_movies(items)
+    rig = rig_factory(env=QUICK_RETRY)
+    _late_stops(rig, range(items), time.time() - 1800)
+    fake.faults = [Fault("/sync/history", kind, count=items, status=502, act=True, seconds=20)]
+    d = rig.start()
+    acked = set(range(items))
+    wait_for(lambda: d.health()["outbox"]["pending"] == 0, timeout=90)
+    assert count(fake, acked) == ([], []), rig.logs()[-3000:]
+    assert len(fake.posts("/sync/history")) == items  # one POST per play, never a second
+    assert len([c for c in fake.calls if c.path.startswith("/sync/history/movies/")]) >= items
+    assert d.stop() == 0
+
+
+def legacy_stop(n: int) -> bytes:
+    """A Plex stop of Futurama S03En named by the legacy TVDB agent: only the show's ids."""
+    return json.dumps({
+        "event": "media.stop", "user": True, "owner": True,
+        "Account": {"id": 1, "title": "alice"}, "Server": {"title": "srv", "uuid": "srv-uuid"},
+        "Player": {"local": True, "title": "tv", "uuid": f"player-{n}"},
+        "Metadata": {"type": "episode", "title": f"Episode {n}", "index": n, "parentIndex": 3,
+                     "grandparentTitle": "Futurama", "ratingKey": str(70000 + n),
+                     "guid": f"com.plexapp.agents.thetvdb://73871/3/{n}?lang=en",
+                     "viewOffset": 1_273_000, "duration": 1_320_000},
+    }).encode()
+
+
+def _restart_later(rig: Rig, seconds: float) -> None:
+    """What a restart `seconds` later finds: every outbox entry that much older (daemon down)."""
+    db = sqlite3.connect(rig.state / "cwhook.sqlite3")
+    with db:
+        db.execute("UPDATE outbox SET created_at = created_at - ?, next_attempt_at = 0", (seconds,))
+    db.close()
+
+
+def test_sigkill_mid_stop_of_legacy_tvdb_episodes_restarted_late_never_doubles(
+        rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    """Episodes named only by their show (com.plexapp.agents.thetvdb) in flight at a SIGKILL,
+    restarted more than 10 minutes later: the history is asked by show, season and number."""
+    episodes = 12
+    futurama = next(s for s in fake.shows if s.title == "Futurama")
+    for n in range(1, episodes + 1):
+        futurama.episodes[(3, n)] = {"trakt": 3000 + n, "tvdb": 3100 + n}
+    rig = rig_factory()
+    d = rig.start()
+    fake.answer_delay, fake.answer_delay_prefix = 30.0, "/scrobble/stop"  # recorded, never answered
+    for n in range(1, episodes + 1):
+        assert post(rig.port, legacy_stop(n)) == 202
+    wait_for(lambda: len(fake.posts("/scrobble/stop")) >= 4, timeout=20)
+    rig.kill(d)
+    time.sleep(0.5)  # a request already in the socket still reaches the fake
+    in_flight = len(fake.posts("/scrobble/stop"))
+    fake.answer_delay = 0.0
+    _restart_later(rig, 1200)
+    d = rig.start()
+    keys = [f"episode:{3000 + n}" for n in range(1, episodes + 1)]
+    wait_for(lambda: d.health()["outbox"]["pending"] == 0, timeout=60)
+    counts = fake.history_counts()
+    assert [k for k in keys if counts.get(k, 0) == 0] == [], "lost"
+    assert [k for k in keys if counts.get(k, 0) > 1] == [], f"doubled: {counts} {rig.logs()[-3000:]}"
+    # (events still undecided in the inbox at the kill are decided anew: /scrobble/stop)
+    assert len(fake.posts("/sync/history")) + len(fake.posts("/scrobble/stop")) == episodes
+    assert len(_events(d, "trakt_already_in_history")) == in_flight
+    assert not _events(d, "history_check_impossible")
+    assert d.stop() == 0
+
+
+def test_a_late_play_that_cannot_be_checked_is_set_aside_and_resolved_by_the_user(
+        rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    """No way to ask the history (Trakt's search finds nothing): an attempted late play is set
+    aside, shown, and sent or dropped by the user, never sent twice on a guess."""
+    fake.add_movies(2)
+    rig = rig_factory()
+    d = rig.start()
+    fake.answer_delay, fake.answer_delay_prefix = 30.0, "/scrobble/stop"  # recorded, never answered
+    assert post(rig.port, plex_stop(0)) == 202
+    assert post(rig.port, plex_stop(1)) == 202
+    wait_for(lambda: len(fake.posts("/scrobble/stop")) == 2, timeout=20)
+    rig.kill(d)
+    time.sleep(0.5)
+    fake.answer_delay = 0.0
+    fake.history[:] = [h for h in fake.history if h[0] != "movie:900001"]  # that one never landed
+    _restart_later(rig, 1200)
+    fake.faults = [Fault("/search/", "status", count=1000, status=404)]
+    d = rig.start()
+    wait_for(lambda: d.health()["outbox"]["set_aside"] == 2, timeout=30)
+    health = d.health()
+    assert "outbox_set_aside" in health["problems"] and health["status"] == "degraded"
+    assert not fake.posts("/sync/history")
+    recent = rig.cli("recent").stdout
+    assert recent.count("set aside") == 2 and "unsure" in recent, recent
+    listed = rig.cli("outbox").stdout.splitlines()
+    ids = {int(line.split()[0]): line for line in listed}
+    assert len(ids) == 2 and all("unsure" in line for line in ids.values()), listed
+    landed = next(i for i, line in ids.items() if "Counted Movie 0" in line)
+    missing = next(i for i, line in ids.items() if "Counted Movie 1" in line)
+    assert rig.cli("outbox", "drop", str(landed)).returncode == 0  # the user saw it on trakt.tv
+    assert rig.cli("outbox", "send", str(missing)).returncode == 0  # ...and this one missing
+    wait_for(lambda: count(fake, {0, 1}) == ([], []) and d.health()["outbox"]["pending"] == 0, timeout=20)
+    assert count(fake, {0, 1}) == ([], [])
+    assert d.health()["status"] == "ok", d.health()
+    assert "dropped by the user" in rig.cli("recent").stdout
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("status", [429, 408, 423, 502])
+def test_a_passing_refresh_failure_never_locks_the_account_out(rig_factory: Callable[..., Rig],
+                                                               fake: FakeTrakt, status: int) -> None:
+    """The access token has expired; the refresh answers `status` three times (429 with
+    Retry-After: 2): /healthz shows trakt_refresh_retrying, never needs_auth, and the outbox
+    resumes once the refresh succeeds."""
+    fake.add_movies(1)
+    rig = rig_factory(lifetime=-10)
+    headers = {"Retry-After": "2"} if status == 429 else {}
+    fake.faults = [Fault("/oauth/token", "status", count=3, status=status, headers=headers)]
+    d = rig.start()
+    assert post(rig.port, plex_stop(0)) == 202
+    wait_for(lambda: "trakt_refresh_retrying" in d.health()["problems"], timeout=20)
+    assert d.health()["trakt"]["needs_auth"] is None
+    wait_for(lambda: count(fake, {0}) == ([], []), timeout=90)
+    refreshes = [c for c in fake.calls if c.path == "/oauth/token"]
+    assert len(refreshes) == 4 and fake.refresh_count == 1
+    if status == 429:
+        gaps = [b.at - a.at for a, b in itertools.pairwise(refreshes)]
+        assert min(gaps) >= 1.9, gaps  # Retry-After honoured
+    health = d.health()
+    assert health["status"] == "ok" and health["trakt"]["needs_auth"] is None, health
+    assert count(fake, {0}) == ([], [])
+    assert d.stop() == 0
+
+
+def test_a_dead_refresh_token_still_needs_auth(rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    rig = rig_factory(lifetime=-10)
+    fake.refresh_tokens.clear()  # Trakt retired it: 400 invalid_grant
+    d = rig.start()
+    wait_for(lambda: d.health()["trakt"]["needs_auth"], timeout=20)
+    assert "trakt_needs_auth" in d.health()["problems"]
+    assert "invalid_grant" in d.health()["trakt"]["needs_auth"]
     assert d.stop() == 0
