@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import cwhook.trakt_auth
 from cwhook.config import TraktConfig, load_config
 from cwhook.tokenjournal import COMPACT_AT, Pair, TokenJournal
 from cwhook.trakt_auth import TraktAuth
-from tests.faketrakt import FakeTrakt
+from tests.faketrakt import FakeTrakt, Fault
 
 CONFIG = """# my trakt
 trakt:
@@ -113,3 +115,50 @@ def test_reload_takes_a_newer_pair_from_the_file(tmp_path: Path) -> None:
     # an empty pair is older than the one in use, which is kept and written back
     auth.update_from_config(trakt("http://x", "", "", 0))
     assert auth.tokens()[1] == "a2" and auth.authorized and auth.unsaved is not None
+
+
+@pytest.mark.parametrize(("fault", "dead"), [
+    (Fault("/oauth/token", "status", status=429, headers={"Retry-After": "1"}), False),
+    (Fault("/oauth/token", "status", status=408), False),
+    (Fault("/oauth/token", "status", status=423), False),
+    (Fault("/oauth/token", "status", status=503), False),
+    (Fault("/oauth/token", "html", status=400), False),  # a proxy's page, not Trakt's refusal
+    (Fault("/oauth/token", "html", status=200), False),
+    (Fault("/oauth/token", "redirect_other"), False),
+    (None, True),  # 400 invalid_grant: the refresh token is dead
+])
+async def test_only_a_dead_refresh_token_needs_auth(tmp_path: Path, fake_trakt: FakeTrakt,
+                                                    fault: Fault | None, dead: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cwhook.trakt_auth, "RETRY_FIRST", 0.2)
+    access, refresh, expires = fake_trakt.issue_tokens(lifetime=-10)
+    if fault is None:
+        fake_trakt.refresh_tokens.clear()
+    else:
+        fake_trakt.faults = [fault]
+    auth = TraktAuth(tmp_path / "c.yml", trakt(fake_trakt.url, access, refresh, expires))
+    write(auth.config_path, fake_trakt.url, access, refresh, expires)
+    recovered: list[bool] = []
+    auth.on_refreshed = lambda: recovered.append(True)
+    assert await auth.refresh(access) is False
+    if dead:
+        assert auth.needs_auth and "invalid_grant" in auth.needs_auth and auth.refresh_retrying is None
+        return
+    assert auth.needs_auth is None and auth.refresh_retrying is not None
+    assert await auth.refresh(access) is False  # within the back-off: Trakt is not asked again
+    assert len(fake_trakt.posts("/oauth/token")) == 1
+    deadline = time.monotonic() + 5
+    while not recovered and time.monotonic() < deadline:  # the scheduled retry succeeds
+        await asyncio.sleep(0.05)
+    assert recovered and auth.tokens()[1] != access and auth.refresh_retrying is None
+    assert len(fake_trakt.posts("/oauth/token")) == 2
+    auth.close()
+
+
+async def test_refused_app_credentials_need_auth(tmp_path: Path, fake_trakt: FakeTrakt) -> None:
+    access, refresh, expires = fake_trakt.issue_tokens(lifetime=-10)
+    config = trakt(fake_trakt.url, access, refresh, expires)
+    config = TraktConfig(**{**config.__dict__, "client_secret": "wrong"})
+    auth = TraktAuth(tmp_path / "c.yml", config)
+    assert await auth.refresh(access) is False
+    assert auth.needs_auth and "401" in auth.needs_auth and "client_secret" in auth.needs_auth

@@ -189,3 +189,25 @@ def test_forms_from_a_show_search() -> None:
     assert tb.form_from_search(s2, results, "show") == {"show": show, "episode": {"season": 2, "number": 13}}
     assert tb.forms_from_search(s2, [{"type": "show", "show": {"ids": {"trakt": True}}}], "show") == []
     assert tb.form_from_search(s2, [], "show") is None
+
+
+def test_only_trakts_documented_answers_count_as_success() -> None:
+    from cwhook.trakt_bodies import answer_ok
+
+    scrobbled = {"id": 3373536622, "action": "scrobble", "progress": 99.9,
+                 "movie": {"title": "Guardians of the Galaxy", "ids": {"trakt": 28}}}
+    assert answer_ok("POST", "/scrobble/stop", 201, scrobbled)
+    assert answer_ok("POST", "/scrobble/stop", 409, {"watched_at": "x", "expires_at": "y"})
+    assert answer_ok("POST", "/sync/history", 201, {"added": {"movies": 1}, "not_found": {}})
+    assert answer_ok("POST", "/sync/watchlist/remove", 200, {"deleted": {"movies": 1}})
+    assert answer_ok("GET", "/search/imdb/tt1?type=movie", 200, [])
+    for method, path, status, data in [
+        ("POST", "/scrobble/stop", 200, None),  # a captive portal's empty 200 (or 204)
+        ("POST", "/scrobble/stop", 201, {"moved": True}),  # somebody's JSON, not Trakt's
+        ("POST", "/scrobble/stop", 201, {"action": "scrobble"}),  # no item
+        ("POST", "/scrobble/stop", 409, "conflict"),
+        ("POST", "/sync/history", 201, {"deleted": {}}),
+        ("POST", "/sync/history/remove", 200, {"added": {}}),
+        ("GET", "/sync/history/movies/28", 200, {"error": "portal"}),
+    ]:
+        assert not answer_ok(method, path, status, data), (method, path, data)
