@@ -15,6 +15,7 @@ an account removed from the file stops its lane but keeps its outbox entries, wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 
 from cwhook import clock as clocks
@@ -22,7 +23,7 @@ from cwhook import logs
 from cwhook.config import DEFAULT_ACCOUNT, AccountConfig, Config
 from cwhook.delivery import Lane, Options
 from cwhook.health import Counters
-from cwhook.store import AsyncStore, Stats
+from cwhook.store import AsyncStore, Stats, StoreUnavailable
 from cwhook.tokenjournal import TokenJournal
 from cwhook.trakt import RequestObserver, TraktClient
 from cwhook.trakt_auth import TraktAuth
@@ -45,13 +46,17 @@ class Account:
         self.lane = Lane(cfg.name, self.client, db, counters, self.options, lambda: self.auth.needs_auth)
         self.task: asyncio.Task[None] | None = None
         self._db = db
+        self._resuming: asyncio.Task[None] | None = None
         self.auth.on_refreshed = self._refreshed
 
     def _refreshed(self) -> None:
         """A refresh succeeded after failing: what waited for it is delivered at once."""
-        loop = asyncio.get_running_loop()
-        loop.create_task(self._db.call(self._db.store.retry_now, self.name)).add_done_callback(
-            lambda _t: self.lane.wake.set())
+        self._resuming = asyncio.get_running_loop().create_task(self._resume(), name=f"resume-{self.name}")
+
+    async def _resume(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # then the entries keep their own times
+            await self._db.call(self._db.store.retry_now, self.name)
+        self.lane.wake.set()
 
     @property
     def dry_run(self) -> bool:
