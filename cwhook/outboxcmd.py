@@ -22,15 +22,11 @@ from typing import TextIO
 
 from cwhook.config import Config
 from cwhook.store import Entry, Store, StoreUnavailable
-
-
-def _clean(text: str) -> str:
-    """No control characters reach the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+from cwhook.termtext import visible
 
 
 def entry_line(e: Entry) -> str:
-    return _clean(f"{e.id}  {e.account}  {e.verb} {e.progress:.0f}%  {e.event.label()}  "
+    return visible(f"{e.id}  {e.account}  {e.verb} {e.progress:.0f}%  {e.event.label()}  "
                   f"({e.event.source} {e.event.user_name or '-'}): {e.last_error or '?'}")
 
 
