@@ -174,7 +174,10 @@ class Accounts:
                 continue
             if unit.lane.busy:
                 return True
-            heads = await self.db.call(self.db.store.heads, unit.name, 64)
+            try:
+                heads = await self.db.call(self.db.store.heads, unit.name, 64)
+            except StoreUnavailable:  # nothing can be delivered from a store that cannot be read
+                continue
             if any(e.next_attempt_at <= now for e in heads):
                 return True
         return False

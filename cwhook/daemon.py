@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import os
 import signal
 import time
@@ -33,7 +32,8 @@ from cwhook.listen import listen_problem
 from cwhook.metrics import Metrics
 from cwhook.rules import Rules
 from cwhook.sdnotify import Notifier
-from cwhook.store import AsyncStore, Store, StoreUnavailable
+from cwhook.statedir import check_state_file
+from cwhook.store import FILE_NAME, AlreadyRunning, AsyncStore, Store, StoreUnavailable, lock_database
 from cwhook.tokenjournal import TokenJournal
 from cwhook.worker import Item, Worker
 
@@ -69,9 +69,18 @@ class Daemon:
         self._admitting = 0
         self._unavailable: tuple[float, str] | None = None
         self.rules = Rules(config.scrobble, aliases=items.SHARED)
-        self.db = AsyncStore(Store(config.state_dir))
+        # One daemon per database, before anything opens it (AlreadyRunning otherwise).
+        self._lock_fd = lock_database(config.state_dir)
+        try:
+            self.journal = TokenJournal(config.state_dir)
+            check_state_file(self.journal.path)
+            # A database that cannot be opened now (full disk) is retried: the daemon listens
+            # meanwhile and answers 503 (docs/durability.md, "A full disk").
+            self.db = AsyncStore(Store(config.state_dir, wait_for_disk=True))
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self.store = self.db.store
-        self.journal = TokenJournal(config.state_dir)
         self.metrics = Metrics(self.counters, self.snapshot)
         self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run,
                                  observe=self.metrics.trakt_request)
@@ -129,7 +138,8 @@ class Daemon:
             st = status.account_status(unit.name, unit.auth, unit.client, unit.dry_run, stats, now, wall)
             accounts[unit.name] = st if unit.in_use else dataclasses.replace(st, problems=())
         removed = dict(self.accounts.orphans(stats))
-        unavailable = self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR
+        unavailable = (self.store.problem is not None
+                       or (self._unavailable is not None and now - self._unavailable[0] < UNAVAILABLE_SHOWN_FOR))
         return status.build(version=__version__, started=self.started, queue_depth=self.queue.qsize(),
                             sessions=self.worker.session_count, stats=stats, accounts=accounts,
                             counters=self.counters, config_refused=self.config_error,
@@ -224,30 +234,17 @@ class Daemon:
 
     # --- run ---------------------------------------------------------------------------
 
-    def _lock_state_dir(self) -> int | None:
-        """One daemon per state dir: two would deliver the same outbox twice."""
-        path = self.config.state_dir / "daemon.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return fd
-
     async def run(self) -> int:
-        lock_fd = self._lock_state_dir()
-        if lock_fd is None:
-            log.error("already_running", state_dir=str(self.config.state_dir),
-                      note="another cwhook uses this state dir; stop it or set state.dir")
-            self.db.close()
-            return 1
         try:
             return await self._run()
         finally:
-            os.close(lock_fd)
+            os.close(self._lock_fd)  # after the database is closed (its own locks are per process)
+
+    async def _work(self) -> None:
+        # The events answered 202 whose decision a crash cut short, once the store can be read
+        # and written (retried meanwhile: the daemon listens, docs/durability.md), then new ones.
+        await self.worker.catch_up()
+        await self.worker.run()
 
     async def _run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -255,10 +252,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
 
-        # Before anything is sent: a refreshed pair that never reached the file, then
-        # the events answered 202 whose decision a crash cut short.
+        # Before anything is sent: a refreshed pair that never reached the file. The inbox
+        # is replayed by the worker's task, after the daemon listens (``_work``).
         self.accounts.adopt_journal()
-        await self.worker.replay(await self.db.call(self.store.undecided))
 
         app = make_app(self.runtime)
         runner = edge.Runner(app, shutdown_timeout=3.0)  # limits, timeouts, JSON protocol errors
@@ -279,7 +275,7 @@ class Daemon:
         log.info("listening", host=self.config.server.host, port=self.config.server.port,
                  version=__version__, dry_run=self.dry_run, outbox_pending=pending)
         tasks = [
-            asyncio.create_task(self.worker.run(), name="worker"),
+            asyncio.create_task(self._work(), name="worker"),
             asyncio.create_task(self._watch_config(), name="config-watch"),
             asyncio.create_task(self._refresh_tokens(), name="token-refresh"),
             asyncio.create_task(self.db.checkpoints(), name="checkpoints"),
@@ -321,7 +317,13 @@ class Daemon:
 
 def run_daemon(config: Config, force_dry_run: bool) -> int:
     async def main() -> int:
-        daemon = Daemon(config, force_dry_run)
+        try:
+            daemon = Daemon(config, force_dry_run)
+        except AlreadyRunning:
+            log.error("already_running", state_dir=str(config.state_dir),
+                      note=f"another cwhook holds the database {config.state_dir / FILE_NAME}; stop it "
+                           "or give this one its own state.dir")
+            return 1
         return await daemon.run()
 
     return asyncio.run(main())

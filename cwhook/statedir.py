@@ -1,9 +1,17 @@
 """The state directory is private: created 0700, its files 0600 (viewing history is personal).
 
 ``cwhook run`` sets the process umask to 0o077 (PRIVATE_UMASK) so that every file
-the daemon creates there (the database, its -wal/-shm, locks, journals) is 0600
+the daemon creates there (the database, its -wal/-shm, journals) is 0600
 whatever module creates it; ``ensure_private_dir`` creates the directory and
 tightens files left readable by an older version.
+
+Nobody else may plant files there (docs/durability.md, "The state directory"): an
+existing directory of ours that others can enter or write is set to 0700 with a
+warning; another user's directory that others can write is refused. A state file
+is never followed through a symbolic link and never written when it belongs to
+another user (``check_state_file``, ``open_state_file``): a link to another file
+would have that file overwritten with the database, or a Trakt token pair
+appended to a file someone else can read.
 """
 
 from __future__ import annotations
@@ -15,7 +23,10 @@ import stat
 import tempfile
 from pathlib import Path
 
+from cwhook import logs
 from cwhook.config import owner_name, user_name
+
+log = logs.get("cwhook.statedir")
 
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
@@ -24,6 +35,13 @@ FILE_MODE = 0o600
 
 class StateDirError(Exception):
     """state.dir cannot be used; the message names the directory, the cause and the fix."""
+
+
+class UnsafeStateFile(OSError):
+    """A state file is a link, not a regular file, or another user's (the message says which)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def ensure_private_dir(path: Path, config_path: Path | None = None) -> None:
@@ -41,6 +59,7 @@ def ensure_private_dir(path: Path, config_path: Path | None = None) -> None:
     foreign = _foreign_file(path, me)
     if foreign:
         raise StateDirError(foreign)
+    _guard_dir(path, me)
     _tighten_files(path)
 
 
@@ -76,6 +95,75 @@ def _foreign_file(path: Path, me: str) -> str | None:
                             f"(did {owner} run cwhook once?). Fix: give the directory back to the user that "
                             f"runs the daemon: `sudo chown -R {me} {path}`")
     return None
+
+
+def _guard_dir(path: Path, me: str) -> None:
+    """Others must not be able to plant files in the state dir: ours is set to 0700 (with a
+    warning); another user's that others can write is refused."""
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.geteuid():
+        if mode & 0o077:
+            os.chmod(path, DIR_MODE)
+            log.warning("state_dir_mode_fixed", state_dir=str(path), was=f"{mode:04o}", now=f"{DIR_MODE:04o}",
+                        note="the state dir holds viewing history and Trakt tokens: only its owner may use it")
+        return
+    if mode & 0o022:
+        owner = user_name(st.st_uid)
+        raise StateDirError(
+            f"state.dir {path}: other users can write it (mode {mode:04o}, owner {owner}), so they could "
+            f"plant links to files cwhook would overwrite. Fix: `chown {me} {path} && chmod 0700 {path}`, "
+            "or set state.dir to a directory only you can write")
+
+
+def _unsafe(path: Path, st: os.stat_result) -> str | None:
+    """Why cwhook must not use this state file (from its lstat/fstat), or None."""
+    me = user_name()
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return (f"state.dir {path.parent}: {path.name} is a symbolic link (to {target}); cwhook never follows "
+                f"a link in its state dir. Fix: remove it (`rm {path}`); cwhook makes a new file")
+    if not stat.S_ISREG(st.st_mode):
+        return (f"state.dir {path.parent}: {path.name} is not a regular file. Fix: remove it "
+                f"(`rm -r {path}`); cwhook makes a new file")
+    if st.st_uid != os.geteuid():
+        owner = user_name(st.st_uid)
+        return (f"state.dir {path.parent}: {path.name} belongs to user {owner}, not to {me} who runs cwhook "
+                f"(it holds viewing history or Trakt tokens, which {owner} could read). Fix: run cwhook as "
+                f"{owner} (`sudo -u {owner} cwhook ...`), or `chown {me} {path}`")
+    return None
+
+
+def check_state_file(path: Path) -> None:
+    """Raise StateDirError if ``path`` exists and is a link, not a regular file, or another user's."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # missing (made later), or the real open reports the problem
+    problem = _unsafe(path, st)
+    if problem:
+        raise StateDirError(problem)
+
+
+def open_state_file(path: Path, flags: int, mode: int = FILE_MODE) -> int:
+    """``os.open`` for a state file: never through a link (O_NOFOLLOW), only a regular file of
+    the user running cwhook (checked on the open file). UnsafeStateFile (an OSError) otherwise."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        st = os.lstat(path)
+        raise UnsafeStateFile(errno.ELOOP, _unsafe(path, st) or str(exc), str(path)) from None
+    st = os.fstat(fd)
+    problem = None if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() else _unsafe(path, st)
+    if problem:
+        os.close(fd)
+        raise UnsafeStateFile(errno.EPERM, problem, str(path))
+    return fd
 
 
 def _make_dirs(path: Path) -> None:

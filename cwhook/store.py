@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import sqlite3
@@ -37,10 +38,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cwhook import clock as clocks
-from cwhook import items, journal, logs
+from cwhook import items, journal, logs, statedir
 from cwhook.config import DEFAULT_ACCOUNT
 from cwhook.event import Event
 from cwhook.payload import safe_text
@@ -54,6 +55,9 @@ BUSY_TIMEOUT_MS = 2000  # for direct use (tests, the CLI); the daemon's loop nev
 LOCK_WAIT = 2.0  # how long a call on the loop keeps retrying a locked database
 LOCK_RETRY = 0.02
 CHECKPOINT_EVERY = 2.0
+WAL_LIMIT = 1024 * 1024  # bytes: a WAL past this is checkpointed at once, and cut back to it after
+WAL_POLL = 0.25  # how often the checkpoint task looks at the WAL's size
+SIDE_FILES = ("-wal", "-shm", "-journal")
 GROUP_WINDOW = 0.002  # seconds a group commit waits for more events
 MAX_MATCHES = 5000
 WATCHED_VERBS = ("stop", "history_add")
@@ -120,6 +124,24 @@ class StoreUnavailable(Exception):
     """The store cannot take the write right now (disk full, locked, unwritable)."""
 
 
+class AlreadyRunning(Exception):
+    """Another process holds the database's lock: another daemon uses this state dir."""
+
+
+def lock_database(state_dir: Path) -> int:
+    """One daemon per database: an exclusive ``flock`` on the database file itself, held while
+    the daemon runs (a lock file beside it could be deleted by a tidy-up script). flock and
+    SQLite's own POSIX locks do not interact on Linux. AlreadyRunning if another holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = statedir.open_state_file(state_dir / FILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(str(state_dir / FILE_NAME)) from None
+    return fd
+
+
 class StoreBusy(StoreUnavailable):
     """Another connection holds the write lock at this instant (worth trying again soon)."""
 
@@ -166,14 +188,33 @@ class Stats:
     by_account: tuple[tuple[str, int, float | None], ...] = ()  # (account, pending, oldest_born)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reads(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """A read: opens a database that could not be opened yet; SQLite trouble becomes StoreUnavailable."""
+    def read(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._ensure()
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+    read.__doc__ = method.__doc__
+    return read
+
+
 def _dump(data: Any) -> str:
     # json.dumps escapes lone surrogates as \\udXXX, so the row itself is always valid UTF-8.
     return json.dumps(data)
 
 
 class Store:
+    """``wait_for_disk``: a database that cannot be opened now (full disk) is not an error:
+    every call raises StoreUnavailable and tries to open it again (the daemon listens meanwhile)."""
+
     def __init__(self, state_dir: Path, clock: clocks.Clock = clocks.now,
-                 wall: clocks.Clock = time.time) -> None:
+                 wall: clocks.Clock = time.time, wait_for_disk: bool = False) -> None:
         self.clock, self.wall = clock, wall
         # The ages of outbox entries: from the steady clock for those made by this process;
         # for older ones (and beyond MAX_BIRTHS), from their wall time as the clock read at start.
@@ -181,33 +222,86 @@ class Store:
         self._opened = (clock(), wall())
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = state_dir / FILE_NAME
-        existed = self.path.exists()
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-        if not existed:
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o600)
-        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._db.executescript(journal.SCHEMA)
+        self._legacy = state_dir / LEGACY_OUTBOX
+        for name in (FILE_NAME, *(FILE_NAME + s for s in SIDE_FILES)):
+            statedir.check_state_file(state_dir / name)  # never a link planted in the state dir
         self.journal = journal.Writer()
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._migrate_legacy(state_dir / LEGACY_OUTBOX)
         self._checkpointer: sqlite3.Connection | None = None
+        self._loop_side = False
+        self._ready = False
+        self.problem: str | None = None  # why the last write failed; cleared by the next commit
         self.stats = Stats()
         self._counts: dict[str, int] = {}
         self._aside = 0
         self._inbox = 0
-        self.refresh_stats()
-        self._data_version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
-        with contextlib.suppress(sqlite3.Error, StoreUnavailable), self._tx() as (db, _):
-            self.journal.prune(db, time.time())
+        self._data_version = 0
+        self._db = self._connect()
+        try:
+            self._prepare()
+        except sqlite3.Error as exc:
+            if not wait_for_disk:
+                self._db.close()
+                raise
+            self.problem = self._why(exc)
+            log.error("store_unavailable", error=self.problem,
+                      note="listening anyway: webhooks get 503 until the database opens; tried again at every use")
+
+    def _connect(self) -> sqlite3.Connection:
+        existed = self.path.exists()
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.chmod(self.path, 0o600)
+        return db
+
+    def _prepare(self) -> None:
+        """Pragmas, schema, migration, counts. Writes nothing to a database already at the
+        current schema (so it opens on a full disk that still holds its WAL index)."""
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout={0 if self._loop_side else BUSY_TIMEOUT_MS}")
+        if self._loop_side:
+            db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+            db.executescript(SCHEMA)
+            db.executescript(journal.SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._ready = True
+        try:
+            self._migrate_legacy(self._legacy)
+            self.refresh_stats()
+            self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        except BaseException:
+            self._ready = False
+            raise
+        with contextlib.suppress(sqlite3.Error, StoreUnavailable), self._tx() as (tx, _):
+            self.journal.prune(tx, time.time())
             # Retry times are an earlier process's steady time: one further ahead than any retry
             # is set means the wall clock was set back since. Due now, not held for the step.
-            db.execute("UPDATE outbox SET next_attempt_at = ? WHERE next_attempt_at > ?",
-                       (clock(), clock() + LONGEST_RETRY))
+            tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE next_attempt_at > ?",
+                       (self.clock(), self.clock() + LONGEST_RETRY))
+
+    def _ensure(self) -> None:
+        """Open the database now if it could not be opened before (StoreUnavailable if still not)."""
+        if self._ready:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        try:
+            self._db = self._connect()
+            self._prepare()
+        except sqlite3.Error as exc:
+            self.problem = self._why(exc)
+            raise StoreUnavailable(self.problem) from exc
+        log.info("store_opened", note="the state database could be opened again")
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
 
     def close(self) -> None:
         self._db.close()
@@ -216,23 +310,37 @@ class Store:
 
     def on_the_loop(self) -> None:
         """Used from the event loop: never wait on a lock, and leave checkpoints to ``checkpoint``."""
-        self._db.execute("PRAGMA busy_timeout=0")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._loop_side = True
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA busy_timeout=0")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def wal_size(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file (from the checkpoint thread, its own connection)."""
+        """Copy the WAL into the database file (from the checkpoint thread, its own connection).
+        Once a checkpoint is complete the next commit starts the WAL again from its beginning and
+        cuts the file back to WAL_LIMIT (``journal_size_limit``): the WAL never fills the disk."""
+        if not self._ready:
+            return
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None,
                                                  check_same_thread=False, timeout=1.0)
+            self._checkpointer.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[tuple[sqlite3.Connection, _Delta]]:
         """One write transaction; any SQLite trouble becomes StoreUnavailable."""
+        self._ensure()
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _unavailable(exc) from exc
+            raise self._failed(exc) from exc
         delta = _Delta()
         try:
             yield self._db, delta
@@ -241,14 +349,31 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise _unavailable(exc) from exc
+                raise self._failed(exc) from exc
             raise
+        self.problem = None
         if delta:
             for account, n in delta.outbox.items():
                 self._counts[account] = self._counts.get(account, 0) + n
             self._aside += delta.aside
             self._inbox += delta.inbox
             self._publish()
+
+    def _failed(self, exc: sqlite3.Error) -> StoreUnavailable:
+        error = _unavailable(exc)
+        if not isinstance(error, StoreBusy):
+            self.problem = self._why(exc)
+            error = StoreUnavailable(self.problem)
+        return error
+
+    def _why(self, exc: sqlite3.Error) -> str:
+        """The cause in words; a full disk often reaches SQLite as a 'disk I/O error'."""
+        text = _describe(exc)
+        if "full" not in text:
+            with contextlib.suppress(OSError):
+                if os.statvfs(self.path.parent).f_bavail == 0:
+                    return f"the state dir's disk is full ({exc})"
+        return text
 
     def _migrate_legacy(self, legacy: Path) -> None:
         """Version 0.1 kept the outbox in its own file: bring its rows over, once."""
@@ -295,6 +420,7 @@ class Store:
             self.journal.ignored(db, list(ignored), time.time())
         return ids
 
+    @_reads
     def undecided(self) -> list[tuple[int, Event]]:
         rows = self._db.execute("SELECT id, event FROM inbox ORDER BY id").fetchall()
         return [(int(r[0]), Event.from_dict(json.loads(r[1]))) for r in rows]
@@ -331,6 +457,7 @@ class Store:
         elif e.verb == "history_remove":
             db.executemany("DELETE FROM watched WHERE account = ? AND identity = ?", keys)
 
+    @_reads
     def recent_watched(self, since: float) -> list[tuple[str, str, float]]:
         """(account, item identity, when) of the watched stops decided since ``since``."""
         rows = self._db.execute("SELECT account, identity, at FROM watched WHERE at >= ? ORDER BY at",
@@ -368,6 +495,7 @@ class Store:
             delta.add(entry.account, 1)
             return self._insert(db, entry)
 
+    @_reads
     def heads(self, account: str, limit: int = 64) -> list[Entry]:
         """The first entry of each viewing session of an account, oldest first.
 
@@ -379,6 +507,7 @@ class Store:
             " AND p.set_aside = 0) ORDER BY o.id LIMIT ?", (account, limit)).fetchall()
         return [self._entry(r) for r in rows]
 
+    @_reads
     def get(self, entry_id: int) -> Entry | None:
         row = self._db.execute("SELECT * FROM outbox WHERE id = ?", (entry_id,)).fetchone()
         return None if row is None else self._entry(row)
@@ -436,6 +565,7 @@ class Store:
                     self.journal.follow_up(db, event_id, added, then_add.account, then_add.verb,
                                            then_add.progress, now)
 
+    @_reads
     def set_aside_entries(self) -> list[Entry]:
         rows = self._db.execute("SELECT * FROM outbox WHERE set_aside = 1 ORDER BY id").fetchall()
         return [self._entry(r) for r in rows]
@@ -524,6 +654,7 @@ class Store:
 
     # --- how Trakt knows each item (kept across restarts, bounded) ---------------------
 
+    @_reads
     def match_get(self, identity: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT form FROM matches WHERE identity = ?",
                                (safe_text(identity),)).fetchone()
@@ -601,7 +732,8 @@ class AsyncStore:
                 return fn(*args)
             except StoreBusy:
                 if loop.time() >= deadline:
-                    raise StoreUnavailable("the state database is locked by another program") from None
+                    self.store.problem = "the state database is locked by another program"
+                    raise StoreUnavailable(self.store.problem) from None
                 await asyncio.sleep(LOCK_RETRY)
 
     async def ingest(self, event: Event, on_committed: Callable[[int, Event], None]) -> int:
@@ -644,10 +776,15 @@ class AsyncStore:
             self._flushing = None
 
     async def checkpoints(self, every: float = CHECKPOINT_EVERY) -> None:
-        """Copy the WAL into the database file now and then, off the loop."""
+        """Copy the WAL into the database file every ``every`` seconds, and at once when it has
+        grown past WAL_LIMIT (a burst), off the loop."""
         loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(min(every, WAL_POLL))
+            if loop.time() - last < every and self.store.wal_size() <= WAL_LIMIT:
+                continue
+            last = loop.time()
             try:
                 await loop.run_in_executor(self._pool, self.store.checkpoint)
             except sqlite3.Error as exc:  # locked or full: the next one catches up

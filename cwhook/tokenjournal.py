@@ -7,6 +7,9 @@ a parse, a temp file and a rename). Each answer is appended as one JSON line to
 an account wins over an older one in the config file. A torn last line (a crash
 mid-write) is skipped. The file is private (0600) and kept small: when it grows
 past ``COMPACT_AT`` bytes it is rewritten with the newest pair of each account.
+It is never opened through a symbolic link nor used when another user owns it
+(``statedir.open_state_file``): tokens are neither sent to nor taken from a file
+someone else can read or write.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cwhook.configfile import fsync_dir, write_atomic
+from cwhook.statedir import open_state_file
 
 FILE_NAME = "trakt-tokens.jsonl"
 COMPACT_AT = 64 * 1024
@@ -49,7 +53,7 @@ class TokenJournal:
         line = json.dumps({"account": account, "access_token": pair.access_token,
                            "refresh_token": pair.refresh_token, "expires_at": pair.expires_at,
                            "written_at": round(time.time(), 3)}) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_state_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode("utf-8"))
             size = os.fstat(fd).st_size
@@ -61,7 +65,7 @@ class TokenJournal:
 
     def sync(self) -> None:
         """fsync the journal and its directory; compact it when it has grown."""
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = open_state_file(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
             size = os.fstat(fd).st_size
@@ -74,9 +78,11 @@ class TokenJournal:
 
     def _entries(self) -> list[tuple[str, Pair]]:
         try:
-            raw = self.path.read_bytes()
+            fd = open_state_file(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return []
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read()
         out = []
         for line in raw.splitlines():
             try:
@@ -95,6 +101,7 @@ class TokenJournal:
         return best
 
     def _compact(self) -> None:
+        os.close(open_state_file(self.path, os.O_RDONLY))  # write_atomic would keep a link target's owner
         accounts = {name for name, _ in self._entries()}
         lines = []
         for name in sorted(accounts):

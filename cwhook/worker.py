@@ -60,6 +60,9 @@ class Worker:
         self._held: dict[int, tuple[int, Event]] = {}
         self._upto = 0  # the newest inbox id taken from the queue
         self._taken: list[Item] = []  # taken from the queue, not yet decided (see run)
+        self._replayed = 0  # the newest inbox id the replay took (the queue may hold it too)
+        # Decisions made but not yet committed (a shutdown during a commit's retry keeps them).
+        self._unsaved: tuple[list[NewEntry], list[Noted]] = ([], [])
 
     # --- deciding (no I/O but the log) ------------------------------------------------
 
@@ -191,18 +194,45 @@ class Worker:
             else:
                 t, stamp = self.steady_of(times[i]), times[i]
             entries += self.entries(self.step(item, t), stamp, noted, len(entries))
-        return await self.commit(entries, self.settle(batch), once, noted)
+        self._unsaved = (entries, noted)
+        done = await self.commit(entries, self.settle(batch), once, noted)
+        if done:
+            self._unsaved = ([], [])
+        return done
 
     # --- the loop ---------------------------------------------------------------------
 
-    async def replay(self, items: list[Item]) -> None:
+    async def catch_up(self) -> None:
+        """At start, in the worker's task (the daemon already listens): replay the inbox once
+        the store can be read. While it cannot (a full disk, an unopenable file) this waits and
+        tries again; the replay's commit is retried the same way (``commit``)."""
+        delay = 0.5
+        while True:
+            try:
+                items = await self.db.call(self.db.store.undecided)
+                watched = await self.db.call(self.db.store.recent_watched, self.wall() - WATCHED_WINDOW)
+                break
+            except StoreUnavailable as exc:
+                log.error("store_unavailable", error=str(exc), retry_in_s=delay,
+                          note="the events answered 202 wait in the inbox; webhooks get 503 meanwhile")
+                await asyncio.sleep(delay)
+                delay = min(COMMIT_RETRY_MAX, delay * 2)
+        # Events committed after the read are queued too: those the replay took are skipped there.
+        self._replayed = max((seq for seq, _ in items), default=0)
+        await self.replay(items, watched)
+
+    def _fresh(self, batch: list[Item]) -> list[Item]:
+        return [item for item in batch if item[0] > self._replayed]
+
+    async def replay(self, items: list[Item], watched: list[tuple[str, str, float]] | None = None) -> None:
         """At start: events answered 202 but not finally decided go through fresh rules.
 
         Each is handled at the time it was received, so a held pause keeps its
         window; the rules' timers then catch up with the present.
         """
-        since = self.wall() - WATCHED_WINDOW
-        for account, identity, at in await self.db.call(self.db.store.recent_watched, since):
+        if watched is None:
+            watched = await self.db.call(self.db.store.recent_watched, self.wall() - WATCHED_WINDOW)
+        for account, identity, at in watched:
             self.rules_for(account).remember_watched(identity, self.steady_of(at))
         times, last = [], 0.0
         for _, event in items:
@@ -234,13 +264,14 @@ class Worker:
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             self._taken = []
-            await self.process(batch)
+            await self.process(self._fresh(batch))
 
     async def drain(self) -> None:
         """Shutdown: everything queued goes through the rules; held pauses are sent now."""
         batch, self._taken = self._taken, []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
+        batch = self._fresh(batch)
         now, stamp = self.clock(), self.wall()
         decisions: list[Routed] = []
         for item in batch:
@@ -249,6 +280,7 @@ class Worker:
         for account, rules in self._rules.items():
             decisions += [(account, d) for d in rules.flush_pending()]
         self._track(batch)
-        noted: list[Noted] = []
-        entries = self.entries(decisions, stamp, noted)
+        unsaved, unnoted = self._unsaved  # a commit the shutdown cut short: its decisions too
+        noted: list[Noted] = list(unnoted)
+        entries = [*unsaved, *self.entries(decisions, stamp, noted, len(unsaved))]
         await self.commit(entries, self.settle(batch), once=True, noted=noted)
