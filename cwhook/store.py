@@ -617,6 +617,8 @@ class Store:
 
     def notice_outside_changes(self) -> bool:
         """Another program (``cwhook outbox``) committed to the file: count again; True if so."""
+        if not self._ready:
+            return False
         version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
         changed = self._data_version != version
         self._data_version = version

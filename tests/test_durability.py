@@ -655,3 +655,88 @@ def test_a_dead_refresh_token_still_needs_auth(rig_factory: Callable[..., Rig], 
     assert "trakt_needs_auth" in d.health()["problems"]
     assert "invalid_grant" in d.health()["trakt"]["needs_auth"]
     assert d.stop() == 0
+
+PREPARE = """
+import os, sys, time
+from cwhook.event import Event, Ids
+from cwhook.store import NewEntry, Store
+
+def movie(i, at):
+    return Event(source="plex", action="stop", kind="movie", title=f"Counted Movie {i}", year=2001,
+                 ids=Ids(imdb=f"tt{9000000 + i}"), progress=95.0, duration_s=7200.0, user_name="alice",
+                 player_id="p", item_key=str(50000 + i), received_at=at)
+
+store, now = Store(__import__("pathlib").Path(sys.argv[1])), time.time()
+store.ingest([movie(i, now - 30 + i * 0.01) for i in range(0, 20)])  # answered 202, not yet decided
+for i in range(20, 30):  # decided, not yet sent
+    store.add(NewEntry("stop", movie(i, now - 20), 95.0, now - 20 + i))
+if sys.argv[2] == "crashed":
+    os._exit(0)  # like a SIGKILL: the WAL and its index stay, nothing checkpointed
+store.close()
+"""
+
+
+@pytest.mark.parametrize("left", ["crashed", "closed"])
+def test_a_full_disk_at_start_still_listens_and_replays_once_there_is_room(
+        rig_factory: Callable[..., Rig], fake: FakeTrakt, tmp_path: Path, left: str) -> None:
+    """Events answered 202 wait in the inbox (and Trakt actions in the outbox) of a state disk that
+    is full when the daemon starts: it listens anyway (503 with Retry-After, /healthz degraded with
+    store_unavailable), and once there is room the replay finishes: every item exactly once.
+    ``crashed``: the last daemon died with its WAL (reads work, writes do not); ``closed``: the
+    database cannot even be opened (no room for its WAL index)."""
+    state = tmp_path / "tmpfs-state"
+    if os.geteuid() != 0 or not _mount_tmpfs(state, "4m"):
+        pytest.skip("needs root and mount(8) for a small tmpfs (CI runs as root)")
+    try:
+        fake.add_movies(40)
+        rig = rig_factory(state_dir=state)
+        subprocess.run([sys.executable, "-c", PREPARE, str(state), left], check=True, timeout=30)
+        assert (state / "cwhook.sqlite3-wal").exists() == (left == "crashed")
+        inboxed, queued = range(0, 20), range(20, 30)
+        filler = _fill(state)
+        d = rig.start()  # wait_ready: /healthz answers, so it listens
+        health = d.health()
+        assert health["status"] == "degraded" and "store_unavailable" in health["problems"], health
+        status, body, headers = d.request("POST", f"/webhook/plextrakt?{TOKENS['plex']}", plex_stop(30),
+                                          {"Content-Type": "application/json"})
+        assert (status, body["error"]) == (503, "unavailable") and int(headers["Retry-After"]) > 0
+        assert fake.posts("/scrobble") == [] and fake.posts("/sync") == []
+        assert d.proc is not None and d.proc.poll() is None
+        filler.unlink()
+        acked = set(inboxed) | set(queued)
+        wait_for(lambda: not count(fake, acked)[0], timeout=60)
+        assert post(rig.port, plex_stop(30)) == 202  # the client's retry now succeeds
+        wait_for(lambda: not count(fake, acked | {30})[0], timeout=30)
+        assert count(fake, acked | {30}) == ([], [])
+        assert d.stop() == 0
+        assert count(fake, acked | {30}) == ([], [])
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=10)
+
+
+def test_a_deleted_lock_file_lets_no_second_daemon_deliver(rig_factory: Callable[..., Rig],
+                                                           fake: FakeTrakt) -> None:
+    """`rm -rf state/*.lock` while a daemon runs, then a second start on the same database: it
+    refuses, saying why; each stop reached Trakt once."""
+    fake.add_movies(40)
+    rig = rig_factory()
+    first = rig.start()
+    assert burst(rig.port, range(0, 20)) == dict.fromkeys(range(20), 202)
+    for lock in [*rig.state.glob("*.lock"), rig.state / "daemon.lock"]:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+    port = free_port()  # its own port and config file: only the database is shared
+    other = rig.path.with_name("second.yml")
+    other.write_text(rig.path.read_text().replace(f"port: {rig.port}", f"port: {port}"))
+    second = Daemon(other, port, env=FAST_ENV)
+    rig.daemons.append(second)
+    second.start(wait=False)
+    assert second.proc is not None and second.proc.wait(20) == 1
+    refused = [e for e in second.log_events() if e.get("event") == "already_running"]
+    assert refused and "another cwhook holds the database" in refused[0]["note"], second.logs()
+    assert burst(rig.port, range(20, 40)) == dict.fromkeys(range(20, 40), 202)
+    wait_for(lambda: not count(fake, set(range(40)))[0], timeout=30)
+    assert first.stop() == 0
+    stops = [c.body["movie"]["ids"].get("imdb") for c in fake.posts("/scrobble/stop")]
+    assert len(stops) == 40 and len(set(stops)) == 40
+    assert count(fake, set(range(40))) == ([], [])

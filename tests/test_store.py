@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from cwhook import store as store_module
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
-from cwhook.store import AsyncStore, NewEntry, Stats, Store, StoreUnavailable
+from cwhook.statedir import StateDirError
+from cwhook.store import AlreadyRunning, AsyncStore, NewEntry, Stats, Store, StoreUnavailable, lock_database
 from cwhook.trakt import TraktClient
 from tests.faketrakt import FakeTrakt
 
@@ -208,3 +210,69 @@ def test_counts_kept_in_memory_match_a_recount(tmp_path: Path) -> None:
 
     assert counts(again) == counts(kept)
     assert kept.pending > 0 and kept.set_aside > 0
+
+
+# --- the WAL stays bounded; one daemon per database; no links in the state dir ---------------------
+
+
+def _burst(store: Store, events: int = 3000) -> None:
+    title = "A long title " * 20
+    for first in range(0, events, 100):
+        store.ingest([replace(MOVIE, title=title, item_key=str(i)) for i in range(first, first + 100)])
+
+
+def test_the_wal_is_cut_back_after_a_checkpoint(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.on_the_loop()  # as in the daemon: no automatic checkpoint on the loop's connection
+    _burst(store)
+    assert store.wal_size() > store_module.WAL_LIMIT  # a burst grows it
+    store.checkpoint()
+    store.ingest([MOVIE])  # the next commit starts the WAL again, and cuts the file back
+    assert 0 < store.wal_size() <= store_module.WAL_LIMIT
+    store.close()
+
+
+async def test_a_big_wal_is_checkpointed_at_once_not_on_the_clock(tmp_path: Path) -> None:
+    db = AsyncStore(Store(tmp_path))
+    task = asyncio.create_task(db.checkpoints(every=3600.0))
+    try:
+        _burst(db.store)
+        assert db.store.wal_size() > store_module.WAL_LIMIT
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            db.store.ingest([MOVIE])
+            if db.store.wal_size() <= store_module.WAL_LIMIT:
+                break
+        assert db.store.wal_size() <= store_module.WAL_LIMIT
+    finally:
+        task.cancel()
+        db.close()
+
+
+def test_the_database_file_itself_is_the_single_instance_lock(tmp_path: Path) -> None:
+    fd = lock_database(tmp_path)
+    try:
+        for lock in tmp_path.glob("*.lock"):  # a tidy-up script changes nothing
+            lock.unlink()
+        with pytest.raises(AlreadyRunning):
+            lock_database(tmp_path)
+        Store(tmp_path).close()  # the lock never stands in SQLite's way (the CLI reads the file)
+    finally:
+        os.close(fd)
+    os.close(lock_database(tmp_path))  # free again once the holder is gone
+
+
+@pytest.mark.parametrize("name", ["cwhook.sqlite3", "cwhook.sqlite3-wal", "cwhook.sqlite3-shm"])
+def test_a_link_in_place_of_the_database_is_refused_and_its_target_untouched(tmp_path: Path, name: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / name).symlink_to(victim)
+    with pytest.raises(StateDirError, match=rf"{name} is a symbolic link \(to {victim}\); cwhook never follows"):
+        Store(state)
+    if name == "cwhook.sqlite3":
+        with pytest.raises(OSError, match="is a symbolic link"):
+            lock_database(state)
+    assert victim.read_bytes() == b"precious\n"
