@@ -133,7 +133,10 @@ def lock_database(state_dir: Path) -> int:
     the daemon runs (a lock file beside it could be deleted by a tidy-up script). flock and
     SQLite's own POSIX locks do not interact on Linux. AlreadyRunning if another holds it."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = statedir.open_state_file(state_dir / FILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = statedir.open_state_file(state_dir / FILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except statedir.UnsafeStateFile as exc:
+        raise statedir.StateDirError(str(exc)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
