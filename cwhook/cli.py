@@ -106,9 +106,10 @@ def _err(message: str) -> None:
     print(f"cwhook: {message}", file=sys.stderr)
 
 
-def _load(path: Path, settled: bool = False) -> Config | None:
+def _load(path: Path, settled: bool = False, deliberate: bool = False) -> Config | None:
     """The config, or None after printing its problems. ``settled``: a command about to
-    rewrite the file waits (up to 10 s) for a file that has stopped changing and parses."""
+    rewrite the file waits (up to 10 s) for a file that has stopped changing and parses.
+    ``deliberate``: the file as read is what the person wants (keys removed on purpose)."""
     try:
         config = load_settled(path) if settled else load_config(path)
     except ConfigError as exc:
@@ -116,7 +117,7 @@ def _load(path: Path, settled: bool = False) -> Config | None:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
-    remember(config)  # a rewrite of this file must find every section this read found
+    remember(config, deliberate)  # a rewrite of this file must find every key the last good version had
     return config
 
 
@@ -132,6 +133,10 @@ def cmd_check_config(path: Path) -> int:
         print(state)
         return EXIT_USAGE
     print("config OK")
+    removed = remember(config, deliberate=True)  # the person checked it: later rewrites start from it
+    if removed:
+        print(f"(removed since cwhook last read it whole: {', '.join(removed)}; taken as deliberate, so "
+              "rewrites by rotate-tokens, auth and the daemon no longer ask for them)")
     return 0
 
 
@@ -140,7 +145,7 @@ def cmd_run(path: Path, dry_run: bool) -> int:
     first_run = not path.exists()
     if first_run:
         create_default(path)
-    config = _load(path)
+    config = _load(path, deliberate=True)  # the daemon runs with the file as it is now
     if config is None:
         return EXIT_USAGE
     config = fill_missing_tokens(config)

@@ -7,9 +7,17 @@ fsyncs it, keeps the file's mode, owner and group and renames it over the
 original.
 
 A read is the base of a rewrite only when it is complete: it parses, has no
-duplicate keys, has every section the last good read had, and has not changed
+duplicate keys, has every key the last good version had, and has not changed
 for a second (an editor may be half-way through writing it in place). Otherwise
 the writer reads again for up to 10 s, then gives up with ConfigWriteError.
+
+The keys of the last good version are kept on disk beside the file, in
+``<file>.keys`` (key paths only, no values; owned like the file, 0600), so a
+command started while an editor pauses mid-save compares its read with the
+version before the save, not with the partial read itself. The record only
+grows by itself: a read lacking a recorded key leaves it as it is; a removal
+is taken as deliberate when the person says so by ``cwhook check-config``,
+a daemon start or SIGHUP (docs/configuration.md, "Rewrites").
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import secrets
 import socket
@@ -41,7 +50,7 @@ from cwhook.config import (
 )
 from cwhook.sources import SOURCES
 from cwhook.yamledit import Scalar, edit_yaml
-from cwhook.yamlerrors import duplicate_keys, explain_yaml_error, sections
+from cwhook.yamlerrors import duplicate_keys, explain_yaml_error
 
 NEW_FILE_MODE = 0o600
 REWRITE_WAIT = 10.0  # how long a writer waits for a complete file before giving up
@@ -51,8 +60,11 @@ SETTLED = 1.0  # a file changed less than this long ago may still be being writt
 KeyPath = tuple[str, ...]
 Stamp = tuple[int, int, int, int]
 
-# Per file (absolute path): the sections of the last good read, and the stamp of
-# our own last write (a file we wrote ourselves needs no settling time).
+RECORD_SUFFIX = ".keys"
+
+# Per file (absolute path): the key paths of the last good version (when its record
+# on disk cannot be read), and the stamp of our own last write (a file we wrote
+# ourselves needs no settling time).
 _last_good: dict[str, frozenset[KeyPath]] = {}
 _own_write: dict[str, Stamp] = {}
 
@@ -82,9 +94,91 @@ def _stamp(path: Path) -> Stamp | None:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
 
-def remember(config: Config) -> None:
-    """Record a good read of ``config.path``: later rewrites need all of its sections."""
-    _last_good[_key(config.path)] = config.sections
+def key_paths(node: yaml.Node | None, prefix: KeyPath = ()) -> frozenset[KeyPath]:
+    """Every key path of the YAML mappings in ``node`` (list items are values, not keys)."""
+    out: set[KeyPath] = set()
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                path = (*prefix, str(key_node.value))
+                out.add(path)
+                out |= key_paths(value_node, path)
+    return frozenset(out)
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def _read_record(path: Path) -> frozenset[KeyPath] | None:
+    try:
+        raw = _record_path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    keys: set[KeyPath] = set()
+    for line in raw.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            return None  # a damaged record is no record (the memory of this process still counts)
+        if isinstance(item, list) and item and all(isinstance(k, str) for k in item):
+            keys.add(tuple(item))
+    return frozenset(keys)
+
+
+def _expected(path: Path) -> frozenset[KeyPath]:
+    """The keys a base read must have: the record on disk, else what this process last saw."""
+    record = _read_record(path)
+    return record if record is not None else _last_good.get(_key(path), frozenset())
+
+
+def _save_record(path: Path, keys: frozenset[KeyPath]) -> None:
+    """Write ``<file>.keys`` (best effort: a directory we cannot write keeps the old record)."""
+    _last_good[_key(path)] = keys
+    if _read_record(path) == keys:
+        return
+    text = (f"# cwhook: the keys {path.name} had when it was last read whole. A rewrite of it (rotate-tokens,\n"
+            "# auth, token refresh) refuses a read lacking one of them; `cwhook check-config` records the\n"
+            "# file as it is now. See docs/configuration.md, \"Rewrites\".\n"
+            + "".join(json.dumps(list(k)) + "\n" for k in sorted(keys)))
+    record = _record_path(path)
+    with contextlib.suppress(OSError):
+        _write_file(record, text.encode("utf-8"), NEW_FILE_MODE)
+        owner = _owner_of(path)
+        if owner is not None and os.geteuid() == 0 and _owner_of(record) != owner:
+            os.chown(record, *owner)  # root on the service user's file: the daemon reads it too
+
+
+def remember(config: Config, deliberate: bool = False) -> list[str]:
+    """A good read of ``config.path`` (it parsed and validated): later rewrites need its keys.
+
+    The file is read again for its key paths. They replace the record when they include
+    every recorded key, or when the removal is ``deliberate`` (check-config, a daemon start,
+    SIGHUP); otherwise the record stays as it was. Returns the recorded keys a deliberate
+    read no longer has (outermost only), for the person to see.
+    """
+    path = Path(os.path.realpath(config.path))
+    try:
+        keys = key_paths(yaml.compose(path.read_bytes().decode("utf-8-sig"), Loader=yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # changed or gone since: the next good read records it
+    expected = _expected(path)
+    gone = expected - keys
+    if gone and not deliberate:
+        _last_good.setdefault(_key(path), expected)
+        return []
+    try:
+        with locked(path):
+            _save_record(path, keys)
+    except (OSError, ConfigWriteError):
+        _last_good[_key(path)] = keys
+    return _outermost(gone)
+
+
+def _outermost(gone: frozenset[KeyPath]) -> list[str]:
+    return sorted(".".join(p) for p in gone if not any(p[:n] in gone for n in range(1, len(p))))
 
 
 def _directory(path: Path) -> Path:
@@ -155,6 +249,10 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     The file keeps its mode, owner and group (a command run as root on the
     service user's file leaves it owned by that user); a new file is 0600.
     """
+    _write_file(path, data, mode)
+
+
+def _write_file(path: Path, data: bytes, mode: int | None = None) -> None:
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
@@ -238,11 +336,11 @@ def _unfit(raw: bytes, expected: frozenset[KeyPath]) -> str | None:
     if dups:
         key_path, line, first = dups[0]
         return f"{'.'.join(key_path)} is there twice (lines {first} and {line}): keep only one of them"
-    gone = sorted(expected - sections(node))
+    gone = expected - key_paths(node)
     if gone:
-        names = ", ".join(".".join(p) for p in gone if not any(p[:n] in gone for n in range(1, len(p))))
-        return (f"it lacks the sections {names} that it had at the last good read "
-                "(an editor writing it, or a truncated file?)")
+        names = _outermost(gone)
+        return (f"it lacks {', '.join(names)}, which it had when cwhook last read it whole (an editor "
+                "still writing it, or a truncated file?)")
     return None
 
 
@@ -266,7 +364,7 @@ def update_file(path: Path, changes: Mapping[KeyPath, Scalar], wait: float | Non
                                            ) from None
                 except OSError as exc:
                     raise ConfigWriteError(unreadable(path, exc)) from None
-                problem = _unfit(raw, _last_good.get(key, frozenset()))
+                problem = _unfit(raw, _expected(path))
                 if problem is None and (stamp != _stamp(path) or not _settled(key, stamp)):
                     problem = "it is being written right now"
                 if problem is None:
@@ -278,17 +376,20 @@ def update_file(path: Path, changes: Mapping[KeyPath, Scalar], wait: float | Non
                     if _stamp(path) == stamp:  # nobody wrote meanwhile
                         if data != raw:
                             write_atomic(path, data)
-                        _last_good[key] = sections(yaml.compose(edited, Loader=yaml.SafeLoader))
+                        _save_record(path, key_paths(yaml.compose(edited, Loader=yaml.SafeLoader)))
                         new_stamp = _stamp(path)
                         if new_stamp is not None:
                             _own_write[key] = new_stamp
                         return
                     problem = "it is being written right now"
                 if time.monotonic() >= deadline:
+                    fix = (f"Fix the file (`cwhook check-config -c {path}` shows its problems), then try again"
+                           if "it lacks" not in problem else
+                           f"If you removed them on purpose, run `cwhook check-config -c {path}` (it records "
+                           "the file as it is now), then run this again")
                     raise ConfigWriteError(
                         f"{path} was not rewritten, nothing was changed: {problem}. Waited "
-                        f"{REWRITE_WAIT if wait is None else wait:g} s for a complete file. Fix the file "
-                        f"(`cwhook check-config -c {path}` shows its problems), then try again")
+                        f"{REWRITE_WAIT if wait is None else wait:g} s for a complete file. {fix}")
                 time.sleep(REREAD_PAUSE)
     except OSError as exc:
         raise write_failure(path, exc) from None
@@ -331,6 +432,7 @@ def create_default(path: Path) -> None:
             if path.exists():  # somebody else created it meanwhile: keep theirs
                 return
             write_atomic(path, text.encode("utf-8"), NEW_FILE_MODE)
+            _save_record(Path(os.path.realpath(path)), key_paths(yaml.compose(text, Loader=yaml.SafeLoader)))
     except OSError as exc:
         raise write_failure(path, exc) from None
 

@@ -173,7 +173,7 @@ class Daemon:
         old = self.config
         self.config = config
         self.config_error = self._refused_words = None
-        remember(config)
+        remember(config, deliberate=reason == "SIGHUP")  # SIGHUP applies removals on purpose
         self.runtime.config = config
         self.worker.update_settings(config.scrobble)
         for name in self.accounts.sync(config):

@@ -140,7 +140,7 @@ def test_a_read_lacking_sections_is_not_the_base_of_a_rewrite(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("text", "words"), [
-    (FULL.split("state:")[0], "it lacks the sections logging, state that it had at the last good read"),
+    (FULL.split("state:")[0], "it lacks logging, state, which it had when cwhook last read it whole"),
     (FULL + " port: 1\n", "it is not valid YAML (line 16)"),
     (FULL.replace("  level: debug\n", "  level: debug\n  level: info\n"),
      "logging.level is there twice (lines 15 and 16)"),
@@ -254,3 +254,107 @@ def test_rotate_waits_for_an_editor_that_is_still_saving(tmp_path: Path) -> None
     text = path.read_text()
     assert "level: info" in text and "jellyfin-token-0123456789ab" in text
     assert "plex-token-0123456789abcdef" not in text  # rotated
+
+
+EDITOR = r"""
+import sys, time
+path, cut, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+data = open(path, "rb").read()
+level = b"level: info" if b"level: debug" in data else b"level: debug"
+data = data.replace(b"level: debug", b"@").replace(b"level: info", b"@").replace(b"@", level)
+with open(path, "r+b") as fh:  # in place, as sudoedit, nano or `cat >` do
+    fh.truncate(0)
+    fh.write(data[:cut])
+    fh.flush()
+    print(level.decode(), flush=True)  # half-way: now it pauses
+    time.sleep(pause)
+    fh.write(data[cut:])
+    fh.flush()
+"""
+
+
+def _cuts(text: str) -> list[int]:
+    """Where an editor's pause leaves a file that may still parse: at line ends, after `key: `."""
+    out, offset = [], 0
+    for line in text.splitlines(keepends=True):
+        if ": " in line:
+            out.append(offset + line.index(": ") + 2)
+        offset += len(line.encode())
+        out.append(offset)
+    return [c for c in out if 0 < c < len(text.encode())]
+
+
+@pytest.mark.slow
+def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(tmp_path: Path) -> None:
+    """An editor rewrites the file in place and pauses 1.2 s half-way (longer than the second a
+    rewrite waits for a file to settle) while `cwhook rotate-tokens` runs, in a fresh process that
+    never saw the whole file. Each round: the file ends whole, with the editor's change."""
+    import random
+
+    from cwhook.configfile import key_paths
+    from tests.conftest import config_text
+
+    rng = random.Random(4)
+    rounds = int(os.environ.get("CWHOOK_EDITOR_ROUNDS", "30"))
+    path = tmp_path / "cwhook.yml"
+    path.write_text(config_text(8999, tmp_path / "state"))
+    os.utime(path, (time.time() - 10, time.time() - 10))
+    check = subprocess.run([sys.executable, "-m", "cwhook", "check-config", "-c", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.stdout == "config OK\n", check  # as after any good read: the keys are recorded
+    whole = key_paths(yaml.compose(path.read_text()))
+    truncated, refused = [], []
+    for round_no in range(rounds):
+        cut = rng.choice(_cuts(path.read_text()))
+        editor = subprocess.Popen([sys.executable, "-c", EDITOR, str(path), str(cut), "1.2"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert editor.stdout is not None
+        level = editor.stdout.readline().strip()
+        time.sleep(rng.uniform(0.0, 0.5))
+        out = subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "plex", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60)
+        assert editor.wait(30) == 0
+        text = path.read_text()
+        try:
+            keys = key_paths(yaml.compose(text))
+        except yaml.YAMLError:
+            keys = frozenset()
+        if not keys >= whole or level not in text:
+            truncated.append((round_no, cut, text[-60:]))
+        if out.returncode != 0:
+            refused.append((round_no, out.stderr))
+        assert "Traceback" not in out.stderr
+    assert truncated == [], f"{len(truncated)} of {rounds} rounds left the file cut short: {truncated}"
+    assert refused == []  # the editor finished well within the 10 s a rewrite waits
+
+
+def test_a_fresh_process_compares_with_the_record_not_with_its_own_read(tmp_path: Path) -> None:
+    """The record of the last whole version is on disk: a process that only ever saw the partial
+    file (and remembered it) still refuses to make it the base of a rewrite."""
+    path = fresh(tmp_path)
+    remember(load_config(path), deliberate=True)
+    configfile._last_good.clear()  # a new process
+    partial = FULL[:FULL.index("client_secret")]  # parses: `client_id` is its last key
+    fresh(tmp_path, partial)
+    remember(load_config(path))  # what the command's own read found: lowers nothing
+    with pytest.raises(ConfigWriteError, match=r"it lacks logging, state, trakt.access_token, "
+                                               r"trakt.client_secret, which it had when cwhook last read it"):
+        update_file(path, {("webhooks", "plex", "token"): "new"}, wait=0.3)
+    assert path.read_text() == partial
+    record = path.with_name("cwhook.yml.keys")
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600 and "my-client" not in record.read_text()
+
+
+def test_a_removal_confirmed_by_check_config_is_rewritten(tmp_path: Path) -> None:
+    path = fresh(tmp_path)
+    remember(load_config(path), deliberate=True)
+    fresh(tmp_path, FULL.replace("logging:\n  level: debug\n", ""))  # removed on purpose
+    with pytest.raises(ConfigWriteError, match=r"If you removed them on purpose, run `cwhook check-config"):
+        update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
+    out = subprocess.run([sys.executable, "-m", "cwhook", "check-config", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("config OK\n(removed since cwhook last read it whole: logging; taken as "
+                                 "deliberate"), out
+    configfile._last_good.clear()
+    update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
+    assert yaml.safe_load(path.read_text())["trakt"]["access_token"] == "new"
