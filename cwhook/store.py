@@ -269,9 +269,9 @@ class Store:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        if int(db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
-            db.executescript(SCHEMA)
-            db.executescript(journal.SCHEMA)
+        db.executescript(SCHEMA)  # IF NOT EXISTS: writes nothing when the tables are there
+        db.executescript(journal.SCHEMA)
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._ready = True
         try:

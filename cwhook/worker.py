@@ -61,6 +61,7 @@ class Worker:
         self._upto = 0  # the newest inbox id taken from the queue
         self._taken: list[Item] = []  # taken from the queue, not yet decided (see run)
         self._replayed = 0  # the newest inbox id the replay took (the queue may hold it too)
+        self._caught_up = True  # False while ``catch_up`` has not read the inbox yet
         # Decisions made but not yet committed (a shutdown during a commit's retry keeps them).
         self._unsaved: tuple[list[NewEntry], list[Noted]] = ([], [])
 
@@ -207,6 +208,7 @@ class Worker:
         the store can be read. While it cannot (a full disk, an unopenable file) this waits and
         tries again; the replay's commit is retried the same way (``commit``)."""
         delay = 0.5
+        self._caught_up = False
         while True:
             try:
                 items = await self.db.call(self.db.store.undecided)
@@ -219,6 +221,7 @@ class Worker:
                 delay = min(COMMIT_RETRY_MAX, delay * 2)
         # Events committed after the read are queued too: those the replay took are skipped there.
         self._replayed = max((seq for seq, _ in items), default=0)
+        self._caught_up = True
         await self.replay(items, watched)
 
     def _fresh(self, batch: list[Item]) -> list[Item]:
@@ -268,6 +271,10 @@ class Worker:
 
     async def drain(self) -> None:
         """Shutdown: everything queued goes through the rules; held pauses are sent now."""
+        if not self._caught_up:
+            # The inbox was never read: deciding newer events would settle (delete) older rows
+            # nobody decided. Everything stays in the inbox for the next start.
+            return
         batch, self._taken = self._taken, []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())

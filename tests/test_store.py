@@ -15,12 +15,15 @@ from typing import Any
 import pytest
 
 from cwhook import store as store_module
+from cwhook.config import ScrobbleConfig
 from cwhook.delivery import Lane, Options
 from cwhook.event import Event, Ids
 from cwhook.health import Counters
+from cwhook.rules import Rules
 from cwhook.statedir import StateDirError
 from cwhook.store import AlreadyRunning, AsyncStore, NewEntry, Stats, Store, StoreUnavailable, lock_database
 from cwhook.trakt import TraktClient
+from cwhook.worker import Worker
 from tests.faketrakt import FakeTrakt
 
 MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
@@ -276,3 +279,60 @@ def test_a_link_in_place_of_the_database_is_refused_and_its_target_untouched(tmp
         with pytest.raises(StateDirError, match="is a symbolic link"):
             lock_database(state)
     assert victim.read_bytes() == b"precious\n"
+
+
+# --- the worker's start on a store that cannot be used yet ---------------------------------------
+
+
+class UnreadableStore(Store):
+    """An inbox that cannot be read (a full disk at start) until ``readable`` is set."""
+
+    readable = False
+
+    def undecided(self) -> list[tuple[int, Event]]:
+        if not self.readable:
+            raise StoreUnavailable("the state dir's disk is full")
+        return super().undecided()
+
+
+def _worker(store: Store) -> Worker:
+    return Worker(asyncio.Queue(), Rules(ScrobbleConfig()), AsyncStore(store), Counters(), lambda: None)
+
+
+STOP = replace(MOVIE, progress=95.0)
+
+
+async def test_a_shutdown_before_the_inbox_could_be_read_settles_nothing(tmp_path: Path) -> None:
+    """Rows from before the start, a new event committed once the disk had room: a shutdown while
+    the replay still waits for the store must not settle (delete) rows nobody decided."""
+    store = UnreadableStore(tmp_path)
+    store.readable = False
+    old = store.ingest([replace(STOP, item_key="1", ids=Ids(imdb="tt1")),
+                        replace(STOP, item_key="2", ids=Ids(imdb="tt2"))])
+    worker = _worker(store)
+    task = asyncio.create_task(worker.catch_up())
+    await asyncio.sleep(0.05)
+    [new] = store.ingest([replace(STOP, item_key="3", ids=Ids(imdb="tt3"))])
+    worker.queue.put_nowait((new, replace(STOP, item_key="3", ids=Ids(imdb="tt3"))))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await worker.drain()
+    store.readable = True
+    assert [i for i, _ in store.undecided()] == [*old, new]  # all replayed at the next start
+
+
+async def test_a_replay_that_could_not_be_committed_is_committed_by_the_shutdown(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.ingest([replace(STOP, item_key=str(i), ids=Ids(imdb=f"tt{i}")) for i in (1, 2)])
+    worker = _worker(store)
+    real = store.decide
+    store.decide = lambda *a: (_ for _ in ()).throw(StoreUnavailable("the state dir's disk is full"))  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.catch_up())  # its commit is retried: the disk is full
+    await asyncio.sleep(0.1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    store.decide = real  # type: ignore[method-assign]
+    await worker.drain()  # room again at the shutdown: the replay's decisions are committed with it
+    assert store.undecided() == []
+    rows = store._db.execute("SELECT verb, event FROM outbox ORDER BY id").fetchall()
+    assert sorted(json.loads(e)["item_key"] for v, e in rows if v == "stop") == ["1", "2"]
