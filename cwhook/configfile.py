@@ -164,10 +164,14 @@ def remember(config: Config, deliberate: bool = False) -> list[str]:
         keys = key_paths(yaml.compose(path.read_bytes().decode("utf-8-sig"), Loader=yaml.SafeLoader))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []  # changed or gone since: the next good read records it
-    expected = _expected(path)
+    record = _read_record(path)
+    expected = record if record is not None else _last_good.get(_key(path), frozenset())
     gone = expected - keys
     if gone and not deliberate:
         _last_good.setdefault(_key(path), expected)
+        return []
+    if record == keys:  # nothing to write (no lock taken: read-only commands stay read-only)
+        _last_good[_key(path)] = keys
         return []
     try:
         with locked(path):
