@@ -106,7 +106,7 @@ def _err(message: str) -> None:
     print(f"cwhook: {message}", file=sys.stderr)
 
 
-def _load(path: Path, settled: bool = False, deliberate: bool = False) -> Config | None:
+def _load(path: Path, settled: bool = False, deliberate: bool = False, create: bool = False) -> Config | None:
     """The config, or None after printing its problems. ``settled``: a command about to
     rewrite the file waits (up to 10 s) for a file that has stopped changing and parses.
     ``deliberate``: the file as read is what the person wants (keys removed on purpose)."""
@@ -117,7 +117,7 @@ def _load(path: Path, settled: bool = False, deliberate: bool = False) -> Config
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
-    remember(config, deliberate)  # a rewrite of this file must find every key the last good version had
+    remember(config, deliberate, create)  # a rewrite of this file must find every key the last good version had
     return config
 
 
@@ -145,7 +145,7 @@ def cmd_run(path: Path, dry_run: bool) -> int:
     first_run = not path.exists()
     if first_run:
         create_default(path)
-    config = _load(path, deliberate=True)  # the daemon runs with the file as it is now
+    config = _load(path, deliberate=True, create=True)  # the daemon runs with the file as it is now
     if config is None:
         return EXIT_USAGE
     config = fill_missing_tokens(config)

@@ -151,13 +151,15 @@ def _save_record(path: Path, keys: frozenset[KeyPath]) -> None:
             os.chown(record, *owner)  # root on the service user's file: the daemon reads it too
 
 
-def remember(config: Config, deliberate: bool = False) -> list[str]:
+def remember(config: Config, deliberate: bool = False, create: bool = False) -> list[str]:
     """A good read of ``config.path`` (it parsed and validated): later rewrites need its keys.
 
     The file is read again for its key paths. They replace the record when they include
     every recorded key, or when the removal is ``deliberate`` (check-config, a daemon start,
-    SIGHUP); otherwise the record stays as it was. Returns the recorded keys a deliberate
-    read no longer has (outermost only), for the person to see.
+    SIGHUP); otherwise the record stays as it was. A record is only made for a file cwhook
+    manages (``create``: the daemon's own; or by a rewrite), never beside a file a command
+    merely read. Returns the recorded keys a deliberate read no longer has (outermost only),
+    for the person to see.
     """
     path = Path(os.path.realpath(config.path))
     try:
@@ -170,9 +172,9 @@ def remember(config: Config, deliberate: bool = False) -> list[str]:
     if gone and not deliberate:
         _last_good.setdefault(_key(path), expected)
         return []
-    if record == keys:  # nothing to write (no lock taken: read-only commands stay read-only)
-        _last_good[_key(path)] = keys
-        return []
+    if record == keys or (record is None and not create):
+        _last_good[_key(path)] = keys  # nothing to write: read-only commands stay read-only
+        return _outermost(gone)
     try:
         with locked(path):
             _save_record(path, keys)

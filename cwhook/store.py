@@ -56,7 +56,7 @@ LOCK_WAIT = 2.0  # how long a call on the loop keeps retrying a locked database
 LOCK_RETRY = 0.02
 CHECKPOINT_EVERY = 2.0
 WAL_LIMIT = 1024 * 1024  # bytes: a WAL past this is checkpointed at once, and cut back to it after
-WAL_POLL = 0.25  # how often the checkpoint task looks at the WAL's size
+WAL_POLL = 0.1  # how often the checkpoint task looks at the WAL's size
 SIDE_FILES = ("-wal", "-shm", "-journal")
 GROUP_WINDOW = 0.002  # seconds a group commit waits for more events
 MAX_MATCHES = 5000
@@ -327,14 +327,19 @@ class Store:
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (from the checkpoint thread, its own connection).
         Once a checkpoint is complete the next commit starts the WAL again from its beginning and
-        cuts the file back to WAL_LIMIT (``journal_size_limit``): the WAL never fills the disk."""
+        cuts the file back to WAL_LIMIT (``journal_size_limit``); a WAL past WAL_LIMIT is copied
+        and emptied at once: the WAL never fills the disk."""
         if not self._ready:
             return
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None,
                                                  check_same_thread=False, timeout=1.0)
             self._checkpointer.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        # Under a steady stream of commits a PASSIVE checkpoint never catches up with the last
+        # frame, so the WAL would never start again: past WAL_LIMIT, a TRUNCATE checkpoint holds
+        # the writers back for the moment it takes (the loop's calls retry; busy up to 1 s here).
+        mode = "TRUNCATE" if self.wal_size() > WAL_LIMIT else "PASSIVE"
+        self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[tuple[sqlite3.Connection, _Delta]]:

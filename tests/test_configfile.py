@@ -299,9 +299,9 @@ def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(
     path = tmp_path / "cwhook.yml"
     path.write_text(config_text(8999, tmp_path / "state"))
     os.utime(path, (time.time() - 10, time.time() - 10))
-    check = subprocess.run([sys.executable, "-m", "cwhook", "check-config", "-c", str(path)],
+    first = subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "plex", "-c", str(path)],
                            capture_output=True, text=True, timeout=60)
-    assert check.stdout == "config OK\n", check  # as after any good read: the keys are recorded
+    assert first.returncode == 0, first.stderr  # a rewrite records the keys of the whole file
     whole = key_paths(yaml.compose(path.read_text()))
     truncated, refused = [], []
     for round_no in range(rounds):
@@ -332,7 +332,7 @@ def test_a_fresh_process_compares_with_the_record_not_with_its_own_read(tmp_path
     """The record of the last whole version is on disk: a process that only ever saw the partial
     file (and remembered it) still refuses to make it the base of a rewrite."""
     path = fresh(tmp_path)
-    remember(load_config(path), deliberate=True)
+    remember(load_config(path), deliberate=True, create=True)  # as a daemon start does
     configfile._last_good.clear()  # a new process
     partial = FULL[:FULL.index("client_secret")]  # parses: `client_id` is its last key
     fresh(tmp_path, partial)
@@ -345,9 +345,17 @@ def test_a_fresh_process_compares_with_the_record_not_with_its_own_read(tmp_path
     assert stat.S_IMODE(record.stat().st_mode) == 0o600 and "my-client" not in record.read_text()
 
 
+def test_a_file_a_command_only_read_gets_no_record_beside_it(tmp_path: Path) -> None:
+    path = fresh(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "cwhook", "check-config", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout == "config OK\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwhook.yml"]
+
+
 def test_a_removal_confirmed_by_check_config_is_rewritten(tmp_path: Path) -> None:
     path = fresh(tmp_path)
-    remember(load_config(path), deliberate=True)
+    remember(load_config(path), deliberate=True, create=True)  # as a daemon start does
     fresh(tmp_path, FULL.replace("logging:\n  level: debug\n", ""))  # removed on purpose
     with pytest.raises(ConfigWriteError, match=r"If you removed them on purpose, run `cwhook check-config"):
         update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)

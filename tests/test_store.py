@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +22,16 @@ from cwhook.event import Event, Ids
 from cwhook.health import Counters
 from cwhook.rules import Rules
 from cwhook.statedir import StateDirError
-from cwhook.store import AlreadyRunning, AsyncStore, NewEntry, Stats, Store, StoreUnavailable, lock_database
+from cwhook.store import (
+    AlreadyRunning,
+    AsyncStore,
+    NewEntry,
+    Stats,
+    Store,
+    StoreBusy,
+    StoreUnavailable,
+    lock_database,
+)
 from cwhook.trakt import TraktClient
 from cwhook.worker import Worker
 from tests.faketrakt import FakeTrakt
@@ -336,3 +346,27 @@ async def test_a_replay_that_could_not_be_committed_is_committed_by_the_shutdown
     assert store.undecided() == []
     rows = store._db.execute("SELECT verb, event FROM outbox ORDER BY id").fetchall()
     assert sorted(json.loads(e)["item_key"] for v, e in rows if v == "stop") == ["1", "2"]
+
+
+async def test_the_wal_stays_bounded_under_a_steady_stream_of_commits(tmp_path: Path) -> None:
+    """Commits that never pause: a PASSIVE checkpoint never reaches the last frame, so the WAL
+    would grow until the disk is full; past WAL_LIMIT the checkpoint empties it."""
+    db = AsyncStore(Store(tmp_path))
+    task = asyncio.create_task(db.checkpoints())
+    title = "A long title " * 150
+    peak = 0
+    try:
+        end = time.monotonic() + 3.0
+        n = 0
+        while time.monotonic() < end:
+            with contextlib.suppress(StoreBusy):  # the checkpoint holds the writers back a moment
+                db.store.ingest([replace(MOVIE, title=title, item_key=str(n + i)) for i in range(20)])
+            n += 20
+            peak = max(peak, db.store.wal_size())
+            await asyncio.sleep(0.002)
+        assert n * len(title) > 12 * store_module.WAL_LIMIT  # far more than the bound went through
+        assert db.store.wal_size() <= 8 * store_module.WAL_LIMIT, f"peak {peak}"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        db.close()
