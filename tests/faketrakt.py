@@ -138,6 +138,7 @@ class FakeTrakt:
         self.access_tokens: dict[str, float] = {}  # token -> expires at (unix)
         self.refresh_tokens: set[str] = set()
         self.used_refresh_tokens: set[str] = set()
+        self.issued_refresh_tokens: list[str] = []  # in the order issued
         self.token_lifetime = 86400
         self.calls: list[Call] = []
         self.histories: dict[str, list[tuple[str, float]]] = {"default": []}  # user -> (item key, watched_at)
@@ -189,6 +190,7 @@ class FakeTrakt:
         expires = int(time.time()) + (lifetime if lifetime is not None else self.token_lifetime)
         self.access_tokens[access] = expires
         self.refresh_tokens.add(refresh)
+        self.issued_refresh_tokens.append(refresh)
         return access, refresh, expires
 
     def add_movies(self, count: int, first: int = 0) -> list[Movie]:
