@@ -287,3 +287,12 @@ def test_install_commands_run_against_a_daemon_made_from_the_example(daemon_fact
         assert "Traceback" not in out.stderr
         ran += 1
     assert ran >= 3
+
+
+def test_readme_layout_names_every_module() -> None:
+    """A newcomer finds every module of the package in README's layout table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout"):]
+    missing = [p.name for p in sorted((ROOT / "cwhook").glob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and p.name not in table]
+    assert missing == [], f"README's layout table does not name {missing}"
