@@ -321,7 +321,10 @@ async def access_log(
         _count(request.app[RUNTIME], notes, seconds)
         # a body the edge dropped is counted in its bodies_short / connections_short warnings
         # (a flood of trickles would flood the log otherwise)
-        quiet = request.path in ("/healthz", "/metrics") or notes.get("detail") == DROPPED
+        # A queued webhook is logged by its decision line (docs/troubleshooting.md, "The logs"):
+        # one line per accepted event at info; its request line is at debug.
+        quiet = (request.path in ("/healthz", "/metrics") or notes.get("detail") == DROPPED
+                 or notes.get("outcome") == "queued")
         level = log.debug if quiet else log.info
         level("request", method=request.method, path=path, status=response.status,
               ms=round(seconds * 1000, 1), remote=request.remote, **notes)
