@@ -56,6 +56,10 @@ NEW_FILE_MODE = 0o600
 REWRITE_WAIT = 10.0  # how long a writer waits for a complete file before giving up
 REREAD_PAUSE = 0.2
 SETTLED = 1.0  # a file changed less than this long ago may still be being written
+# A file that does not end with a line break was most likely cut short by an editor pausing
+# mid-save (a value cut inside the last line still parses, with every key): it is taken as
+# the base of a rewrite only once it has not changed for this long.
+UNTERMINATED_SETTLED = 5.0
 
 KeyPath = tuple[str, ...]
 Stamp = tuple[int, int, int, int]
@@ -371,7 +375,7 @@ def update_file(path: Path, changes: Mapping[KeyPath, Scalar], wait: float | Non
                 except OSError as exc:
                     raise ConfigWriteError(unreadable(path, exc)) from None
                 problem = _unfit(raw, _expected(path))
-                if problem is None and (stamp != _stamp(path) or not _settled(key, stamp)):
+                if problem is None and (stamp != _stamp(path) or not _settled(key, stamp, raw)):
                     problem = "it is being written right now"
                 if problem is None:
                     has_bom = raw.startswith(b"\xef\xbb\xbf")
@@ -401,12 +405,14 @@ def update_file(path: Path, changes: Mapping[KeyPath, Scalar], wait: float | Non
         raise write_failure(path, exc) from None
 
 
-def _settled(key: str, stamp: Stamp | None) -> bool:
-    """The file has not changed for SETTLED seconds, or the last change was our own write."""
+def _settled(key: str, stamp: Stamp | None, raw: bytes = b"\n") -> bool:
+    """The file has not changed for SETTLED seconds (UNTERMINATED_SETTLED when ``raw`` does not
+    end with a line break), or the last change was our own write."""
     if stamp is None or _own_write.get(key) == stamp:
         return True
     age = time.time() - stamp[0] / 1e9
-    return age >= SETTLED or age < -SETTLED  # a clock far off: do not wait for it
+    needed = SETTLED if not raw or raw.endswith((b"\n", b"\r")) else UNTERMINATED_SETTLED
+    return age >= needed or age < -needed  # a clock far off: do not wait for it
 
 
 def load_settled(path: Path, wait: float = REWRITE_WAIT) -> Config:

@@ -274,11 +274,15 @@ with open(path, "r+b") as fh:  # in place, as sudoedit, nano or `cat >` do
 
 
 def _cuts(text: str) -> list[int]:
-    """Where an editor's pause leaves a file that may still parse: at line ends, after `key: `."""
+    """Where an editor's pause leaves a file that may still parse: at line ends, after `key: `,
+    and inside a value or a comment (a file cut there still parses, with a shorter value)."""
     out, offset = [], 0
     for line in text.splitlines(keepends=True):
         if ": " in line:
-            out.append(offset + line.index(": ") + 2)
+            start = line.index(": ") + 2
+            out.append(offset + start)
+            if len(line.rstrip("\n")) - start > 2:
+                out.append(offset + (start + len(line.rstrip("\n"))) // 2)
         offset += len(line.encode())
         out.append(offset)
     return [c for c in out if 0 < c < len(text.encode())]
@@ -304,8 +308,16 @@ def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(
     assert first.returncode == 0, first.stderr  # a rewrite records the keys of the whole file
     whole = key_paths(yaml.compose(path.read_text()))
     truncated, refused = [], []
+    def but_tokens(text: str) -> list[str]:  # the rotation changes a token line, nothing else
+        return [line for line in text.splitlines() if not line.strip().startswith("token:")]
+
     for round_no in range(rounds):
-        cut = rng.choice(_cuts(path.read_text()))
+        before = path.read_text()
+        new_level = "level: info" if "level: debug" in before else "level: debug"
+        intended = before.replace("level: debug", "@").replace("level: info", "@").replace("@", new_level)
+        cuts = _cuts(before)
+        # every other round inside the last lines: a file cut there has all its keys
+        cut = rng.choice(cuts if round_no % 2 else cuts[-5:])
         editor = subprocess.Popen([sys.executable, "-c", EDITOR, str(path), str(cut), "1.2"],
                                   stdout=subprocess.PIPE, text=True)
         assert editor.stdout is not None
@@ -319,7 +331,7 @@ def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(
             keys = key_paths(yaml.compose(text))
         except yaml.YAMLError:
             keys = frozenset()
-        if not keys >= whole or level not in text:
+        if not keys >= whole or level not in text or but_tokens(text) != but_tokens(intended):
             truncated.append((round_no, cut, text[-60:]))
         if out.returncode != 0:
             refused.append((round_no, out.stderr))
@@ -366,3 +378,22 @@ def test_a_removal_confirmed_by_check_config_is_rewritten(tmp_path: Path) -> Non
     configfile._last_good.clear()
     update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
     assert yaml.safe_load(path.read_text())["trakt"]["access_token"] == "new"
+
+
+def test_a_file_cut_inside_its_last_value_is_not_rewritten_until_it_settles(tmp_path: Path) -> None:
+    """An editor that pauses mid-save inside the last line leaves a file that parses and has
+    every key, with a value cut short and no final newline. A rewrite takes such a file only
+    once it has not changed for UNTERMINATED_SETTLED seconds; meanwhile the editor finishes."""
+    path = fresh(tmp_path)
+    remember(load_config(path), deliberate=True, create=True)
+    cut = FULL.rstrip("\n")[:-3]  # the last value cut short, as a paused editor leaves it
+    fresh(tmp_path, cut, age=1.5)  # older than the second a terminated file needs to settle
+    with pytest.raises(ConfigWriteError, match="being written right now"):
+        update_file(path, {("webhooks", "plex", "token"): "new"}, wait=0.3)
+    assert path.read_text() == cut
+    fresh(tmp_path, FULL, age=0.0)  # the editor finished its save
+    update_file(path, {("webhooks", "plex", "token"): "new"}, wait=3)
+    assert path.read_text() == FULL.replace("plex-token-0123456789abcdef", "new")
+    fresh(tmp_path, FULL.rstrip("\n"), age=configfile.UNTERMINATED_SETTLED + 1)  # a file without a
+    update_file(path, {("webhooks", "plex", "token"): "newer"}, wait=0.3)  # final newline, long still
+    assert "newer" in path.read_text()
