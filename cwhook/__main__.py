@@ -1,5 +1,5 @@
 import sys
 
-from cwhook.cli import main
+from cwhook.cli.main import main
 
 sys.exit(main())

@@ -27,11 +27,11 @@ from urllib.parse import quote_from_bytes
 
 from aiohttp import web
 
-from cwhook import edge
-from cwhook.app import Runtime, make_app
-from cwhook.config import parse_config
-from cwhook.event import Event
-from cwhook.health import Counters
+from cwhook.config.schema import parse_config
+from cwhook.ingest import edge
+from cwhook.ingest.app import Runtime, make_app
+from cwhook.kernel.event import Event
+from cwhook.status.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text
 
 PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt",

@@ -19,11 +19,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cwhook import logs
-from cwhook.app import Busy, Runtime, make_app
-from cwhook.config import parse_config
-from cwhook.event import Event
-from cwhook.health import Counters
+from cwhook.config.schema import parse_config
+from cwhook.ingest.app import Busy, Runtime, make_app
+from cwhook.kernel import logs
+from cwhook.kernel.event import Event
+from cwhook.status.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
 
 PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt"}

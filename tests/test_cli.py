@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cwhook.store import FILE_NAME
+from cwhook.state.store import FILE_NAME
 from tests.conftest import ROOT, TOKENS, config_text, free_port
 from tests.faketrakt import FakeTrakt
 

@@ -1,7 +1,7 @@
 """Wall-clock steps: a real `cwhook run` whose wall clock is set back and ahead (libfaketime),
 its monotonic clock untouched, counted per item at the fake Trakt.
 
-Debounce windows, retry delays and ages run on steady time (cwhook/clock.py); stored times
+Debounce windows, retry delays and ages run on steady time (cwhook/kernel/clock.py); stored times
 are wall times whose age is never negative, so a step in either direction, while the daemon
 runs or while it is down, neither holds nor loses an entry (docs/durability.md, "Clocks").
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from cwhook import clock as clocks
-from cwhook.store import NewEntry, Store
+from cwhook.kernel import clock as clocks
+from cwhook.state.store import NewEntry, Store
 from tests.conftest import Daemon, config_text, free_port, wait_for
 from tests.faketrakt import FakeTrakt
 from tests.test_worker import MOVIE

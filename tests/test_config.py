@@ -10,7 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook.config import (
+from cwhook.config.file import example_config_text
+from cwhook.config.schema import (
     SCHEMA,
     SERVERS,
     Config,
@@ -27,7 +28,6 @@ from cwhook.config import (
     parse_config,
     resolve_config_path,
 )
-from cwhook.configfile import example_config_text
 
 ROOT = Path(__file__).parent.parent
 
@@ -56,7 +56,7 @@ def test_top_level_example_is_the_packaged_one() -> None:
 def test_every_schema_key_is_documented_with_a_comment() -> None:
     text = example_config_text()
     lines = text.splitlines()
-    from cwhook.config import SCHEMA
+    from cwhook.config.schema import SCHEMA
 
     def keys(schema: dict, prefix: str = "") -> list[str]:
         out = []

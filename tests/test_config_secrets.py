@@ -1,6 +1,6 @@
 """No message about the config file quotes a secret's value (docs/configuration.md, "Secrets").
 
-Every class of YAML mistake cwhook/yamlerrors.py explains is made on the line of every secret
+Every class of YAML mistake cwhook/config/yamlerrors.py explains is made on the line of every secret
 key (a webhook token, client_secret, access_token, refresh_token, at the top and in an
 account), and what `check-config`, `status`, the daemon's log, /healthz and /metrics say is
 searched for any 6 characters in a row of the secret.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cwhook import cli
+from cwhook.cli import main as cli
 from tests.conftest import Daemon, wait_for
 
 SECRETS = {  # mixed case and digits, nothing a message could say by chance
@@ -181,7 +181,7 @@ def test_check_config_never_quotes_a_secret(tmp_path: Path, capsys: pytest.Captu
 
 def test_every_class_of_mistake_is_refused_somewhere() -> None:
     """The matrix is not vacuous: every mistake makes the file refused for some secret line."""
-    from cwhook.config import ConfigError, parse_config
+    from cwhook.config.schema import ConfigError, parse_config
 
     for mistake in MISTAKES:
         refused = 0
@@ -194,7 +194,7 @@ def test_every_class_of_mistake_is_refused_somewhere() -> None:
 
 
 def test_the_issues_example_masks_the_token_and_names_its_line() -> None:
-    from cwhook.config import ConfigError, parse_config
+    from cwhook.config.schema import ConfigError, parse_config
 
     text = good_text(8787, Path("/tmp/s")).replace('  access_token: "Ra3T', '   access_token: "Ra3T')
     with pytest.raises(ConfigError) as info:
@@ -285,13 +285,13 @@ def test_no_secret_in_healthz_status_or_log_when_a_reload_is_refused(
     ("api_url: https://api.trakt.tv/a/b", None, "api_url: https://api.trakt.tv/a/b"),
 ])
 def test_excerpt(code: str, owner: str | None, shown: str) -> None:
-    from cwhook.yamlerrors import excerpt
+    from cwhook.config.yamlerrors import excerpt
 
     assert excerpt(code, owner) == shown
 
 
 def test_clip_quoted_keeps_pyyaml_words_and_cuts_the_files() -> None:
-    from cwhook.yamlerrors import clip_quoted
+    from cwhook.config.yamlerrors import clip_quoted
 
     assert clip_quoted("expected <block end>, but found '<block mapping start>'") == \
         "expected <block end>, but found '<block mapping start>'"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cwhook import configfile
-from cwhook.config import load_config
-from cwhook.configfile import ConfigWriteError, remember, update_file, write_atomic, write_failure
+from cwhook.config import file as configfile
+from cwhook.config.file import ConfigWriteError, remember, update_file, write_atomic, write_failure
+from cwhook.config.schema import load_config
 
 FULL = """\
 # hand-written
@@ -295,7 +295,7 @@ def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(
     never saw the whole file. Each round: the file ends whole, with the editor's change."""
     import random
 
-    from cwhook.configfile import key_paths
+    from cwhook.config.file import key_paths
     from tests.conftest import config_text
 
     rng = random.Random(4)

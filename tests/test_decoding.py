@@ -11,8 +11,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cwhook.event import BadPayload
-from cwhook.payload import loads_object, loads_object_stdlib
+from cwhook.kernel.event import BadPayload
+from cwhook.sources.payload import loads_object, loads_object_stdlib
 from tests import fuzzkit
 from tests.conftest import FIXTURES
 

@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 
-from cwhook import clock as clocks
-from cwhook import emby, logs, plex
-from cwhook.config import TraktConfig
-from cwhook.delivery import Lane, Options
-from cwhook.event import Event, Ids
-from cwhook.health import Counters
-from cwhook.store import AsyncStore, Entry, NewEntry, Store
-from cwhook.trakt import RetryPolicy, TraktClient
-from cwhook.trakt_auth import TraktAuth
+from cwhook.config.schema import TraktConfig
+from cwhook.kernel import clock as clocks
+from cwhook.kernel import logs
+from cwhook.kernel.event import Event, Ids
+from cwhook.sources import emby, plex
+from cwhook.state.store import AsyncStore, Entry, NewEntry, Store
+from cwhook.status.health import Counters
+from cwhook.trakt.auth import TraktAuth
+from cwhook.trakt.client import RetryPolicy, TraktClient
+from cwhook.trakt.delivery import Lane, Options
 from tests.conftest import fixture_bytes
 from tests.faketrakt import FakeTrakt
 
@@ -267,9 +268,9 @@ async def test_episode_by_ids_then_show_then_search(rig: Rig, fake_trakt: FakeTr
 
 
 def test_match_memory_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cwhook.store
+    import cwhook.state.store
 
-    monkeypatch.setattr(cwhook.store, "MAX_MATCHES", 3)
+    monkeypatch.setattr(cwhook.state.store, "MAX_MATCHES", 3)
     outbox = Store(tmp_path)
     for i in range(5):
         outbox.match_put(f"movie|imdb=tt{i}", {"movie": {"ids": {"trakt": i}}}, float(i))

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from cwhook.event import Event, Ids
-from cwhook.store import NewEntry, Store
+from cwhook.kernel.event import Event, Ids
+from cwhook.state.store import NewEntry, Store
 from tests.conftest import TOKENS, Daemon, config_text, free_port, wait_for
 from tests.faketrakt import FakeTrakt, Fault
 
@@ -672,8 +672,8 @@ def test_a_dead_refresh_token_still_needs_auth(rig_factory: Callable[..., Rig], 
 
 PREPARE = """
 import os, sys, time
-from cwhook.event import Event, Ids
-from cwhook.store import NewEntry, Store
+from cwhook.kernel.event import Event, Ids
+from cwhook.state.store import NewEntry, Store
 
 def movie(i, at):
     return Event(source="plex", action="stop", kind="movie", title=f"Counted Movie {i}", year=2001,

@@ -241,7 +241,7 @@ def test_failed_refresh_shows_in_healthz(daemon_factory: Callable[..., Daemon],
     time.sleep(1)
     assert len(fake_trakt.posts("/oauth/token")) == 1  # no hammering
     # `cwhook auth` (here: its result) writes a new pair; the daemon resumes within seconds
-    from cwhook.configfile import update_file
+    from cwhook.config.file import update_file
 
     access, refresh, expires = fake_trakt.issue_tokens()
     update_file(d.config_path, {("trakt", "access_token"): access, ("trakt", "refresh_token"): refresh,

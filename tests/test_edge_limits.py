@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from aiohttp.streams import StreamReader
 
-from cwhook import edge, logs
+from cwhook.ingest import edge
+from cwhook.kernel import logs
 from tests import fuzzkit
 from tests.conftest import TOKENS, fixture_bytes
 
@@ -427,7 +428,7 @@ async def test_every_header_cwhook_reads_refuses_hostile_values_in_json(sink: io
 
 
 def test_the_private_state_the_body_budget_uses_is_still_there() -> None:
-    """cwhook.edge reads and writes a few private attributes of aiohttp's StreamReader and of
+    """cwhook.ingest.edge reads and writes a few private attributes of aiohttp's StreamReader and of
     asyncio's socket transport (kept together in edge.py): fail here, not silently, if they move."""
     loop = asyncio.new_event_loop()
     try:
@@ -452,6 +453,6 @@ def test_the_private_state_the_body_budget_uses_is_still_there() -> None:
 
 
 def test_the_test_request_header_is_screened_like_the_others() -> None:
-    from cwhook import preview
+    from cwhook.scrobble import preview
 
     assert preview.HEADER in edge.READ_HEADERS

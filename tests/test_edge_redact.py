@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from cwhook import logs, redact
+from cwhook.kernel import logs, redact
 
 TOKEN = "AbCdEf0123456789_-xYz9876543210qwertyUIOP12"
 
@@ -86,8 +86,8 @@ def test_standard_library_records_are_redacted_tracebacks_included() -> None:
 def test_the_live_secrets_include_every_account_and_webhook() -> None:
     from pathlib import Path
 
-    from cwhook.app import _secrets
-    from cwhook.config import parse_config
+    from cwhook.config.schema import parse_config
+    from cwhook.ingest.app import _secrets
 
     text = ("webhooks:\n  plex:\n    token: plextok-1234567890ab\ntrakt:\n  client_secret: csecret-1\n"
             "  access_token: main-access\n  accounts:\n    anna:\n      users: ['plex:anna']\n"

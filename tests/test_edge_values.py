@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook import emby, jellyfin, plex
-from cwhook.event import BadPayload, Event, Ignored, normalize_imdb, normalize_numeric_id
-from cwhook.multipart import PartScanner
-from cwhook.payload import as_float, as_int, as_str, loads_object, safe_text
-from cwhook.rules import MAX_NAMES, Rules
+from cwhook.ingest.multipart import PartScanner
+from cwhook.kernel.event import BadPayload, Event, Ignored, normalize_imdb, normalize_numeric_id
+from cwhook.scrobble.rules import MAX_NAMES, Rules
+from cwhook.sources import emby, jellyfin, plex
+from cwhook.sources.payload import as_float, as_int, as_str, loads_object, safe_text
 from tests import fuzzkit
 from tests.conftest import fixture_json
 
@@ -143,7 +143,7 @@ def test_multipart_scanner_reports_what_it_holds() -> None:
 
 
 def test_watched_list_is_bounded() -> None:
-    from cwhook.config import ScrobbleConfig
+    from cwhook.config.schema import ScrobbleConfig
 
     rules = Rules(ScrobbleConfig(), max_sessions=50)
     base = fixture_json("plex_media.scrobble_movie.json")

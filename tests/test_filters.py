@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from cwhook.config import WebhookConfig
-from cwhook.event import Event
-from cwhook.filters import check
+from cwhook.config.schema import WebhookConfig
+from cwhook.ingest.filters import check
+from cwhook.kernel.event import Event
 
 PLEX = Event(source="plex", action="start", kind="movie", title="x", user_name="Dr. Alice O'Neil",
              user_id="31646104", user_uuid="abcDEF123", server_id="Srv-UUID-1")

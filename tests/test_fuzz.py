@@ -15,7 +15,8 @@ import json
 import os
 import time
 
-from cwhook import edge, logs
+from cwhook.ingest import edge
+from cwhook.kernel import logs
 from tests import fuzzkit
 
 PER_ENDPOINT = int(os.environ.get("CWHOOK_FUZZ_PER_ENDPOINT", "7000"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cwhook.health import OUTBOX_AGING, Counters, problems
+from cwhook.status.health import OUTBOX_AGING, Counters, problems
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [

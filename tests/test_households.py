@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from cwhook.config import ConfigError, ScrobbleConfig, parse_config
-from cwhook.event import Event, Ids
-from cwhook.health import Counters
-from cwhook.routing import pattern_matches, route
-from cwhook.rules import Rules
-from cwhook.store import AsyncStore, Store
-from cwhook.worker import Worker
+from cwhook.config.schema import ConfigError, ScrobbleConfig, parse_config
+from cwhook.ingest.routing import pattern_matches, route
+from cwhook.kernel.event import Event, Ids
+from cwhook.scrobble.rules import Rules
+from cwhook.scrobble.worker import Worker
+from cwhook.state.store import AsyncStore, Store
+from cwhook.status.health import Counters
 from tests.conftest import TOKENS, Daemon, free_port, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -364,8 +364,8 @@ def test_auth_account_adds_the_account_through_the_device_flow(tmp_path: Path, f
 
 
 def test_accounts_lists_pending_per_account_and_removed_ones(tmp_path: Path) -> None:
-    from cwhook.accountlist import accounts_text
-    from cwhook.store import NewEntry
+    from cwhook.cli.accounts import accounts_text
+    from cwhook.state.store import NewEntry
 
     cfg = parse_config(f"trakt:\n  access_token: a\n  expires_at: {int(time.time()) + 7200}\n"
                        "  accounts:\n    anna:\n      users: ['plex:Anna']\n"

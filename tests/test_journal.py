@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from cwhook import journal, recent
-from cwhook.event import Event, Ids
-from cwhook.journal import Arrived, IgnoredRow, Noted, Result
-from cwhook.store import FILE_NAME, NewEntry, Store
+from cwhook.cli import recent
+from cwhook.kernel.event import Event, Ids
+from cwhook.state import journal
+from cwhook.state.journal import Arrived, IgnoredRow, Noted, Result
+from cwhook.state.store import FILE_NAME, NewEntry, Store
 from tests.conftest import Daemon, fixture_json, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -216,7 +217,7 @@ def test_a_file_of_the_previous_version_gets_a_journal(tmp_path: Path) -> None:
 def test_no_journal_yet(tmp_path: Path) -> None:
     from io import StringIO
 
-    from cwhook.config import parse_config
+    from cwhook.config.schema import parse_config
 
     config = parse_config(f"state:\n  dir: {tmp_path / 'nothing'}\n", tmp_path / "c.yml")
     out, err = StringIO(), StringIO()
@@ -331,7 +332,7 @@ def test_recent_usage_errors(tmp_path: Path) -> None:
 
 
 def test_every_reason_and_state_a_line_shows_is_explained() -> None:
-    from cwhook.rules import REASONS
+    from cwhook.scrobble.rules import REASONS
     from tests.conftest import ROOT
 
     doc = (ROOT / "docs" / "troubleshooting.md").read_text()
@@ -348,11 +349,11 @@ async def test_the_worker_journals_a_held_pause_to_its_end(tmp_path: Path) -> No
     """A pause held by the debounce, replayed after a crash, then sent at shutdown: one line."""
     import asyncio
 
-    from cwhook.config import ScrobbleConfig
-    from cwhook.health import Counters
-    from cwhook.rules import Rules
-    from cwhook.store import AsyncStore
-    from cwhook.worker import Worker
+    from cwhook.config.schema import ScrobbleConfig
+    from cwhook.scrobble.rules import Rules
+    from cwhook.scrobble.worker import Worker
+    from cwhook.state.store import AsyncStore
+    from cwhook.status.health import Counters
 
     def worker(store: Store) -> Worker:
         return Worker(asyncio.Queue(), Rules(ScrobbleConfig(pause_debounce_seconds=60)), AsyncStore(store),

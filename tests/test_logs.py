@@ -9,7 +9,7 @@ from typing import TextIO
 
 import pytest
 
-from cwhook import logs
+from cwhook.kernel import logs
 
 
 class Tty(io.StringIO):

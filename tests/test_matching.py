@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from cwhook import emby, jellyfin, plex
-from cwhook.config import ScrobbleConfig
-from cwhook.delivery import Lane, Options
-from cwhook.event import Event, Ignored
-from cwhook.health import Counters
-from cwhook.rules import Decision, Rules
-from cwhook.store import AsyncStore, NewEntry, Store
-from cwhook.trakt import NotFound, RetryPolicy, TraktClient
+from cwhook.config.schema import ScrobbleConfig
+from cwhook.kernel.event import Event, Ignored
+from cwhook.scrobble.rules import Decision, Rules
+from cwhook.sources import emby, jellyfin, plex
+from cwhook.state.store import AsyncStore, NewEntry, Store
+from cwhook.status.health import Counters
+from cwhook.trakt.client import NotFound, RetryPolicy, TraktClient
+from cwhook.trakt.delivery import Lane, Options
 from tests.conftest import fixture_json
 from tests.faketrakt import FakeTrakt
 

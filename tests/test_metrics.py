@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from cwhook import metrics, status
-from cwhook.app import Runtime, make_app
-from cwhook.config import parse_config
-from cwhook.event import Event
-from cwhook.health import Counters
-from cwhook.rules import REASONS
-from cwhook.store import Stats
+from cwhook.config.schema import parse_config
+from cwhook.ingest.app import Runtime, make_app
+from cwhook.kernel.event import Event
+from cwhook.scrobble.rules import REASONS
+from cwhook.state.store import Stats
+from cwhook.status import metrics
+from cwhook.status import snapshot as status
+from cwhook.status.health import Counters
 from tests.conftest import TOKENS, Daemon, config_text, fixture_json, wait_for
 from tests.faketrakt import FakeTrakt
 

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook.event import BadPayload
-from cwhook.multipart import PartScanner, boundary_of, part_name
+from cwhook.ingest.multipart import PartScanner, boundary_of, part_name
+from cwhook.kernel.event import BadPayload
 
 CT = "multipart/form-data; boundary=----b0undary"
 PAYLOAD = b'{"event": "media.play", "x": "--not-a-boundary\\r\\n"}'

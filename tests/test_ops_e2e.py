@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cwhook import daemon as daemon_module
+from cwhook.service import daemon as daemon_module
 from tests.conftest import Daemon, config_text, free_port, wait_for
 from tests.faketrakt import FakeTrakt
 from tests.test_cli import AS_NOBODY, NOBODY, needs_nobody, shared_dir  # noqa: F401 - shared_dir is a fixture

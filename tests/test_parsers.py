@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from cwhook import emby, jellyfin, plex, tautulli
-from cwhook.event import BadPayload, Event, Ids, Ignored
-from cwhook.plex import HamaGuid, parse_hama_guid, parse_legacy_guid
+from cwhook.kernel.event import BadPayload, Event, Ids, Ignored
+from cwhook.sources import emby, jellyfin, plex, tautulli
+from cwhook.sources.plex import HamaGuid, parse_hama_guid, parse_legacy_guid
 from tests.conftest import fixture_bytes, fixture_json
 
 PARSERS = {"plex": plex.parse, "jellyfin": jellyfin.parse, "emby": emby.parse, "tautulli": tautulli.parse}

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook.config import ScrobbleConfig
-from cwhook.event import Event, Ids
-from cwhook.rules import Decision, Rules
+from cwhook.config.schema import ScrobbleConfig
+from cwhook.kernel.event import Event, Ids
+from cwhook.scrobble.rules import Decision, Rules
 
 MOVIE = Event(source="plex", action="start", kind="movie", title="Guardians of the Galaxy", year=2014,
               ids=Ids(imdb="tt2015381"), user_name="alice", user_id="1", player_id="tv",
@@ -641,7 +641,7 @@ def test_each_episode_watched_once_and_never_paused_after(
 def test_every_registry_is_bounded_by_count_and_long_keys_by_size() -> None:
     """Distinct sessions, items, ratings and marks beyond the bound: the oldest are forgotten,
     each registry stays at ``max_sessions`` entries, and no kept key is longer than ``MAX_KEY``."""
-    from cwhook.rules import MAX_KEY, MAX_NAMES
+    from cwhook.scrobble.rules import MAX_KEY, MAX_NAMES
 
     rules = Rules(ScrobbleConfig(sync_manual_marks=True, pause_debounce_seconds=0), max_sessions=20)
     base = Event(source="jellyfin", action="stop", kind="movie", title="T", user_name="u", player_id="p",
@@ -656,7 +656,7 @@ def test_every_registry_is_bounded_by_count_and_long_keys_by_size() -> None:
         now += 0.5  # all within the time windows: only the count bound can hold them
     assert 0 < len(rules._sessions) <= 20
     for registry in (rules._sessions, rules._watched, rules._ratings, rules._marks):
-        assert 0 < len(registry) <= 20 * MAX_NAMES  # (a few names per item: cwhook.items)
+        assert 0 < len(registry) <= 20 * MAX_NAMES  # (a few names per item: cwhook.kernel.items)
         assert max(len(k) for k in registry) <= MAX_KEY
     # the newest are the ones kept, and a long key still finds its own entry
     newest = replace(base, title="Movie 399 " + "x" * 5000, item_key="Movie 399 " + "x" * 5000)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cwhook.statedir import StateDirError, UnsafeStateFile, ensure_private_dir
-from cwhook.tokenjournal import Pair, TokenJournal
+from cwhook.state.tokenjournal import Pair, TokenJournal
+from cwhook.system.statedir import StateDirError, UnsafeStateFile, ensure_private_dir
 from tests.conftest import Daemon, config_text
 
 NOBODY = 65534

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cwhook import status
-from cwhook.health import OUTBOX_AGING, Counters
-from cwhook.statuscmd import healthz_url
-from cwhook.store import Stats
+from cwhook.cli.status import healthz_url
+from cwhook.state.store import Stats
+from cwhook.status import snapshot as status
+from cwhook.status.health import OUTBOX_AGING, Counters
 from tests.conftest import Daemon, config_text, free_port
 from tests.faketrakt import FakeTrakt
 
@@ -276,7 +276,7 @@ def test_status_on_a_broken_file_still_asks_the_daemon(daemon_factory: Callable[
 
 
 def test_address_from_a_broken_file(tmp_path: Path) -> None:
-    from cwhook.statuscmd import address
+    from cwhook.cli.status import address
 
     path = tmp_path / "c.yml"
     for text, expected in [

@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 
-from cwhook import store as store_module
-from cwhook.config import ScrobbleConfig
-from cwhook.delivery import Lane, Options
-from cwhook.event import Event, Ids
-from cwhook.health import Counters
-from cwhook.rules import Rules
-from cwhook.statedir import StateDirError
-from cwhook.store import (
+from cwhook.config.schema import ScrobbleConfig
+from cwhook.kernel.event import Event, Ids
+from cwhook.scrobble.rules import Rules
+from cwhook.scrobble.worker import Worker
+from cwhook.state import store as store_module
+from cwhook.state.store import (
     AlreadyRunning,
     AsyncStore,
     NewEntry,
@@ -32,8 +30,10 @@ from cwhook.store import (
     StoreUnavailable,
     lock_database,
 )
-from cwhook.trakt import TraktClient
-from cwhook.worker import Worker
+from cwhook.status.health import Counters
+from cwhook.system.statedir import StateDirError
+from cwhook.trakt.client import TraktClient
+from cwhook.trakt.delivery import Lane, Options
 from tests.faketrakt import FakeTrakt
 
 MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
@@ -165,7 +165,7 @@ async def test_lane_delivers_other_sessions_while_one_is_deferred(tmp_path: Path
 
 async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, fake_trakt: FakeTrakt,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import cwhook.delivery
+    import cwhook.trakt.delivery
 
     access, _, _ = fake_trakt.issue_tokens()
     store = Store(tmp_path)
@@ -174,17 +174,17 @@ async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, 
     counters = Counters()
     lane = Lane("default", client, db, counters, lambda: Options(), lambda: None)
     store.add(NewEntry("stop", MOVIE, 95, time.time()))
-    real = cwhook.delivery.tb.scrobble_body
+    real = cwhook.trakt.delivery.tb.scrobble_body
 
     def broken(*args: Any) -> Any:
         raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
 
-    monkeypatch.setattr(cwhook.delivery.tb, "scrobble_body", broken)
+    monkeypatch.setattr(cwhook.trakt.delivery.tb, "scrobble_body", broken)
     for _ in range(3):
         entry = store.heads("default")[0]
         await lane.deliver_one(entry)
     assert store.heads("default") == [] and store.stats.set_aside == 1 and counters.failed == 1
-    monkeypatch.setattr(cwhook.delivery.tb, "scrobble_body", real)
+    monkeypatch.setattr(cwhook.trakt.delivery.tb, "scrobble_body", real)
     await client.close()
     db.close()
     assert os.path.exists(tmp_path / "cwhook.sqlite3")

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from cwhook import filters, items, routing, tautulli
-from cwhook.config import ScrobbleConfig, WebhookConfig, pattern_problem
-from cwhook.event import Event, Ids, Ignored
-from cwhook.rules import Rules
+from cwhook.config.schema import ScrobbleConfig, WebhookConfig, pattern_problem
+from cwhook.ingest import filters, routing
+from cwhook.kernel import items
+from cwhook.kernel.event import Event, Ids, Ignored
+from cwhook.scrobble.rules import Rules
+from cwhook.sources import tautulli
 from tests.conftest import Daemon, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -200,7 +202,7 @@ def test_plex_episode_with_three_ids_and_a_jellyfin_stop_naming_two_are_one_item
 
 
 def test_the_watched_table_keeps_every_name_across_a_restart(tmp_path: Path) -> None:
-    from cwhook.store import NewEntry, Store
+    from cwhook.state.store import NewEntry, Store
 
     store = Store(tmp_path)
     store.decide([NewEntry("stop", replace(PLEX_EPISODE, action="stop", progress=97.0), 97.0, 1000.0)], 0)
@@ -313,9 +315,9 @@ def test_same_viewing_from_plex_webhooks_and_tautulli_is_one_play(
 
 
 def test_the_source_registry_agrees_with_the_schema_and_the_curl_examples() -> None:
-    from cwhook.config import SCHEMA
-    from cwhook.configfile import CURL_EXAMPLES
-    from cwhook.sources import SOURCES
+    from cwhook.config.file import CURL_EXAMPLES
+    from cwhook.config.schema import SCHEMA
+    from cwhook.sources.registry import SOURCES
 
     assert list(SCHEMA["webhooks"]) == list(SOURCES) == list(CURL_EXAMPLES)
     assert SOURCES["tautulli"].path == "/webhook/tautullitrakt"

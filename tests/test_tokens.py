@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import cwhook.trakt_auth
-from cwhook.config import TraktConfig, load_config
-from cwhook.tokenjournal import COMPACT_AT, Pair, TokenJournal
-from cwhook.trakt_auth import TraktAuth
+import cwhook.trakt.auth
+from cwhook.config.schema import TraktConfig, load_config
+from cwhook.state.tokenjournal import COMPACT_AT, Pair, TokenJournal
+from cwhook.trakt.auth import TraktAuth
 from tests.faketrakt import FakeTrakt, Fault
 
 CONFIG = """# my trakt
@@ -82,12 +82,12 @@ async def test_refreshed_pair_that_cannot_be_saved_survives_reloads_and_is_saved
     journal = TokenJournal(tmp_path / "state")
     (tmp_path / "state").mkdir()
     auth = TraktAuth(path, load_config(path).trakt, journal=journal)
-    real = cwhook.trakt_auth.update_file
+    real = cwhook.trakt.auth.update_file
 
     def read_only(*args: Any) -> None:
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
-    monkeypatch.setattr(cwhook.trakt_auth, "update_file", read_only)
+    monkeypatch.setattr(cwhook.trakt.auth, "update_file", read_only)
     assert await auth.refresh(access)
     new_access = auth.tokens()[1]
     assert new_access != access and auth.unsaved is not None
@@ -96,7 +96,7 @@ async def test_refreshed_pair_that_cannot_be_saved_survives_reloads_and_is_saved
     auth.update_from_config(load_config(path).trakt)
     assert auth.tokens()[1] == new_access and auth.unsaved is not None
     # the directory is writable again: the minute's retry saves it
-    monkeypatch.setattr(cwhook.trakt_auth, "update_file", real)
+    monkeypatch.setattr(cwhook.trakt.auth, "update_file", real)
     assert await auth.save_pending()
     assert auth.unsaved is None and load_config(path).trakt.access_token == new_access
 
@@ -130,7 +130,7 @@ def test_reload_takes_a_newer_pair_from_the_file(tmp_path: Path) -> None:
 async def test_only_a_dead_refresh_token_needs_auth(tmp_path: Path, fake_trakt: FakeTrakt,
                                                     fault: Fault | None, dead: bool,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cwhook.trakt_auth, "RETRY_FIRST", 0.2)
+    monkeypatch.setattr(cwhook.trakt.auth, "RETRY_FIRST", 0.2)
     access, refresh, expires = fake_trakt.issue_tokens(lifetime=-10)
     if fault is None:
         fake_trakt.refresh_tokens.clear()

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from cwhook import plex
-from cwhook import trakt_bodies as tb
-from cwhook.event import Event, Ids
+from cwhook.kernel.event import Event, Ids
+from cwhook.sources import plex
+from cwhook.trakt import bodies as tb
 from tests.conftest import FIXTURES, fixture_bytes
 
 MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
@@ -192,7 +192,7 @@ def test_forms_from_a_show_search() -> None:
 
 
 def test_only_trakts_documented_answers_count_as_success() -> None:
-    from cwhook.trakt_bodies import answer_ok
+    from cwhook.trakt.bodies import answer_ok
 
     scrobbled = {"id": 3373536622, "action": "scrobble", "progress": 99.9,
                  "movie": {"title": "Guardians of the Galaxy", "ids": {"trakt": 28}}}

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cwhook import __version__, status
-from cwhook.config import parse_config
-from cwhook.sources import SOURCES
+from cwhook import __version__
+from cwhook.config.schema import parse_config
+from cwhook.sources.registry import SOURCES
+from cwhook.status import snapshot as status
 from tests.conftest import ROOT, TOKENS, Daemon, config_text, fixture_json, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -150,9 +151,9 @@ def test_aiohttps_own_answers_are_json_with_their_headers(daemon_factory: Callab
 
 
 def test_every_webhook_outcome_is_a_metrics_series() -> None:
-    from cwhook.metrics import OUTCOMES
+    from cwhook.status.metrics import OUTCOMES
 
-    source = (ROOT / "cwhook" / "app.py").read_text()
+    source = (ROOT / "cwhook" / "ingest" / "app.py").read_text()
     given = set(re.findall(r'outcome"\] = "(\w+)"', source)) | set(re.findall(r'outcome="(\w+)"', source))
     assert "body_timeout" in given and "test" in given
     assert given <= set(OUTCOMES), given - set(OUTCOMES)
@@ -206,9 +207,10 @@ def test_the_try_it_lines_run_as_tests_against_a_daemon(daemon_factory: Callable
 
 
 def test_recent_lines_name_the_default_account_and_say_retrying_plainly(tmp_path: Path) -> None:
-    from cwhook import journal, recent
-    from cwhook.journal import Arrived, Noted, Result
-    from cwhook.store import NewEntry, Store
+    from cwhook.cli import recent
+    from cwhook.state import journal
+    from cwhook.state.journal import Arrived, Noted, Result
+    from cwhook.state.store import NewEntry, Store
     from tests.test_journal import MOVIE, decide
 
     store = Store(tmp_path)
@@ -265,7 +267,7 @@ def test_hostile_titles_and_names_are_escaped_in_recent(daemon_factory: Callable
 
 
 def test_status_and_accounts_escape_what_the_daemon_and_the_file_say(tmp_path: Path) -> None:
-    from cwhook.accountlist import accounts_text
+    from cwhook.cli.accounts import accounts_text
 
     s = status.from_healthz({"status": "degraded", "problems": ["trakt_unreachable"],
                              "accounts": {"default": {"authorized": True, "last_error": HOSTILE,
@@ -283,7 +285,7 @@ def test_status_and_accounts_escape_what_the_daemon_and_the_file_say(tmp_path: P
 
 
 def test_accounts_and_status_write_durations_alike(tmp_path: Path) -> None:
-    from cwhook.accountlist import accounts_text
+    from cwhook.cli.accounts import accounts_text
 
     now = float(int(time.time()))
     for seconds, shown in ((86280, "23h 58m"), (590400, "6d 20h"), (7200, "2h 00m")):
@@ -297,8 +299,8 @@ def test_accounts_and_status_write_durations_alike(tmp_path: Path) -> None:
 
 
 def test_hints_name_the_config_file_unless_it_is_the_default(tmp_path: Path) -> None:
-    from cwhook.accountlist import accounts_text
-    from cwhook.trakt_auth import TraktAuth
+    from cwhook.cli.accounts import accounts_text
+    from cwhook.trakt.auth import TraktAuth
 
     path = tmp_path / "my config.yml"
     cfg = parse_config('trakt:\n  accounts:\n    anna:\n      users: ["plex:Anna"]\n'
@@ -316,7 +318,7 @@ def test_hints_name_the_config_file_unless_it_is_the_default(tmp_path: Path) -> 
         "cwhook auth --account anna -c /etc/cwhook/cwhook.yml")
     # The default file needs no -c.
     assert TraktAuth(Path("cwhook.yml"), cfg.trakt).auth_command == "cwhook auth"
-    from cwhook import recent
+    from cwhook.cli import recent
 
     (tmp_path / "db").write_bytes(b"")
     told = recent._problem(tmp_path / "db", PermissionError(13, "denied"), Path("/etc/cwhook/cwhook.yml"))

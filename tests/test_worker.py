@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from cwhook.config import ScrobbleConfig, parse_config
-from cwhook.daemon import Daemon
-from cwhook.event import Event, Ids
-from cwhook.health import Counters
-from cwhook.rules import Decision, Rules
-from cwhook.store import AsyncStore, Store, StoreUnavailable
-from cwhook.worker import Item, Worker
+from cwhook.config.schema import ScrobbleConfig, parse_config
+from cwhook.kernel.event import Event, Ids
+from cwhook.scrobble.rules import Decision, Rules
+from cwhook.scrobble.worker import Item, Worker
+from cwhook.service.daemon import Daemon
+from cwhook.state.store import AsyncStore, Store, StoreUnavailable
+from cwhook.status.health import Counters
 from tests.conftest import config_text, free_port
 
 MOVIE = Event(source="plex", action="start", kind="movie", title="X", ids=Ids(imdb="tt1"), user_name="a",

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook.configfile import create_default, update_file, write_atomic
-from cwhook.yamledit import YamlEditError, edit_yaml, format_scalar
+from cwhook.config.file import create_default, update_file, write_atomic
+from cwhook.config.yamledit import YamlEditError, edit_yaml, format_scalar
 
 UGLY = """\
 # cwhook config, hand-written

@@ -1,0 +1,168 @@
+"""structlog set-up: readable console lines on a TTY, JSON lines otherwise (journald).
+
+JSON is written as UTF-8 (titles stay readable, no ``\\u`` escapes). Under systemd
+(``JOURNAL_STREAM`` names our stderr) every line starts with its syslog priority
+(``<3>`` error ... ``<7>`` debug), so ``journalctl -p err`` works.
+The standard library's records (aiohttp, asyncio) go through the same chain.
+
+The chain, in order: ``_pre_chain()`` (context, level, time, exceptions), then
+``EXTRA_PROCESSORS`` (hooks that see every event dict of both sources, e.g.
+redaction), then the renderer, then the priority prefix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from cwhook.kernel import redact
+from cwhook.kernel.termtext import visible
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+# Syslog priorities by structlog method name / stdlib level name.
+PRIORITY = {"critical": 2, "fatal": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4,
+            "notice": 5, "info": 6, "debug": 7}
+
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+# Processors run on every event dict (ours and the standard library's) just before
+# rendering. Append to this list (then call configure()) to add one.
+EXTRA_PROCESSORS: list[Processor] = [redact.structlog_processor]  # no secret in any line
+
+
+class _Stderr:
+    """Writes each line to whatever sys.stderr is at that moment (tests swap it)."""
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")  # stderr is line-buffered: one write, one line
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_factory(*_: Any) -> _Stderr:
+    return _Stderr()
+
+
+def under_journald(out: TextIO) -> bool:
+    """systemd connected this output to the journal.
+
+    As systemd.exec(5) asks, JOURNAL_STREAM (``device:inode``) is compared with the
+    stream itself: a program started from a service inherits the variable while
+    its output may go elsewhere (a terminal, a file, a pipe).
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(out.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False  # not a real file (tests' StringIO)
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
+def _syslog_prefix(_: Any, method_name: str, rendered: Any) -> Any:
+    level = method_name if method_name in PRIORITY else "info"
+    return f"<{PRIORITY[level]}>{rendered}"
+
+
+def _visible_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console lines go to a terminal: titles and names from outside get their control characters
+    escaped (cwhook/kernel/termtext.py), so a title cannot move the cursor or forge a line. structlog's
+    console renderer prints a value with a space, a tab, ``=``, a quote, CR or LF as its ``repr``
+    (escaped already) and any other value as it is: those are escaped here. The traceback keeps
+    its line breaks; the renderer's own colours are added after this."""
+    for key, value in event.items():
+        if isinstance(value, str) and key != "exception" and not _REPRESENTED & set(value):
+            event[key] = visible(value)
+    return event
+
+
+_REPRESENTED = frozenset(" \t=\r\n\"'")
+
+
+def _pre_chain() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        *EXTRA_PROCESSORS,
+    ]
+
+
+class _StdlibFormatter(structlog.stdlib.ProcessorFormatter):
+    """Standard library records rendered like ours (same fields, same prefix)."""
+
+    def __init__(self, renderer: Processor, journal: bool, use_json: bool = True) -> None:
+        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                                     *([] if use_json else [_visible_values]), renderer],
+                         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain()])
+        self._journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if self._journal:
+            return f"<{PRIORITY.get(record.levelname.lower(), 6)}>{line}"
+        return line
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """(Re)configure logging; safe to call again on reload."""
+    global _generation
+    _generation += 1
+    out = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=json.dumps, ensure_ascii=False)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    journal = under_journald(out)
+    if use_json and stream is None and isinstance(out, io.TextIOWrapper) and out.encoding.lower() != "utf-8":
+        out.reconfigure(encoding="utf-8", errors="backslashreplace")  # JSON lines are UTF-8, whatever the locale
+    structlog.configure(
+        processors=[*_pre_chain(), *([] if use_json else [_visible_values]), renderer,
+                    *([_syslog_prefix] if journal else [])],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory,
+        cache_logger_on_first_use=False,
+    )
+    # aiohttp and asyncio log through the standard library: send their warnings
+    # and errors the same way, never their access lines (those carry tokens).
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(_StdlibFormatter(renderer, journal, use_json))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+_generation = 0  # bumped by every configure(): loggers re-bind once after it
+
+
+class _Logger:
+    """A module-level logger that binds once per configuration, not once per call.
+
+    structlog's lazy proxy binds on every call unless loggers are cached for good,
+    and cached loggers would keep an old level after a reload.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, attr)
+
+
+def get(name: str) -> Any:
+    return _Logger(name)

@@ -1,0 +1,246 @@
+"""Plex webhook payloads → Event (pure).
+
+Plex posts multipart/form-data with a ``payload`` part holding JSON (the HTTP
+shell extracts it); urlencoded ``payload=`` and raw JSON are accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cwhook.kernel.event import Event, Ids, Ignored, ParseResult, make_ids
+from cwhook.sources.payload import (
+    as_dict,
+    as_float,
+    as_int,
+    as_str,
+    decode_body,
+    event_action,
+    percent,
+    required_object,
+)
+
+EVENTS = {
+    "media.play": "start",
+    "media.resume": "start",
+    "media.pause": "pause",
+    "media.stop": "stop",
+    "media.scrobble": "scrobble",
+    "media.rate": "rate",
+}
+PLAYBACK_KINDS = {"movie", "episode"}
+RATE_KINDS = {"movie", "episode", "show", "season"}
+
+_LEGACY = re.compile(r"^com\.plexapp\.agents\.(?P<agent>[a-z]+)://(?P<rest>[^?]*)")
+_MODERN = re.compile(r"^(?P<agent>imdb|tmdb|tvdb)://(?P<id>[^?/]+)")
+_HAMA = re.compile(
+    r"^(?:com\.plexapp\.agents\.)?hama://(?P<source>[a-z]+?)(?P<mode>[0-9]?)-(?P<id>[^/?]+)"
+    r"(?:/(?P<season>[0-9]+)/(?P<episode>[0-9]+))?",
+    re.IGNORECASE,
+)
+VOD_PROVIDER = "tv.plex.provider.vod"
+
+
+def _guid_list_ids(metadata: Mapping[str, Any]) -> Ids:
+    found: dict[str, str] = {}
+    guids = metadata.get("Guid")
+    for entry in guids if isinstance(guids, list) else []:
+        gid = as_str(as_dict(entry).get("id")) if isinstance(entry, dict) else as_str(entry)
+        m = _MODERN.match(gid or "")
+        if m:
+            found.setdefault(m.group("agent"), m.group("id"))
+    return make_ids(imdb=found.get("imdb"), tmdb=found.get("tmdb"), tvdb=found.get("tvdb"))
+
+
+def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | None]:
+    """Ids from an old-agent guid: (item ids, show ids, season, episode).
+
+    ``com.plexapp.agents.imdb://tt0072684?lang=en`` is a movie's imdb id;
+    ``com.plexapp.agents.thetvdb://73871/2/15?lang=en`` is a show's tvdb id plus
+    season 2, episode 15 (not an episode id); themoviedb works the same way.
+    Modern ``imdb://``, ``tmdb://``, ``tvdb://`` guids are item ids.
+    """
+    if not guid:
+        return Ids(), Ids(), None, None
+    m = _LEGACY.match(guid)
+    if not m:
+        modern = _MODERN.match(guid)
+        if modern:
+            return make_ids(**{modern.group("agent"): modern.group("id")}), Ids(), None, None
+        return Ids(), Ids(), None, None
+    agent, parts = m.group("agent"), m.group("rest").split("/")
+    key = {"imdb": "imdb", "themoviedb": "tmdb", "thetvdb": "tvdb", "tvdb": "tvdb", "tmdb": "tmdb"}
+    if agent not in key:
+        return Ids(), Ids(), None, None
+    ids = make_ids(**{key[agent]: parts[0]})
+    if len(parts) >= 3:
+        return Ids(), ids, as_int(parts[1]), as_int(parts[2])
+    return ids, Ids(), None, None
+
+
+@dataclass(frozen=True)
+class HamaGuid:
+    """A guid of the HAMA agent (used with the Absolute Series Scanner for anime).
+
+    ``hama://tvdb4-81797/25/1000``: source ``tvdb``, mode ``4``, id 81797, then
+    the season (an arc in mode 4) and the episode as Plex shows them. What the
+    numbers mean depends on the mode (HAMA's README):
+
+    * ``tvdb-``, ``tvdb2-``: TVDB seasons, episodes numbered within the season;
+    * ``tvdb3-``, ``tvdb4-``, ``tvdb5-``: episodes numbered absolutely, the season
+      is TVDB's (3), an arc (4) or TVDB's absolute order (5): only the absolute
+      number means anything to Trakt;
+    * ``anidb-``: one AniDB entry numbered 1..n in season 1 (absolute within the
+      entry); ``anidb2-`` and later map to TVDB season numbering. AniDB ids mean
+      nothing to Trakt.
+
+    Season 0 holds specials in every mode, numbered within the season.
+    """
+
+    source: str
+    mode: str
+    ids: Ids  # what Trakt can use: the show's ids on an episode guid, else the item's
+    season: int | None
+    episode: int | None
+
+    @property
+    def numbering(self) -> Literal["season", "absolute", "both"]:
+        if self.season == 0:
+            return "season"
+        if self.source == "tvdb" and self.mode in ("3", "4", "5"):
+            return "absolute"
+        if self.source == "anidb" and self.mode == "" and self.season == 1:
+            return "both"
+        return "season"
+
+
+def parse_hama_guid(guid: str | None) -> HamaGuid | None:
+    m = _HAMA.match(guid or "")
+    if not m:
+        return None
+    source, value = m.group("source").lower(), m.group("id")
+    key = {"tvdb": "tvdb", "tmdb": "tmdb", "tsdb": "tmdb", "imdb": "imdb"}.get(source)
+    ids = make_ids(**{key: value}) if key else Ids()
+    return HamaGuid(source, m.group("mode"), ids, as_int(m.group("season")),
+                    as_int(m.group("episode")))
+
+
+def is_vod(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
+    """Played from Plex's own streaming catalogue rather than from a library."""
+    marks = [as_str(as_dict(data.get("Server")).get("uuid"))]
+    marks += [as_str(metadata.get(k)) for k in ("source", "providerIdentifier", "librarySectionKey",
+                                               "key")]
+    if any(VOD_PROVIDER in (m or "").lower() for m in marks):
+        return True
+    guid = as_str(metadata.get("guid")) or ""
+    no_library = metadata.get("librarySectionType") is None and metadata.get("librarySectionID") is None
+    return guid.startswith("plex://") and no_library
+
+
+def _rating(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> int | None:
+    """Plex rates 0..10 (5 stars = 10); 0, negative or missing means cleared."""
+    value = as_float(data.get("rating"))
+    if value is None:
+        value = as_float(metadata.get("userRating"))
+    if value is None or value <= 0:
+        return None
+    return max(1, min(10, round(value)))
+
+
+def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
+    data = decode_body(content_type, body, "payload")
+    action = event_action(data, "event", EVENTS, "Plex")
+    if isinstance(action, Ignored):
+        return action
+    metadata = required_object(data, "Metadata", "Plex")
+    kind = as_str(metadata.get("type"))
+    allowed = RATE_KINDS if action == "rate" else PLAYBACK_KINDS
+    if kind not in allowed:
+        detail = f"Plex item type {kind!r}"
+        if as_str(metadata.get("subtype")):
+            detail += f" ({metadata.get('subtype')})"
+        return Ignored("media_type_not_supported", detail + " is not scrobbled to Trakt",
+                       user=as_str(as_dict(data.get("Account")).get("title")),
+                       item=as_str(metadata.get("title")))
+
+    account = as_dict(data.get("Account"))
+    player = as_dict(data.get("Player"))
+    server = as_dict(data.get("Server"))
+    guid = as_str(metadata.get("guid"))
+    legacy_ids, legacy_show_ids, legacy_season, legacy_number = parse_legacy_guid(guid)
+    hama = parse_hama_guid(guid)
+    ids = _guid_list_ids(metadata) or legacy_ids
+
+    title = as_str(metadata.get("title"))
+    year = as_int(metadata.get("year"))
+    show_title = show_year = None
+    season = number = number_abs = None
+    show_ids = Ids()
+    if kind == "episode":
+        show_title = as_str(metadata.get("grandparentTitle"))
+        season = as_int(metadata.get("parentIndex"))
+        number = as_int(metadata.get("index"))
+        grandparent = as_str(metadata.get("grandparentGuid"))
+        show_hama = parse_hama_guid(grandparent)
+        show_ids = (legacy_show_ids or parse_legacy_guid(grandparent)[0]
+                    or (hama.ids if hama else Ids()) or (show_hama.ids if show_hama else Ids()))
+        if hama is not None:
+            legacy_season, legacy_number = hama.season, hama.episode
+        season = season if season is not None else legacy_season
+        number = number if number is not None else legacy_number
+        numbering = hama.numbering if hama is not None else "season"
+        if numbering != "season" and number is not None:
+            number_abs = number
+            if numbering == "absolute":  # the season is an arc: not a Trakt season
+                season = number = None
+        has_numbers = (season is not None and number is not None) or number_abs is not None
+        if not ids and not ((show_title or show_ids) and has_numbers):
+            return Ignored("no_ids", "episode has no ids and no show title/season/number")
+    elif kind == "season":
+        show_title = as_str(metadata.get("parentTitle"))
+        season = as_int(metadata.get("index"))
+        show_ids = legacy_show_ids
+        if not (show_ids or show_title):
+            return Ignored("no_ids", "season has no show ids and no show title")
+    else:
+        ids = ids or (hama.ids if hama is not None else Ids())
+        if not ids and not title:
+            return Ignored("no_ids", f"{kind} has no ids and no title")
+
+    duration_ms = as_float(metadata.get("duration"))
+    view_offset = as_float(metadata.get("viewOffset"))
+    account_id = as_str(account.get("id"))
+    return Event(
+        source="plex",
+        action=action,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        title=title,
+        year=year,
+        ids=ids,
+        show_title=show_title,
+        show_year=show_year,
+        show_ids=show_ids,
+        season=season,
+        number=number,
+        number_abs=number_abs,
+        progress=percent(view_offset, duration_ms),
+        duration_s=duration_ms / 1000 if duration_ms and duration_ms > 0 else None,
+        user_name=as_str(account.get("title")),
+        user_id=account_id,
+        user_uuid=account_uuid(as_str(account.get("thumb"))),
+        server_id=as_str(server.get("uuid")),
+        player_id=as_str(player.get("uuid")) or as_str(player.get("title")),
+        item_key=as_str(metadata.get("ratingKey")) or guid or "",
+        rating=_rating(data, metadata) if action == "rate" else None,
+        received_at=received_at,
+        vod=is_vod(data, metadata),
+    )
+
+
+def account_uuid(thumb: str | None) -> str | None:
+    """Plex account thumbs look like https://plex.tv/users/<uuid>/avatar?c=..."""
+    m = re.search(r"/users/([0-9A-Za-z]+)/avatar", thumb or "")
+    return m.group(1) if m else None
