@@ -31,6 +31,7 @@ from cwhook.config.schema import parse_config
 from cwhook.ingest import edge
 from cwhook.ingest.app import Runtime, make_app
 from cwhook.kernel.event import Event
+from cwhook.scrobble import preview
 from cwhook.status.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text
 
@@ -560,7 +561,7 @@ async def served(limits: edge.Limits | None = None, keep_events: bool = False,
         if keep_events:
             ingested.append(event)
 
-    rt = Runtime(cfg, Counters(), lambda: {"status": "ok"}, ingest)
+    rt = Runtime(cfg, Counters(), lambda: {"status": "ok"}, ingest, preview=preview.answer)
     app = make_app(rt)
     if limits is not None:
         edge.install(app, limits)

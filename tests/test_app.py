@@ -23,6 +23,7 @@ from cwhook.config.schema import parse_config
 from cwhook.ingest.app import Busy, Runtime, make_app
 from cwhook.kernel import logs
 from cwhook.kernel.event import Event
+from cwhook.scrobble import preview
 from cwhook.status.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
 
@@ -44,7 +45,7 @@ def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None)
         except asyncio.QueueFull:
             raise Busy() from None
 
-    return QueueRuntime(cfg, counters, lambda: {"status": "ok"}, ingest, queue)
+    return QueueRuntime(cfg, counters, lambda: {"status": "ok"}, ingest, queue, preview=preview.answer)
 
 
 @dataclass

@@ -453,6 +453,6 @@ def test_the_private_state_the_body_budget_uses_is_still_there() -> None:
 
 
 def test_the_test_request_header_is_screened_like_the_others() -> None:
-    from cwhook.scrobble import preview
+    from cwhook.ingest import dryrun
 
-    assert preview.HEADER in edge.READ_HEADERS
+    assert dryrun.HEADER in edge.READ_HEADERS

@@ -332,7 +332,7 @@ def test_recent_usage_errors(tmp_path: Path) -> None:
 
 
 def test_every_reason_and_state_a_line_shows_is_explained() -> None:
-    from cwhook.scrobble.rules import REASONS
+    from cwhook.kernel.vocab import REASONS
     from tests.conftest import ROOT
 
     doc = (ROOT / "docs" / "troubleshooting.md").read_text()

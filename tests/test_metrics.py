@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cwhook.config.schema import parse_config
 from cwhook.ingest.app import Runtime, make_app
 from cwhook.kernel.event import Event
-from cwhook.scrobble.rules import REASONS
+from cwhook.kernel.vocab import REASONS
+from cwhook.scrobble import preview
 from cwhook.state.store import Stats
 from cwhook.status import metrics
 from cwhook.status import snapshot as status
@@ -184,7 +185,8 @@ async def _client(enabled: bool) -> TestClient[Any, Any]:
         return None
 
     snap = status.Snapshot("1", "ok", ())
-    rt = Runtime(cfg, counters, lambda: {"status": "ok"}, ingest, metrics=metrics.Metrics(counters, lambda: snap))
+    rt = Runtime(cfg, counters, lambda: {"status": "ok"}, ingest, preview=preview.answer,
+                 metrics=metrics.Metrics(counters, lambda: snap))
     client = TestClient(TestServer(make_app(rt)))
     await client.start_server()
     return client

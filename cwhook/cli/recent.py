@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from cwhook.config.schema import Config, owner_name, owning, run_as
 from cwhook.kernel import hint
 from cwhook.kernel.termtext import json_line, visible
-from cwhook.scrobble.preview import REASON as TEST
+from cwhook.kernel.vocab import TEST
 from cwhook.state import journal
 from cwhook.state.store import FILE_NAME
 

@@ -24,12 +24,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from cwhook.config.schema import Config
-from cwhook.ingest import edge, filters, routing
+from cwhook.config.schema import Config, ScrobbleConfig
+from cwhook.ingest import dryrun, edge, filters, routing
 from cwhook.ingest.multipart import PartScanner
-from cwhook.kernel import logs, redact
+from cwhook.kernel import logs, redact, vocab
 from cwhook.kernel.event import BadPayload, Event, Ignored
-from cwhook.scrobble import preview
 from cwhook.sources.registry import SOURCES
 from cwhook.state.store import StoreUnavailable
 from cwhook.status.health import Counters
@@ -115,6 +114,8 @@ class Runtime:
     health: Callable[[], dict[str, Any]]
     ingest: Callable[[Event], Awaitable[None]]
     _: KW_ONLY
+    # A test request's answer (cwhook/scrobble/preview.py): the journal's line and what each account would send.
+    preview: Callable[[Event, ScrobbleConfig, float], tuple[str, dict[str, dict[str, Any]]]]
     metrics: MetricsView | None = None  # /metrics answers 404 without it
     # An event answered 200 ignored, for the decision journal (the event when it was understood).
     journal_ignored: Callable[[str, Ignored, Event | None], None] = _no_journal
@@ -210,8 +211,8 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             notes["outcome"] = "invalid_token"
             return _json(401, {"error": "invalid_token"})
         try:
-            test = preview.requested(request.headers.get(preview.HEADER))
-        except preview.BadHeader as exc:  # a typo must not send for real
+            test = dryrun.requested(request.headers.get(dryrun.HEADER))
+        except dryrun.BadHeader as exc:  # a typo must not send for real
             notes.update(outcome="bad_payload", detail=str(exc))
             return _json(400, {"error": "bad_request", "detail": str(exc)})
         try:
@@ -242,7 +243,7 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             # A test counts as a test, not among the ignored events (/metrics, /healthz).
             notes.update(outcome="test" if test else "ignored", reason=result.reason, detail=result.detail)
             if test:
-                rt.journal_ignored(server, Ignored(preview.REASON, f"would be ignored: {result.reason}: "
+                rt.journal_ignored(server, Ignored(vocab.TEST, f"would be ignored: {result.reason}: "
                                                    f"{result.detail}", result.user, result.item), understood)
                 return _json(200, {"status": "ignored", "reason": result.reason, "detail": result.detail,
                                    "test": True})
@@ -252,15 +253,15 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         summary = result.summary()
         notes.update(action=result.action, item=result.label(), user=result.user_name)
         if test:  # through the rules on the side: nothing stored, nothing sent (docs/curl.md)
-            outcomes = preview.preview(result, config.scrobble, time.time())
+            line, answers = rt.preview(result, config.scrobble, time.time())
             notes["outcome"] = "test"
-            rt.journal_ignored(server, Ignored(preview.REASON, preview.summary(outcomes)), result)
+            rt.journal_ignored(server, Ignored(vocab.TEST, line), result)
             live = rt.health().get("accounts") or {}  # an account in dry-run would only log, even for real
-            return _json(200, {"status": "test", "detail": f"{preview.HEADER}: nothing was stored or sent",
+            return _json(200, {"status": "test", "detail": f"{dryrun.HEADER}: nothing was stored or sent",
                                "event": summary, "accounts": {
-                                   o.account: {**o.to_dict(), "dry_run": bool((live.get(o.account) or {})
-                                                                              .get("dry_run", False))}
-                                   for o in outcomes}})
+                                   account: {**said, "dry_run": bool((live.get(account) or {})
+                                                                     .get("dry_run", False))}
+                                   for account, said in answers.items()}})
         try:
             await rt.ingest(result)
         except Busy:

@@ -16,29 +16,8 @@ from cwhook.config.schema import DEFAULT_ACCOUNT, ScrobbleConfig
 from cwhook.kernel.event import Event
 from cwhook.scrobble.rules import Rules, Send
 
-HEADER = "X-Cwhook-Dry-Run"
-YES = frozenset({"1", "true", "yes"})
-NO = frozenset({"", "0", "false", "no"})
-REASON = "test"  # the journal's reason for a test request (`cwhook recent`: "test: ...")
-
 TRAKT_PATH = {"start": "/scrobble/start", "pause": "/scrobble/pause", "stop": "/scrobble/stop",
               "rate": "/sync/ratings", "history_add": "/sync/history", "history_remove": "/sync/history/remove"}
-
-
-class BadHeader(ValueError):
-    """The header has a value that is neither yes nor no: refused, never guessed."""
-
-
-def requested(value: str | None) -> bool:
-    """Whether a request is a test, from its ``X-Cwhook-Dry-Run`` header (absent: no)."""
-    if value is None:
-        return False
-    v = value.strip().lower()
-    if v in YES:
-        return True
-    if v in NO:
-        return False
-    raise BadHeader(f"{HEADER} must be 1 (a test: nothing is stored or sent) or 0")
 
 
 @dataclass(frozen=True)
@@ -79,3 +58,9 @@ def preview(event: Event, settings: ScrobbleConfig, now: float) -> list[Outcome]
 def summary(outcomes: list[Outcome]) -> str:
     """One line for the journal: ``would send default: start 5% (/scrobble/start)``."""
     return "would send " + " | ".join(f"{o.account}: {o.text()}" for o in outcomes)
+
+
+def answer(event: Event, settings: ScrobbleConfig, now: float) -> tuple[str, dict[str, dict[str, Any]]]:
+    """What the HTTP side needs for a test request: the journal's line and each account's answer."""
+    outcomes = preview(event, settings, now)
+    return summary(outcomes), {o.account: o.to_dict() for o in outcomes}

@@ -94,37 +94,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar, get_args
+from typing import Literal, TypeVar
 
 from cwhook.config.schema import ScrobbleConfig
 from cwhook.kernel.event import Event, Ids
 from cwhook.kernel.items import TraktAliases
+from cwhook.kernel.vocab import SUPPRESSED, Reason
 
 Verb = Literal["start", "pause", "stop", "rate", "history_add", "history_remove"]
 
-# Every reason a decision can give: a closed set the rules own (docs/troubleshooting.md
-# explains each; the logs, the journal and /metrics carry them as these strings).
-Reason = Literal[
-    "sent",  # something goes to Trakt (Decision.send)
-    "debounced",  # a pause held for pause_debounce_seconds; decided again when its window ends
-    "pause_cancelled",
-    "demoted_to_pause",
-    "promoted_to_stop",
-    "progress_noted",
-    "suppressed_near_end",
-    "already_watched",
-    "already_playing",
-    "duplicate",
-    "no_progress",
-    "below_minimum",
-    "manual_marks_disabled",
-    "vod_ignored",
-]
-REASONS: tuple[Reason, ...] = get_args(Reason)
-# The reasons that keep or send the event; every other one drops it (counted as "suppressed").
-KEPT: frozenset[Reason] = frozenset(
-    {"sent", "demoted_to_pause", "promoted_to_stop", "debounced", "progress_noted"})
-SUPPRESSED: frozenset[Reason] = frozenset(REASONS) - KEPT
 MARKS = ("mark_watched", "mark_unwatched")
 
 NEW_VIEWING_BELOW = 5.0

@@ -18,7 +18,7 @@ from cwhook.config.schema import Config, ConfigError, changed_keys, load_config,
 from cwhook.ingest import edge
 from cwhook.ingest.app import Busy, Runtime, make_app
 from cwhook.kernel import clock as clocks
-from cwhook.kernel import items, logs
+from cwhook.kernel import items, logs, vocab
 from cwhook.kernel.event import Event, Ignored
 from cwhook.scrobble import preview
 from cwhook.scrobble.rules import Rules
@@ -84,7 +84,7 @@ class Daemon:
         self.db.on_outside_change = self.accounts.wake  # `cwhook outbox retry|send|drop` ran
         self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake)
         self.runtime = Runtime(config, self.counters, self.health, self.ingest, metrics=self.metrics,
-                               journal_ignored=self.journal_ignored)
+                               preview=preview.answer, journal_ignored=self.journal_ignored)
         self.notifier = Notifier()
         self._stamp = _stamp(config.path)
         self.config_error: str | None = None  # why the file on disk is refused (codes and lines), the fix
@@ -115,7 +115,7 @@ class Daemon:
     def journal_ignored(self, server: str, ignored: Ignored, event: Event | None) -> None:
         arrived = (Arrived.of(event) if event is not None
                    else Arrived(time.time(), server, user=ignored.user, item=ignored.item))
-        if ignored.reason == preview.REASON:  # a test request: a line of its own, never folded
+        if ignored.reason == vocab.TEST:  # a test request: a line of its own, never folded
             arrived = dataclasses.replace(arrived, session=None)
         self.db.journal_ignored(IgnoredRow(arrived, ignored.reason, ignored.detail))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cwhook.scrobble.rules import SUPPRESSED
+from cwhook.kernel.vocab import SUPPRESSED
 
 OUTBOX_AGING = 900.0  # an outbox entry older than this makes the daemon "degraded"
 

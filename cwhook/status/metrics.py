@@ -31,7 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from cwhook.config.schema import SERVERS
-from cwhook.scrobble.rules import REASONS
+from cwhook.kernel.vocab import REASONS
 from cwhook.status.health import Counters
 from cwhook.status.snapshot import Snapshot
 
