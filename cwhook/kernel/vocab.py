@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+# Every Trakt call an outbox entry can make (the outbox's ``verb`` column, the logs' ``action``).
+# The rules decide the first six; watchlist_remove follows a watched movie stop when
+# scrobble.watchlist_autoremove_movies is on (cwhook/trakt/delivery.py).
+Verb = Literal["start", "pause", "stop", "rate", "history_add", "history_remove", "watchlist_remove"]
+VERBS: tuple[Verb, ...] = get_args(Verb)
+
 # Every reason a decision can give: a closed set the rules own (docs/troubleshooting.md
 # explains each; the logs, the journal and /metrics carry them as these strings).
 Reason = Literal[

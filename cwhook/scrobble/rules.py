@@ -94,14 +94,12 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from cwhook.config.schema import ScrobbleConfig
 from cwhook.kernel.event import Event, Ids
 from cwhook.kernel.items import TraktAliases
-from cwhook.kernel.vocab import SUPPRESSED, Reason
-
-Verb = Literal["start", "pause", "stop", "rate", "history_add", "history_remove"]
+from cwhook.kernel.vocab import SUPPRESSED, Reason, Verb
 
 MARKS = ("mark_watched", "mark_unwatched")
 
