@@ -63,7 +63,8 @@ def path_for(size: str) -> str:
     return f"/webhook/plextrakt?{TOKEN}"
 
 
-def request_body(size: str = "large", rating_key: str = "26697", event: str = "media.play") -> tuple[bytes, str]:
+def request_body(size: str = "large", rating_key: str = "26697", event: str = "media.play",
+                 user: str | None = None) -> tuple[bytes, str]:
     if size == "jellyfin":
         payload = json.loads((ROOT / "tests/fixtures" / PAYLOADS[size]).read_bytes())
         payload["NotificationType"] = "PlaybackStart"
@@ -73,6 +74,8 @@ def request_body(size: str = "large", rating_key: str = "26697", event: str = "m
     payload["event"] = event
     payload["Metadata"]["viewOffset"] = 60000
     payload["Metadata"]["ratingKey"] = rating_key
+    if user is not None:
+        payload["Account"]["title"] = user
     thumb = b"\xff\xd8\xff\xe0" + bytes(random.Random(7).getrandbits(8) for _ in range(20000))
     body = (
         f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"payload\"\r\n"
@@ -135,10 +138,11 @@ def rss_mb(pid: int) -> float:
 # --- load generation ---------------------------------------------------------------------------
 
 
-async def _client_load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
+async def _client_load(url: str, seconds: float, connections: int, size: str,
+                       user: str | None = None) -> dict[str, Any]:
     import aiohttp
 
-    body, ctype = request_body(size)
+    body, ctype = request_body(size, user=user)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
@@ -161,8 +165,8 @@ async def _client_load(url: str, seconds: float, connections: int, size: str) ->
             "requests": len(latencies), "statuses": statuses, "tool": "aiohttp-client"}
 
 
-def _wrk_load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
-    body, ctype = request_body(size)
+def _wrk_load(url: str, seconds: float, connections: int, size: str, user: str | None = None) -> dict[str, Any]:
+    body, ctype = request_body(size, user=user)
     escaped = "".join(f"\\{b}" for b in body)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{ctype}"\nwrk.body = "{escaped}"\n')
@@ -183,10 +187,11 @@ def _wrk_load(url: str, seconds: float, connections: int, size: str) -> dict[str
 USE_WRK = True
 
 
-def load(url: str, seconds: float, connections: int, size: str) -> dict[str, Any]:
+def load(url: str, seconds: float, connections: int, size: str, user: str | None = None) -> dict[str, Any]:
     if USE_WRK and shutil.which("wrk"):
-        return _wrk_load(url, seconds, connections, size)
-    out = subprocess.run([sys.executable, __file__, "--loadgen", url, str(seconds), str(connections), size],
+        return _wrk_load(url, seconds, connections, size, user)
+    out = subprocess.run([sys.executable, __file__, "--loadgen", url, str(seconds), str(connections), size,
+                          *([user] if user is not None else [])],
                          capture_output=True, text=True, timeout=seconds + 60)
     return dict(json.loads(out.stdout))
 
@@ -288,7 +293,7 @@ def scrobble_latency(events: int, tmp: Path) -> dict[str, Any]:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
         print(json.dumps(asyncio.run(_client_load(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]),
-                                                  sys.argv[5]))))
+                                                  sys.argv[5], sys.argv[6] if len(sys.argv) > 6 else None))))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)

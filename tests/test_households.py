@@ -14,9 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cwhook.config.schema import ConfigError, ScrobbleConfig, parse_config
-from cwhook.ingest.routing import pattern_matches, route
+from cwhook.ingest.filters import user_matches
+from cwhook.ingest.routing import Router
 from cwhook.kernel.event import Event, Ids
 from cwhook.scrobble.rules import Rules
 from cwhook.scrobble.worker import Worker
@@ -58,12 +61,58 @@ ROUTING_TABLE = [
     (" plex : Anna ", ev("plex", "Anna"), True),
     ("emby:Zoë", ev("emby", "Zoe\u0308"), True),  # a decomposed ë is the same name
     ("plex:Zoë", ev("plex", "ZOE\u0308"), True),
+    ("tautulli:id:42", ev("tautulli", "Anna", user_id="42"), True),  # Tautulli: Plex's user_id
+    ("tautulli:id:42", ev("tautulli", "id:42", user_id="7"), False),
+    ("tautulli:uuid:abc1", ev("tautulli", "UUID:ABC1", uuid="abc1"), True),  # no uuid for Tautulli: a name
+    ("jellyfin:id:42", ev("jellyfin", "ID:42", user_id="42"), True),  # Jellyfin/Emby: always a name
+    ("emby:uuid:x", ev("emby", "uuid:X"), True),
+    ("*:id:42", ev("plex", "Anna", user_id="42"), True),
+    ("*:id:42", ev("emby", "Anna", user_id="42"), False),
+    ("plex:!!", ev("plex", "!!"), False),  # nothing left of a title once punctuation is gone
+    ("tautulli:!!", ev("tautulli", "!!"), True),
 ]
+
+
+def one_by_one(pattern: str, event: Event) -> bool:
+    """What a pattern means, read one pattern at a time (docs/configuration.md, Households):
+    the reference the indexed Router must agree with."""
+    text = pattern.strip()
+    if text == "*":
+        return True
+    server, _, name = text.partition(":")
+    if server.strip().lower() not in ("*", event.source):
+        return False
+    return name.strip() == "*" or user_matches(event, name)
+
+
+def route(event: Event, accounts: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    return Router(accounts).route(event)
 
 
 @pytest.mark.parametrize(("pattern", "event", "expected"), ROUTING_TABLE)
 def test_pattern_table(pattern: str, event: Event, expected: bool) -> None:
-    assert pattern_matches(pattern, event) is expected
+    assert one_by_one(pattern, event) is expected
+    assert route(event, {"a": (pattern,)}) == (("a",) if expected else ())
+
+
+SOURCES_ = st.sampled_from(["plex", "jellyfin", "emby", "tautulli"])
+NAMES = st.sampled_from(["Anna", "anna", "an-na", "ANNA!", "Zoë", "Zoe\u0308", "id:42", "uuid:AbC1", " Dad ",
+                         "D.A.D.", "*", "", "   ", "!!", "42", "abc1"])
+PATTERNS = st.one_of(st.builds(lambda s, n: f"{s}:{n}", st.sampled_from(["plex", "PLEX", "jellyfin", "emby",
+                                                                         "tautulli", "*", " * ", "kodi"]), NAMES),
+                     NAMES, st.text(max_size=8))
+
+
+@given(accounts=st.lists(st.lists(PATTERNS, max_size=4), max_size=6), source=SOURCES_,
+       name=st.one_of(st.none(), NAMES, st.text(max_size=6)), user_id=st.sampled_from([None, "42", "43", ""]),
+       uuid=st.sampled_from([None, "", "abc1", "ABC1", "x"]))
+@settings(max_examples=400, deadline=None)
+def test_the_router_agrees_with_the_patterns_one_by_one(accounts: list[list[str]], source: str, name: str | None,
+                                                         user_id: str | None, uuid: str | None) -> None:
+    table = {f"acc{i}": tuple(patterns) for i, patterns in enumerate(accounts)}
+    event = ev(source, name, user_id=user_id, uuid=uuid)
+    expected = tuple(n for n, patterns in table.items() if any(one_by_one(p, event) for p in patterns))
+    assert route(event, table) == expected
 
 
 def test_route_many_to_one_one_to_many_and_none() -> None:
@@ -129,7 +178,7 @@ FILM = Event(source="plex", action="stop", kind="movie", title="Guardians of the
 
 async def test_rules_run_per_account(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    worker = Worker(asyncio.Queue(), Rules(ScrobbleConfig()), AsyncStore(store), Counters(), lambda: None)
+    worker = Worker(asyncio.Queue(), Rules(ScrobbleConfig()), AsyncStore(store), Counters(), lambda accounts: None)
     anna_plex = replace(FILM, user_name="Anna", player_id="tv", accounts=("anna",))
     anna_jelly = replace(FILM, source="jellyfin", user_name="anna", player_id="phone", accounts=("anna",))
     family = replace(FILM, user_name="Family", player_id="living", accounts=("default", "anna"))

@@ -357,7 +357,7 @@ async def test_the_worker_journals_a_held_pause_to_its_end(tmp_path: Path) -> No
 
     def worker(store: Store) -> Worker:
         return Worker(asyncio.Queue(), Rules(ScrobbleConfig(pause_debounce_seconds=60)), AsyncStore(store),
-                      Counters(), lambda: None)
+                      Counters(), lambda accounts: None)
 
     now = time.time()
     start = replace(MOVIE, action="start", progress=10.0, received_at=now)

@@ -306,7 +306,7 @@ class UnreadableStore(Store):
 
 
 def _worker(store: Store) -> Worker:
-    return Worker(asyncio.Queue(), Rules(ScrobbleConfig()), AsyncStore(store), Counters(), lambda: None)
+    return Worker(asyncio.Queue(), Rules(ScrobbleConfig()), AsyncStore(store), Counters(), lambda accounts: None)
 
 
 STOP = replace(MOVIE, progress=95.0)

@@ -178,7 +178,7 @@ def test_whitelist_and_households_patterns() -> None:
     assert refused is not None and refused.reason == "user_not_allowed"
     accounts = {"default": ["plex:anna"], "anna": ["tautulli:ANNA"], "kids": ["tautulli:id:99"],
                 "all": ["*:*"]}
-    assert routing.route(event, accounts) == ("anna", "all")
+    assert routing.Router(accounts).route(event) == ("anna", "all")
     assert pattern_problem("tautulli:id:x") is not None and pattern_problem("tautulli:id:12") is None
 
 

@@ -79,7 +79,7 @@ def inbox_ids(store: Store) -> list[int]:
 def make(tmp_path: Path, store_cls: type[Store] = Store, clock: Any = time.time,
          worker_cls: type[Worker] = Worker) -> tuple[Worker, Store]:
     store = store_cls(tmp_path / "state")
-    worker = worker_cls(asyncio.Queue(), Rules(SETTINGS), AsyncStore(store), Counters(), lambda: None, clock)
+    worker = worker_cls(asyncio.Queue(), Rules(SETTINGS), AsyncStore(store), Counters(), lambda accounts: None, clock)
     return worker, store
 
 

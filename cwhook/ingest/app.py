@@ -14,7 +14,7 @@ import hmac
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -119,6 +119,13 @@ class Runtime:
     metrics: MetricsView | None = None  # /metrics answers 404 without it
     # An event answered 200 ignored, for the decision journal (the event when it was understood).
     journal_ignored: Callable[[str, Ignored, Event | None], None] = _no_journal
+    _routing: tuple[Config, routing.Router] | None = field(default=None, init=False, repr=False)
+
+    def router(self, config: Config) -> routing.Router:
+        """The accounts' patterns indexed, built once per config (a reload brings a new one)."""
+        if self._routing is None or self._routing[0] is not config:
+            self._routing = (config, routing.Router(config.trakt.routes))
+        return self._routing[1]
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -186,9 +193,9 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
         lease.release()
 
 
-def _routed(event: Event, config: Config) -> Event | Ignored:
-    """The event with the Trakt accounts it goes to, or ``no_account`` (spec §8)."""
-    accounts = routing.route(event, config.trakt.routes)
+def _routed(event: Event, router: routing.Router) -> Event | Ignored:
+    """The event with the Trakt accounts it goes to, or ``no_account`` (docs/configuration.md, Households)."""
+    accounts = router.route(event)
     if not accounts:
         return Ignored("no_account", f"{event.source} user {event.user_name!r} matches no Trakt "
                        "account's users (trakt.users, trakt.accounts.NAME.users)")
@@ -238,7 +245,7 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
             return _json(400, {"error": "bad_payload", "detail": str(exc)})
         understood = result if isinstance(result, Event) else None
         if understood is not None:
-            result = filters.check(understood, hook) or _routed(understood, config)
+            result = filters.check(understood, hook) or _routed(understood, rt.router(config))
         if isinstance(result, Ignored):
             # A test counts as a test, not among the ignored events (/metrics, /healthz).
             notes.update(outcome="test" if test else "ignored", reason=result.reason, detail=result.detail)
@@ -343,12 +350,24 @@ def _secrets(config: Config) -> tuple[str, ...]:
     return (*(config.webhook(server).token for server in ROUTES), *tokens, trakt.client_secret)
 
 
+def _secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
+    """The current config's secrets, gathered once per config (every log line asks for them)."""
+    seen: list[tuple[Config, tuple[str, ...]]] = []
+
+    def current() -> tuple[str, ...]:
+        config = runtime.config
+        if not seen or seen[0][0] is not config:
+            seen[:] = [(config, _secrets(config))]
+        return seen[0][1]
+    return current
+
+
 def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
     app[RUNTIME] = runtime
     edge.install(app)
     app[edge.COUNTS] = runtime.counters.connections
-    redact.set_secrets(lambda: _secrets(runtime.config))
+    redact.set_secrets(_secrets_of(runtime))
     for server, path in ROUTES.items():
         app.router.add_post(path, _webhook_handler(server))
     # GET only: a wrong method is 405 with `Allow: GET` (docs/troubleshooting.md).

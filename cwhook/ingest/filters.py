@@ -8,15 +8,15 @@ from cwhook.config.schema import WebhookConfig
 from cwhook.kernel.event import Event, Ignored
 
 
-def _same(name: str) -> str:
+def same_user(name: str) -> str:
     """A user name as compared: Unicode-normalized (a composed and a decomposed "Zoë" are one
     name) and case-folded."""
     return unicodedata.normalize("NFC", name).strip().casefold()
 
 
-def _fold(name: str) -> str:
+def fold_plex(name: str) -> str:
     """Plex account titles compare with case and punctuation ignored."""
-    return "".join(c for c in _same(name) if c.isalnum())
+    return "".join(c for c in same_user(name) if c.isalnum())
 
 
 def user_matches(event: Event, name: str) -> bool:
@@ -30,12 +30,12 @@ def user_matches(event: Event, name: str) -> bool:
     if event.source == "tautulli" and entry.lower().startswith("id:"):
         return event.user_id is not None and entry[3:].strip() == event.user_id
     if event.source != "plex":
-        return bool(entry) and _same(event.user_name or "") == _same(entry)
+        return bool(entry) and same_user(event.user_name or "") == same_user(entry)
     if entry.lower().startswith("id:"):
         return event.user_id is not None and entry[3:].strip() == event.user_id
     if entry.lower().startswith("uuid:"):
         return bool(event.user_uuid) and entry[5:].strip().lower() == (event.user_uuid or "").lower()
-    return bool(event.user_name) and bool(_fold(entry)) and _fold(entry) == _fold(event.user_name or "")
+    return bool(event.user_name) and bool(fold_plex(entry)) and fold_plex(entry) == fold_plex(event.user_name or "")
 
 
 def plex_user_allowed(event: Event, whitelist: tuple[str, ...]) -> bool:

@@ -1,32 +1,93 @@
-"""Routing (pure): which Trakt accounts an event goes to (spec §8).
+"""Routing (pure): which Trakt accounts an event goes to (docs/configuration.md, Households).
 
 Each account has a list of user patterns ``SERVER:NAME``: SERVER is plex, tautulli,
 jellyfin, emby or ``*``; NAME matches as the whitelists do (``filters.user_matches``:
 Plex account title with case and punctuation ignored, ``id:<n>``, ``uuid:<u>``;
-Jellyfin/Emby user name, case ignored) or is ``*``. ``*`` alone means ``*:*``.
-An event goes to every account with a matching pattern: none, one or several.
+Tautulli user name, case ignored, or ``id:<n>``; Jellyfin/Emby user name, case ignored)
+or is ``*``. ``*`` alone means ``*:*``. An event goes to every account with a matching
+pattern: none, one or several.
+
+A ``Router`` is built once per config: every pattern becomes the keys it matches, so
+routing an event is a few dictionary lookups however many accounts the file has
+(bench/accounts.py); tests/test_households.py checks it against ``filters.user_matches``
+pattern by pattern.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from cwhook.ingest.filters import user_matches
+from cwhook.ingest.filters import fold_plex, same_user
 from cwhook.kernel.event import Event
 
-
-def pattern_matches(pattern: str, event: Event) -> bool:
-    text = pattern.strip()
-    if text == "*":
-        return True
-    server, _, name = text.partition(":")
-    server = server.strip().lower()
-    if server not in ("*", event.source):
-        return False
-    return name.strip() == "*" or user_matches(event, name)
+ANY = "*"
+# How a source's users are named: Plex by folded title, id or uuid; Tautulli by name or id;
+# every other source by name. A NAME means the same to every source of one family.
+_FAMILY = {"plex": "plex", "tautulli": "tautulli"}
+_FAMILIES = ("plex", "tautulli", "other")
 
 
-def route(event: Event, accounts: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
-    """The names of the accounts whose users match the event, in the accounts' order."""
-    return tuple(name for name, patterns in accounts.items()
-                 if any(pattern_matches(p, event) for p in patterns))
+def _name_keys(family: str, name: str) -> list[tuple[str, str]]:
+    """The (kind, value) pairs a pattern's NAME matches for a source family."""
+    entry = name.strip()
+    lower = entry.lower()
+    if family in ("plex", "tautulli") and lower.startswith("id:"):
+        return [("id", entry[3:].strip())]
+    if family == "plex" and lower.startswith("uuid:"):
+        return [("uuid", entry[5:].strip().lower())]
+    if family == "plex":
+        folded = fold_plex(entry)
+        return [("name", folded)] if folded else []
+    return [("name", same_user(entry))] if entry else []
+
+
+def _event_keys(event: Event, family: str) -> list[tuple[str, str]]:
+    """The (kind, value) pairs an event's user is known by."""
+    keys: list[tuple[str, str]] = []
+    if family in ("plex", "tautulli") and event.user_id is not None:
+        keys.append(("id", event.user_id))
+    if family == "plex":
+        if event.user_uuid:
+            keys.append(("uuid", event.user_uuid.lower()))
+        if event.user_name:
+            keys.append(("name", fold_plex(event.user_name)))
+    else:
+        keys.append(("name", same_user(event.user_name or "")))
+    return keys
+
+
+class Router:
+    """Every account's patterns, indexed: ``route(event)`` costs the same for 1 or 1,000 accounts."""
+
+    def __init__(self, accounts: Mapping[str, Iterable[str]]) -> None:
+        self.names = tuple(accounts)
+        self._everyone: dict[str, set[int]] = {}  # server or "*" -> the accounts taking all its users
+        self._index: dict[tuple[str, str, str, str], set[int]] = {}  # (server, family, kind, value)
+        for i, patterns in enumerate(accounts.values()):
+            for pattern in patterns:
+                self._add(i, pattern)
+
+    def _add(self, account: int, pattern: str) -> None:
+        text = pattern.strip()
+        if text == ANY:
+            self._everyone.setdefault(ANY, set()).add(account)
+            return
+        server, _, name = text.partition(":")
+        server = server.strip().lower()
+        if name.strip() == ANY:
+            self._everyone.setdefault(server, set()).add(account)
+            return
+        for family in _FAMILIES:
+            for kind, value in _name_keys(family, name):
+                self._index.setdefault((server, family, kind, value), set()).add(account)
+
+    def route(self, event: Event) -> tuple[str, ...]:
+        """The names of the accounts whose users match the event, in the accounts' order."""
+        found: set[int] = set()
+        family = _FAMILY.get(event.source, "other")
+        keys = _event_keys(event, family)
+        for server in (ANY, event.source):
+            found |= self._everyone.get(server, set())
+            for kind, value in keys:
+                found |= self._index.get((server, family, kind, value), set())
+        return tuple(self.names[i] for i in sorted(found))

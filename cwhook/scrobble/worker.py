@@ -41,7 +41,7 @@ class Worker:
         rules: Rules,
         db: AsyncStore,
         counters: Counters,
-        wake_sender: Callable[[], None],
+        wake_sender: Callable[[set[str]], None],
         clock: clocks.Clock | None = None,
         wall: clocks.Clock | None = None,
     ) -> None:
@@ -174,7 +174,7 @@ class Worker:
                 delay = min(COMMIT_RETRY_MAX, delay * 2)
                 continue
             if entries:
-                self.wake_sender()
+                self.wake_sender({e.account for e in entries})  # only these lanes have new work
             return True
 
     def steady_of(self, stamp: float) -> float:

@@ -82,7 +82,7 @@ class Daemon:
         self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run,
                                  observe=self.metrics.trakt_request)
         self.db.on_outside_change = self.accounts.wake  # `cwhook outbox retry|send|drop` ran
-        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake)
+        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake_some)
         self.runtime = Runtime(config, self.counters, self.health, self.ingest, metrics=self.metrics,
                                preview=preview.answer, journal_ignored=self.journal_ignored)
         self.notifier = Notifier()

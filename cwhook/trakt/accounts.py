@@ -107,6 +107,13 @@ class Accounts:
             if name is None or unit.name == name:
                 unit.lane.wake.set()
 
+    def wake_some(self, names: set[str]) -> None:
+        """Wake the lanes of these accounts only (new outbox entries): the others sleep on."""
+        for name in names:
+            unit = self.units.get(name)
+            if unit is not None:
+                unit.lane.wake.set()
+
     def sync(self, config: Config) -> list[str]:
         """Apply a config; the names of accounts whose tokens the file changed."""
         wanted = config.trakt.all_accounts()
