@@ -261,8 +261,10 @@ class Worker:
             first = await self.receive(min(timeout, MAX_IDLE_WAIT))
             batch: list[Item] = [] if first is None else [first]
             self._taken = batch  # a shutdown during the window below drains these too
-            if first is not None and BATCH_WINDOW:
-                await asyncio.sleep(BATCH_WINDOW)  # let a burst gather: one commit for all of it
+            if first is not None and BATCH_WINDOW and not self.queue.empty():
+                # A burst is arriving: let it gather, one commit for all of it. A lone event
+                # goes through at once (the scrobble's latency: docs/performance.md).
+                await asyncio.sleep(BATCH_WINDOW)
             # Take everything already queued in one go (one commit for all of it).
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
