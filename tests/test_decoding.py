@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cwhook.kernel.event import BadPayload
-from cwhook.sources.payload import loads_object, loads_object_stdlib
+from cwhook.sources.payload import Caseless, get_ci, loads_object, loads_object_stdlib
 from tests import fuzzkit
 from tests.conftest import FIXTURES
 
@@ -80,3 +80,11 @@ def test_real_payloads_and_fuzz_corpus_decode_the_same() -> None:
         mutated = fuzzkit.mutate_json(doc, rnd, rnd.choice(["plex", "emby", "jellyfin"]))
         same(mutated)
         same(fuzzkit.mangle_bytes(mutated, rnd))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Name", "name", "NAME", "nAmE", "Year", "year", "Id", "ID", "x", "İd"]),
+                          st.integers()), max_size=8),
+       st.sampled_from(["Name", "name", "NAME", "Year", "YEAR", "id", "Id", "x", "X", "missing", "İd", "i̇d"]))
+def test_a_caseless_object_answers_as_the_scan_does(pairs: list[tuple[str, int]], key: str) -> None:
+    data = dict(pairs)
+    assert get_ci(Caseless(data), key) == get_ci(data, key)

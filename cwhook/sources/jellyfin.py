@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cwhook.kernel.event import Ignored, ParseResult
 from cwhook.sources.mediabrowser import MediaBrowserItem, provider_ids, to_event
-from cwhook.sources.payload import as_bool, as_int, as_str, decode_body, event_action, get_ci
+from cwhook.sources.payload import Caseless, as_bool, as_int, as_str, decode_body, event_action, get_ci
 
 
 def _text(data: dict[str, object], key: str) -> str | None:
@@ -36,7 +36,7 @@ def _manual_mark(data: dict[str, object]) -> str | Ignored:
 
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
-    data = decode_body(content_type, body, "payload", flat_form=True)
+    data = Caseless(decode_body(content_type, body, "payload", flat_form=True))
     action = event_action(data, "NotificationType", EVENTS, "Jellyfin", "notification")
     if isinstance(action, Ignored):
         return action

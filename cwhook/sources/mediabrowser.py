@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cwhook.kernel.event import Action, Event, Ids, Ignored, ParseResult, Source, make_ids
-from cwhook.sources.payload import as_dict, as_float, get_ci, percent
+from cwhook.sources.payload import Caseless, as_dict, as_float, get_ci, percent
 
 TICKS_PER_SECOND = 10_000_000
 MAX_EPISODES_PER_FILE = 10  # a larger IndexNumberEnd is taken for bad metadata and ignored
@@ -28,8 +28,10 @@ def normalize_guid(value: str | None) -> str | None:
 
 def provider_ids(source: dict[str, Any], flat_prefix: str | None = None) -> Ids:
     """Ids from a ``ProviderIds`` object or flat ``Provider_imdb`` keys, any letter case."""
+    nested = Caseless(as_dict(get_ci(source, "ProviderIds")))
+
     def pick(name: str) -> Any:
-        value = get_ci(as_dict(get_ci(source, "ProviderIds")), name)
+        value = get_ci(nested, name)
         if value is None and flat_prefix is not None:
             value = get_ci(source, f"{flat_prefix}{name}")
         return value

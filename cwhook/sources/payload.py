@@ -201,10 +201,32 @@ def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class Caseless(dict[str, Any]):
+    """A JSON object whose keys ``get_ci`` folds once, not on every lookup (a Jellyfin payload
+    has a hundred keys and its parser asks for thirty, most of them absent)."""
+
+    __slots__ = ("_folded",)
+    _folded: dict[str, Any]
+
+    def folded(self) -> dict[str, Any]:
+        """Lowered key -> value, the first key of each spelling winning (as the scan below)."""
+        try:
+            return self._folded
+        except AttributeError:
+            folded: dict[str, Any] = {}
+            for k, v in self.items():
+                if isinstance(k, str):
+                    folded.setdefault(k.lower(), v)
+            self._folded = folded
+            return folded
+
+
 def get_ci(data: dict[str, Any], key: str) -> Any:
     """``data[key]`` with the key's letter case ignored."""
     if key in data:
         return data[key]
+    if isinstance(data, Caseless):
+        return data.folded().get(key.lower())
     lowered = key.lower()
     for k, v in data.items():
         if isinstance(k, str) and k.lower() == lowered:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from cwhook.kernel.event import BadPayload, Event, Ids, Ignored, ParseResult, make_ids
-from cwhook.sources.payload import as_float, as_int, as_str, decode_body, get_ci, percent
+from cwhook.sources.payload import Caseless, as_float, as_int, as_str, decode_body, get_ci, percent
 from cwhook.sources.plex import parse_legacy_guid
 
 EVENTS = {
@@ -71,7 +71,7 @@ def _progress(data: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
-    data = decode_body(content_type, body, "payload")
+    data = Caseless(decode_body(content_type, body, "payload"))
     name = _get(data, "action")
     if name is None:
         raise BadPayload("no 'action' in the Tautulli payload (see docs/tautulli.md for the JSON data)")
