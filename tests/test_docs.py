@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from cwhook.sources.registry import SOURCES
 from tests.conftest import ROOT, TOKENS, Daemon
 
 pytestmark = pytest.mark.slow
@@ -47,16 +48,14 @@ def check_answer(documented: dict[str, object], body: dict[str, object]) -> None
 
 def test_docs_have_curl_examples_for_every_endpoint() -> None:
     text = " ".join(cmd for _, cmd, _ in examples())
-    for path in ("/healthz", "/webhook/plextrakt", "/webhook/jellyfintrakt", "/webhook/embytrakt",
-                 "/webhook/tautullitrakt"):
+    for path in ("/healthz", *(source.path for source in SOURCES.values())):
         assert path in text
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by .ci/run")
 def test_every_curl_example(daemon_factory: Callable[..., Daemon]) -> None:
     d = daemon_factory()
-    env = dict(os.environ, PLEX_TOKEN=TOKENS["plex"], JELLYFIN_TOKEN=TOKENS["jellyfin"],
-               EMBY_TOKEN=TOKENS["emby"], TAUTULLI_TOKEN=TOKENS["tautulli"])
+    env = dict(os.environ, **{f"{name.upper()}_TOKEN": TOKENS[name] for name in SOURCES})
     ran = answers = 0
     for page, command, expected, answer in answered_examples():
         cmd = command.replace("http://localhost:8787", d.base) + " -w '\\n%{http_code}'"

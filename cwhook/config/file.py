@@ -478,39 +478,6 @@ def webhook_url(config: Config, server: str) -> str:
     return f"{base_url(config)}{SOURCES[server].path}?{config.webhook(server).token}"
 
 
-# A try-it line is a test request (X-Cwhook-Dry-Run, docs/curl.md): once Trakt is authorized, a
-# real one would start a scrobble on the person's account.
-CURL_EXAMPLES = {
-    "plex": (
-        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -F 'payload={{\"event\":\"media.play\",\"Account\":"
-        "{{\"id\":1,\"title\":\"me\"}},\"Player\":{{\"uuid\":\"curl\"}},\"Metadata\":"
-        "{{\"type\":\"movie\",\"title\":\"Guardians of the Galaxy\",\"year\":2014,"
-        "\"Guid\":[{{\"id\":\"imdb://tt2015381\"}}],\"viewOffset\":60000,\"duration\":7320000}}}}'"
-    ),
-    "jellyfin": (
-        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -H 'Content-Type: application/json' -d "
-        "'{{\"NotificationType\":\"PlaybackStart\",\"NotificationUsername\":\"me\","
-        "\"DeviceId\":\"curl\",\"ItemType\":\"Movie\",\"Name\":\"Guardians of the Galaxy\","
-        "\"Year\":2014,\"Provider_imdb\":\"tt2015381\",\"RunTimeTicks\":73200000000,"
-        "\"PlaybackPositionTicks\":600000000}}'"
-    ),
-    "emby": (
-        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -H 'Content-Type: application/json' -d "
-        "'{{\"Event\":\"playback.start\",\"User\":{{\"Name\":\"me\"}},\"Session\":"
-        "{{\"DeviceId\":\"curl\"}},\"Item\":{{\"Type\":\"Movie\",\"Name\":\"Guardians of the Galaxy\","
-        "\"ProductionYear\":2014,\"ProviderIds\":{{\"Imdb\":\"tt2015381\"}},"
-        "\"RunTimeTicks\":73200000000}},\"PlaybackInfo\":{{\"PositionTicks\":600000000}}}}'"
-    ),
-    "tautulli": (
-        "curl -sS -X POST '{url}' -H 'X-Cwhook-Dry-Run: 1' -H 'Content-Type: application/json' -d "
-        "'{{\"action\":\"play\",\"media_type\":\"movie\",\"username\":\"me\",\"user_id\":\"1\","
-        "\"machine_id\":\"curl\",\"session_key\":\"1\",\"title\":\"Guardians of the Galaxy\","
-        "\"year\":\"2014\",\"imdb_id\":\"tt2015381\",\"view_offset\":\"60000\","
-        "\"duration_ms\":\"7320000\"}}'"
-    ),
-}
-
-
 def urls_text(config: Config, servers: tuple[str, ...] = SERVERS) -> str:
     lines = []
     for server in servers:
@@ -518,7 +485,7 @@ def urls_text(config: Config, servers: tuple[str, ...] = SERVERS) -> str:
         state = "" if hook.enabled else "   (disabled in config)"
         url = webhook_url(config, server)
         lines.append(f"{server}: {url}{state}")
-        lines.append("  try it: " + CURL_EXAMPLES[server].format(url=url))
+        lines.append("  try it: " + SOURCES[server].try_it(url))
     lines.append("(a try-it line is a test, X-Cwhook-Dry-Run: 1: its answer says what would be sent to which "
                  "Trakt account; nothing is stored or sent)")
     return "\n".join(lines)

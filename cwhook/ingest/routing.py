@@ -1,11 +1,11 @@
 """Routing (pure): which Trakt accounts an event goes to (docs/configuration.md, Households).
 
-Each account has a list of user patterns ``SERVER:NAME``: SERVER is plex, tautulli,
-jellyfin, emby or ``*``; NAME matches as the whitelists do (``filters.user_matches``:
-Plex account title with case and punctuation ignored, ``id:<n>``, ``uuid:<u>``;
-Tautulli user name, case ignored, or ``id:<n>``; Jellyfin/Emby user name, case ignored)
-or is ``*``. ``*`` alone means ``*:*``. An event goes to every account with a matching
-pattern: none, one or several.
+Each account has a list of user patterns ``SERVER:NAME``: SERVER is a source of
+cwhook/sources/registry.py (plex, jellyfin, emby, tautulli) or ``*``; NAME matches as the
+whitelists do (``filters.user_matches``, by the source's ``Users``: Plex account title with
+case and punctuation ignored, ``id:<n>``, ``uuid:<u>``; Tautulli user name, case ignored, or
+``id:<n>``; Jellyfin/Emby user name, case ignored) or is ``*``. ``*`` alone means ``*:*``. An
+event goes to every account with a matching pattern: none, one or several.
 
 A ``Router`` is built once per config: every pattern becomes the keys it matches, so
 routing an event is a few dictionary lookups however many accounts the file has
@@ -17,42 +17,38 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from cwhook.ingest.filters import fold_plex, same_user
 from cwhook.kernel.event import Event
+from cwhook.sources.registry import SOURCES
+from cwhook.sources.users import Users
 
 ANY = "*"
-# How a source's users are named: Plex by folded title, id or uuid; Tautulli by name or id;
-# every other source by name. A NAME means the same to every source of one family.
-_FAMILY = {"plex": "plex", "tautulli": "tautulli"}
-_FAMILIES = ("plex", "tautulli", "other")
+# How each source names its users (cwhook/sources/registry.py): a NAME means the same to every
+# source with equal Users (Plex by folded title, id or uuid; Tautulli by name or id; the rest by name).
+_FAMILIES = tuple(dict.fromkeys(source.users for source in SOURCES.values()))
 
 
-def _name_keys(family: str, name: str) -> list[tuple[str, str]]:
-    """The (kind, value) pairs a pattern's NAME matches for a source family."""
+def _name_keys(users: Users, name: str) -> list[tuple[str, str]]:
+    """The (kind, value) pairs a pattern's NAME matches for sources with these Users."""
     entry = name.strip()
     lower = entry.lower()
-    if family in ("plex", "tautulli") and lower.startswith("id:"):
+    if users.ids and lower.startswith("id:"):
         return [("id", entry[3:].strip())]
-    if family == "plex" and lower.startswith("uuid:"):
+    if users.uuids and lower.startswith("uuid:"):
         return [("uuid", entry[5:].strip().lower())]
-    if family == "plex":
-        folded = fold_plex(entry)
-        return [("name", folded)] if folded else []
-    return [("name", same_user(entry))] if entry else []
+    folded = users.fold(entry)
+    return [("name", folded)] if folded else []
 
 
-def _event_keys(event: Event, family: str) -> list[tuple[str, str]]:
+def _event_keys(event: Event, users: Users) -> list[tuple[str, str]]:
     """The (kind, value) pairs an event's user is known by."""
     keys: list[tuple[str, str]] = []
-    if family in ("plex", "tautulli") and event.user_id is not None:
+    if users.ids and event.user_id is not None:
         keys.append(("id", event.user_id))
-    if family == "plex":
-        if event.user_uuid:
-            keys.append(("uuid", event.user_uuid.lower()))
-        if event.user_name:
-            keys.append(("name", fold_plex(event.user_name)))
-    else:
-        keys.append(("name", same_user(event.user_name or "")))
+    if users.uuids and event.user_uuid:
+        keys.append(("uuid", event.user_uuid.lower()))
+    folded = users.fold(event.user_name or "")
+    if folded:  # (no pattern has an empty NAME key)
+        keys.append(("name", folded))
     return keys
 
 
@@ -62,7 +58,7 @@ class Router:
     def __init__(self, accounts: Mapping[str, Iterable[str]]) -> None:
         self.names = tuple(accounts)
         self._everyone: dict[str, set[int]] = {}  # server or "*" -> the accounts taking all its users
-        self._index: dict[tuple[str, str, str, str], set[int]] = {}  # (server, family, kind, value)
+        self._index: dict[tuple[str, Users, str, str], set[int]] = {}  # (server, family, kind, value)
         for i, patterns in enumerate(accounts.values()):
             for pattern in patterns:
                 self._add(i, pattern)
@@ -84,7 +80,7 @@ class Router:
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the accounts whose users match the event, in the accounts' order."""
         found: set[int] = set()
-        family = _FAMILY.get(event.source, "other")
+        family = SOURCES[event.source].users
         keys = _event_keys(event, family)
         for server in (ANY, event.source):
             found |= self._everyone.get(server, set())
