@@ -2,7 +2,7 @@
 
 Everything that lists the sources reads this table (docs/architecture.md, "Adding a source"):
 the routes ``POST /webhook/ROUTE?TOKEN`` (cwhook/ingest/app.py), the config sections
-``webhooks.NAME`` and their keys (cwhook/config/schema.py), the households' ``NAME:USER``
+``webhooks.NAME`` and their keys (cwhook/config/keys.py), the households' ``NAME:USER``
 patterns and the whitelists (cwhook/ingest/filters.py, cwhook/ingest/routing.py), the
 ``cwhook urls`` lines and their try-it curl (cwhook/config/file.py), the decision journal and
 the ``server`` label of /metrics. tests/test_sources.py checks that each entry has its parser's
@@ -22,7 +22,7 @@ from cwhook.sources.users import BY_NAME, Users, fold_plex, same_user
 Parser = Callable[[str, bytes, float], ParseResult]
 Setting = bool | tuple[str, ...]  # an on/off switch or a list of names
 
-# The keys every webhooks.NAME section has (their checks and defaults: cwhook/config/schema.py).
+# The keys every webhooks.NAME section has (their checks and defaults: cwhook/config/keys.py).
 COMMON_SETTINGS = ("enabled", "token", "username_whitelist")
 NO_SETTINGS: Mapping[str, Setting] = MappingProxyType({})
 
