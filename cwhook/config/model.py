@@ -74,10 +74,6 @@ class TraktConfig:
     users: tuple[str, ...] = default("trakt", "users")
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
-    @property
-    def authorized(self) -> bool:
-        return bool(self.access_token)
-
     def all_accounts(self) -> dict[str, AccountConfig]:
         """Every account, `default` (the top-level tokens) first."""
         return {DEFAULT_ACCOUNT: AccountConfig(DEFAULT_ACCOUNT, self.users, self.access_token,
