@@ -166,50 +166,13 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
                        user=as_str(as_dict(data.get("Account")).get("title")),
                        item=as_str(metadata.get("title")))
 
+    placed = _placement(kind, metadata)
+    if isinstance(placed, Ignored):
+        return placed
     account = as_dict(data.get("Account"))
     player = as_dict(data.get("Player"))
     server = as_dict(data.get("Server"))
     guid = as_str(metadata.get("guid"))
-    legacy_ids, legacy_show_ids, legacy_season, legacy_number = parse_legacy_guid(guid)
-    hama = parse_hama_guid(guid)
-    ids = _guid_list_ids(metadata) or legacy_ids
-
-    title = as_str(metadata.get("title"))
-    year = as_int(metadata.get("year"))
-    show_title = show_year = None
-    season = number = number_abs = None
-    show_ids = Ids()
-    if kind == "episode":
-        show_title = as_str(metadata.get("grandparentTitle"))
-        season = as_int(metadata.get("parentIndex"))
-        number = as_int(metadata.get("index"))
-        grandparent = as_str(metadata.get("grandparentGuid"))
-        show_hama = parse_hama_guid(grandparent)
-        show_ids = (legacy_show_ids or parse_legacy_guid(grandparent)[0]
-                    or (hama.ids if hama else Ids()) or (show_hama.ids if show_hama else Ids()))
-        if hama is not None:
-            legacy_season, legacy_number = hama.season, hama.episode
-        season = season if season is not None else legacy_season
-        number = number if number is not None else legacy_number
-        numbering = hama.numbering if hama is not None else "season"
-        if numbering != "season" and number is not None:
-            number_abs = number
-            if numbering == "absolute":  # the season is an arc: not a Trakt season
-                season = number = None
-        has_numbers = (season is not None and number is not None) or number_abs is not None
-        if not ids and not ((show_title or show_ids) and has_numbers):
-            return Ignored("no_ids", "episode has no ids and no show title/season/number")
-    elif kind == "season":
-        show_title = as_str(metadata.get("parentTitle"))
-        season = as_int(metadata.get("index"))
-        show_ids = legacy_show_ids
-        if not (show_ids or show_title):
-            return Ignored("no_ids", "season has no show ids and no show title")
-    else:
-        ids = ids or (hama.ids if hama is not None else Ids())
-        if not ids and not title:
-            return Ignored("no_ids", f"{kind} has no ids and no title")
-
     duration_ms = as_float(metadata.get("duration"))
     view_offset = as_float(metadata.get("viewOffset"))
     account_id = as_str(account.get("id"))
@@ -217,15 +180,9 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         source="plex",
         action=action,  # type: ignore[arg-type]
         kind=kind,  # type: ignore[arg-type]
-        title=title,
-        year=year,
-        ids=ids,
-        show_title=show_title,
-        show_year=show_year,
-        show_ids=show_ids,
-        season=season,
-        number=number,
-        number_abs=number_abs,
+        title=as_str(metadata.get("title")),
+        year=as_int(metadata.get("year")),
+        **placed,
         progress=percent(view_offset, duration_ms),
         duration_s=duration_ms / 1000 if duration_ms and duration_ms > 0 else None,
         user_name=as_str(account.get("title")),
@@ -238,6 +195,53 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         received_at=received_at,
         vod=is_vod(data, metadata),
     )
+
+
+def _placement(kind: str, metadata: dict[str, Any]) -> dict[str, Any] | Ignored:
+    """The item's ids and, for an episode or a season, its show and numbers (Event's fields)."""
+    guid = as_str(metadata.get("guid"))
+    legacy = parse_legacy_guid(guid)
+    hama = parse_hama_guid(guid)
+    ids = _guid_list_ids(metadata) or legacy[0]
+    if kind == "episode":
+        return _episode(metadata, ids, legacy, hama)
+    if kind == "season":
+        show_title = as_str(metadata.get("parentTitle"))
+        show_ids = legacy[1]
+        if not (show_ids or show_title):
+            return Ignored("no_ids", "season has no show ids and no show title")
+        return {"ids": ids, "show_title": show_title, "show_ids": show_ids, "season": as_int(metadata.get("index"))}
+    ids = ids or (hama.ids if hama is not None else Ids())
+    if not ids and not as_str(metadata.get("title")):
+        return Ignored("no_ids", f"{kind} has no ids and no title")
+    return {"ids": ids}
+
+
+def _episode(metadata: dict[str, Any], ids: Ids, legacy: tuple[Ids, Ids, int | None, int | None],
+             hama: HamaGuid | None) -> dict[str, Any] | Ignored:
+    _, legacy_show_ids, legacy_season, legacy_number = legacy
+    show_title = as_str(metadata.get("grandparentTitle"))
+    season = as_int(metadata.get("parentIndex"))
+    number = as_int(metadata.get("index"))
+    number_abs = None
+    grandparent = as_str(metadata.get("grandparentGuid"))
+    show_hama = parse_hama_guid(grandparent)
+    show_ids = (legacy_show_ids or parse_legacy_guid(grandparent)[0]
+                or (hama.ids if hama else Ids()) or (show_hama.ids if show_hama else Ids()))
+    if hama is not None:
+        legacy_season, legacy_number = hama.season, hama.episode
+    season = season if season is not None else legacy_season
+    number = number if number is not None else legacy_number
+    numbering = hama.numbering if hama is not None else "season"
+    if numbering != "season" and number is not None:
+        number_abs = number
+        if numbering == "absolute":  # the season is an arc: not a Trakt season
+            season = number = None
+    has_numbers = (season is not None and number is not None) or number_abs is not None
+    if not ids and not ((show_title or show_ids) and has_numbers):
+        return Ignored("no_ids", "episode has no ids and no show title/season/number")
+    return {"ids": ids, "show_title": show_title, "show_ids": show_ids, "season": season, "number": number,
+            "number_abs": number_abs}
 
 
 def account_uuid(thumb: str | None) -> str | None:

@@ -70,8 +70,8 @@ def _progress(data: dict[str, Any]) -> tuple[float | None, float | None]:
     return min(100.0, rough), duration_s
 
 
-def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
-    data = Caseless(decode_body(content_type, body, "payload"))
+def _playback(data: Caseless) -> tuple[str, str] | Ignored:
+    """The action and the media type of a playback Trakt scrobbles, or why it is not one."""
     name = _get(data, "action")
     if name is None:
         raise BadPayload("no 'action' in the Tautulli payload (see docs/tautulli.md for the JSON data)")
@@ -90,7 +90,15 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
                 else f"media type {media_type or 'unknown'!r}")
         return _ignored("media_type_not_supported",
                         f"Tautulli item is {what}, which is not scrobbled to Trakt", data)
+    return action, media_type
 
+
+def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResult:
+    data = Caseless(decode_body(content_type, body, "payload"))
+    playback = _playback(data)
+    if isinstance(playback, Ignored):
+        return playback
+    action, media_type = playback
     guid = _get(data, "guid")
     guid_ids, guid_show_ids, guid_season, guid_number = parse_legacy_guid(guid)
     named = make_ids(imdb=_get(data, "imdb_id"), tmdb=_get(data, "themoviedb_id"),
