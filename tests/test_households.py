@@ -23,6 +23,7 @@ from cwhook.ingest.routing import Router
 from cwhook.kernel.event import Event, Ids
 from cwhook.scrobble.rules import Rules
 from cwhook.scrobble.worker import Worker
+from cwhook.sources.registry import SOURCES
 from cwhook.state.store import AsyncStore, Store
 from cwhook.status.health import Counters
 from tests.conftest import TOKENS, Daemon, free_port, wait_for
@@ -95,7 +96,7 @@ def test_pattern_table(pattern: str, event: Event, expected: bool) -> None:
     assert route(event, {"a": (pattern,)}) == (("a",) if expected else ())
 
 
-SOURCES_ = st.sampled_from(["plex", "jellyfin", "emby", "tautulli"])
+SOURCES_ = st.sampled_from(list(SOURCES))
 NAMES = st.sampled_from(["Anna", "anna", "an-na", "ANNA!", "Zoë", "Zoe\u0308", "id:42", "uuid:AbC1", " Dad ",
                          "D.A.D.", "*", "", "   ", "!!", "42", "abc1"])
 PATTERNS = st.one_of(st.builds(lambda s, n: f"{s}:{n}", st.sampled_from(["plex", "PLEX", "jellyfin", "emby",

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from cwhook.kernel.event import BadPayload, Event, Ids, Ignored
-from cwhook.sources import emby, jellyfin, plex, tautulli
+from cwhook.sources import emby, jellyfin, plex
 from cwhook.sources.plex import HamaGuid, parse_hama_guid, parse_legacy_guid
+from cwhook.sources.registry import SOURCES
 from tests.conftest import fixture_bytes, fixture_json
 
-PARSERS = {"plex": plex.parse, "jellyfin": jellyfin.parse, "emby": emby.parse, "tautulli": tautulli.parse}
+PARSERS = {name: source.parse for name, source in SOURCES.items()}
 
 # fixture -> expected fields of the Event (or the ignore reason)
 CASES: list[tuple[str, dict[str, Any] | str]] = [

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     add("check-config", "validate the config file")
     add("urls", "print the webhook URLs with a curl example for each")
     rotate = add("rotate-tokens", "replace webhook tokens (all servers when none named)")
-    rotate.add_argument("servers", nargs="*", metavar="SERVER", help="plex, jellyfin, emby or tautulli")
+    rotate.add_argument("servers", nargs="*", metavar="SERVER", help=f"{', '.join(SERVERS[:-1])} or {SERVERS[-1]}")
     auth = add("auth", "log in to Trakt (device code) and store the tokens in the config file")
     auth.add_argument("--account", metavar="NAME", default=DEFAULT_ACCOUNT,
                       help="the Trakt account (trakt.accounts.NAME) to log in; default: `default`")
