@@ -38,7 +38,6 @@ def test_every_list_of_sources_is_the_registry() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_its_config_section_is_the_common_keys_and_its_own(name: str) -> None:
     source = SOURCES[name]
-    assert source.section == ("webhooks", name)
     assert list(SCHEMA["webhooks"][name]) == [*COMMON_SETTINGS, *source.settings]
     for key, value in source.settings.items():
         assert default("webhooks", name, key) == value

@@ -46,11 +46,6 @@ class Source:
         return f"/webhook/{self.route}"
 
     @property
-    def section(self) -> tuple[str, str]:
-        """Its key path in the config file."""
-        return ("webhooks", self.name)
-
-    @property
     def label(self) -> str:
         """Its ``server`` label in /metrics (cwhook_webhooks, cwhook_ignored, cwhook_webhook_ack_seconds)."""
         return self.name
