@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from aiohttp.streams import StreamReader
 
 from cwhook.ingest import edge
 from cwhook.kernel import logs
@@ -425,31 +424,6 @@ async def test_every_header_cwhook_reads_refuses_hostile_values_in_json(sink: io
     assert not [e for e in events(sink) if e["level"] in ("error", "critical")]
     expect = {status for name, cls, status in seen if name == "Expect" and cls == "non_ascii"}
     assert expect == {400}
-
-
-def test_the_private_state_the_body_budget_uses_is_still_there() -> None:
-    """cwhook.ingest.edge reads and writes a few private attributes of aiohttp's StreamReader and of
-    asyncio's socket transport (kept together in edge.py): fail here, not silently, if they move."""
-    loop = asyncio.new_event_loop()
-    try:
-        class Proto:
-            _reading_paused = False
-
-            def pause_reading(self) -> None: ...
-
-            def resume_reading(self) -> None: ...
-
-        reader = StreamReader(Proto(), 16, loop=loop)  # type: ignore[arg-type]
-        reader.feed_data(b"abc")
-        assert (edge._buffered(reader), edge._received(reader)) == (3, 3)
-        edge._drop(reader, edge.BodyEvicted("x"))
-        assert edge._buffered(reader) == 0 and reader.is_eof() and reader.exception() is not None
-        edge._forgive(reader)
-        assert not reader.is_eof() and reader.exception() is None
-        import asyncio.selector_events as selector_events
-        assert selector_events._SelectorSocketTransport.max_size == 256 * 1024
-    finally:
-        loop.close()
 
 
 def test_the_test_request_header_is_screened_like_the_others() -> None:
