@@ -3,8 +3,12 @@ against a real daemon: exit 0 ok, 1 degraded, 3 not running."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cwhook.cli.status import healthz_url
+from cwhook.cli.status import local_get
+from cwhook.config.address import healthz_url, public_base_url
 from cwhook.state.store import Stats
 from cwhook.status import snapshot as status
 from cwhook.status.health import OUTBOX_AGING, Counters
@@ -52,14 +57,72 @@ def snapshot(auth: Auth | None = None, client: Client | None = None, stats: Stat
 
 @pytest.mark.parametrize(("host", "port", "url"), [
     ("0.0.0.0", 8787, "http://127.0.0.1:8787/healthz"),  # a wildcard bind is asked on loopback
-    ("", 8787, "http://127.0.0.1:8787/healthz"),
-    ("::", 9000, "http://[::1]:9000/healthz"),
+    ("", 8787, "http://127.0.0.1:8787/healthz"),  # every address, IPv4 included
+    ("*", 8787, "http://127.0.0.1:8787/healthz"),
+    (" 0.0.0.0 ", 8787, "http://127.0.0.1:8787/healthz"),
+    ("::", 9000, "http://[::1]:9000/healthz"),  # IPv6-only sockets: 127.0.0.1 would find nothing
+    ("[::]", 9000, "http://[::1]:9000/healthz"),
+    ("0:0::0", 9000, "http://[::1]:9000/healthz"),
     ("::1", 9000, "http://[::1]:9000/healthz"),
+    ("[::1]", 9000, "http://[::1]:9000/healthz"),  # brackets given: not doubled
+    ("fd00::20", 8787, "http://[fd00::20]:8787/healthz"),
+    ("127.0.0.1", 8787, "http://127.0.0.1:8787/healthz"),
     ("192.168.1.20", 8787, "http://192.168.1.20:8787/healthz"),
     ("cwhook.lan", 80, "http://cwhook.lan:80/healthz"),
+    ("localhost", 8787, "http://localhost:8787/healthz"),
 ])
 def test_healthz_url(host: str, port: int, url: str) -> None:
     assert healthz_url(host, port) == url
+
+
+@pytest.mark.parametrize(("public_url", "host", "base"), [
+    ("https://hooks.example.net", "0.0.0.0", "https://hooks.example.net"),  # public_url wins
+    ("", "0.0.0.0", f"http://{socket.gethostname()}:8787"),  # a media server elsewhere: this machine's name
+    ("", "", f"http://{socket.gethostname()}:8787"),
+    ("", "::", f"http://{socket.gethostname()}:8787"),
+    ("", "*", f"http://{socket.gethostname()}:8787"),
+    ("", "192.168.1.20", "http://192.168.1.20:8787"),
+    ("", "fd00::20", "http://[fd00::20]:8787"),
+    ("", "[fd00::20]", "http://[fd00::20]:8787"),
+    ("", "cwhook.lan", "http://cwhook.lan:8787"),
+])
+def test_public_base_url(public_url: str, host: str, base: str) -> None:
+    assert public_base_url(public_url, host, 8787) == base
+
+
+def test_local_commands_never_ask_the_daemon_through_a_proxy(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_proxy is for the outside: `cwhook status` and `cwhook accounts` ask the daemon directly."""
+    from cwhook.cli.accounts import running_health
+    from cwhook.config.schema import parse_config
+
+    answer = json.dumps({"status": "ok", "accounts": {"default": {"needs_auth": "refused"}}}).encode()
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dead = free_port()  # a proxy that is not there: going through it fails
+        for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{dead}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        port = server.server_address[1]
+        cfg = parse_config(f"server:\n  host: 0.0.0.0\n  port: {port}\nstate:\n  dir: {tmp_path}\n",
+                           tmp_path / "c.yml")
+        assert running_health(cfg) == json.loads(answer)
+        assert local_get(healthz_url("0.0.0.0", port), 2.0) == answer
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_healthz_has_every_key_the_spec_names() -> None:

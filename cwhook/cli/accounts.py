@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import urllib.request
 from typing import Any
 
+from cwhook.cli.status import local_get
+from cwhook.config.address import healthz_url
 from cwhook.config.schema import Config, unreadable
 from cwhook.kernel import hint
 from cwhook.kernel.termtext import visible
@@ -42,14 +43,9 @@ def pending_by_account(config: Config) -> dict[str, int]:
 
 
 def running_health(config: Config, timeout: float = 1.0) -> dict[str, Any] | None:
-    host = config.server.host
-    if host in ("0.0.0.0", "", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
+    """The running daemon's /healthz, or None when nothing (or nothing cwhook) answers."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{config.server.port}/healthz", timeout=timeout) as resp:
-            data = json.loads(resp.read())
+        data = json.loads(local_get(healthz_url(config.server.host, config.server.port), timeout))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

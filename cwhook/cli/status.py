@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from cwhook.config.address import healthz_url
 from cwhook.config.schema import ConfigError, default, load_config
 from cwhook.status import snapshot as status
 
@@ -27,16 +28,12 @@ EXIT_NOT_RUNNING = 3
 TIMEOUT = 5.0
 
 
-def healthz_url(host: str, port: int) -> str:
-    """Where the daemon answers on this machine: a wildcard bind is asked on loopback."""
-    host = host.strip()
-    if host in ("", "0.0.0.0", "*"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}/healthz"
+def local_get(url: str, timeout: float) -> bytes:
+    """GET ``url`` of the daemon on this machine (at most 1 MiB): straight, never through the
+    proxy ``http_proxy`` names for the outside."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as resp:
+        return bytes(resp.read(1 << 20))
 
 
 # A refused file the daemon cannot use either (not the caller's rights or a wrong -c path).
@@ -101,10 +98,8 @@ def cmd_status(path: Path, url: str | None = None, out: TextIO | None = None, er
             err.write(f"cwhook: asking the daemon anyway, at {healthz_url(host, port)} (server.host and "
                       "server.port as far as the file can be read, else the defaults; --url URL to choose)\n")
     url = _url(url) if url is not None else healthz_url(host, port)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
     try:
-        with opener.open(url, timeout=TIMEOUT) as resp:
-            raw = resp.read(1 << 20)
+        raw = local_get(url, TIMEOUT)
     except urllib.error.HTTPError as exc:
         err.write(f"cwhook: something that is not cwhook answers at {url} (HTTP {exc.code}); "
                   f"check server.host and server.port in {path}\n")

@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import secrets
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from cwhook.config.address import public_base_url
 from cwhook.config.schema import (
     SERVERS,
     Config,
@@ -464,14 +464,7 @@ def rotate_tokens(config: Config, servers: list[str]) -> Config:
 
 
 def base_url(config: Config) -> str:
-    if config.server.public_url:
-        return config.server.public_url
-    host = config.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname() or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.server.port}"
+    return public_base_url(config.server.public_url, config.server.host, config.server.port)
 
 
 def webhook_url(config: Config, server: str) -> str:
