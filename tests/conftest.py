@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cwhook.sources.registry import SOURCES
 from tests.faketrakt import FakeTrakt
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,8 +137,7 @@ class Daemon:
 
     def post(self, server: str, body: bytes, content_type: str = "application/json",
              token: str | None = None) -> tuple[int, dict[str, Any]]:
-        path = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt",
-                "emby": "/webhook/embytrakt", "tautulli": "/webhook/tautullitrakt"}[server]
+        path = SOURCES[server].path
         status, data, _ = self.request("POST", f"{path}?{token or TOKENS[server]}", body,
                                        {"Content-Type": content_type})
         return status, data

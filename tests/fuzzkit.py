@@ -32,12 +32,12 @@ from cwhook.ingest import edge
 from cwhook.ingest.app import Runtime, make_app
 from cwhook.kernel.event import Event
 from cwhook.scrobble import preview
+from cwhook.sources.registry import SOURCES
 from cwhook.status.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text
 
-PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt",
-         "tautulli": "/webhook/tautullitrakt"}
-FIELD = {"plex": "payload", "jellyfin": "payload", "emby": "data", "tautulli": "payload"}
+PATHS = {name: source.path for name, source in SOURCES.items()}
+FIELD = {name: source.part for name, source in SOURCES.items()}
 SAMPLES = {server: [p for p in sorted(FIXTURES.rglob("*.json")) if p.name.startswith(server)]
            for server in PATHS}
 

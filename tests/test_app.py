@@ -24,10 +24,11 @@ from cwhook.ingest.app import Busy, Runtime, make_app
 from cwhook.kernel import logs
 from cwhook.kernel.event import Event
 from cwhook.scrobble import preview
+from cwhook.sources.registry import SOURCES
 from cwhook.status.health import Counters
 from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
 
-PATHS = {"plex": "/webhook/plextrakt", "jellyfin": "/webhook/jellyfintrakt", "emby": "/webhook/embytrakt"}
+PATHS = {name: source.path for name, source in SOURCES.items()}  # the one route table
 
 
 def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None) -> QueueRuntime:
@@ -243,7 +244,7 @@ async def test_token_never_logged(aiohttp_client: Any) -> None:
     text = sink.getvalue()
     lines = [json.loads(line) for line in text.splitlines()]
     requests = [line for line in lines if line["event"] == "request"]
-    assert len(requests) == 7
+    assert len(requests) == 2 * len(PATHS) + 1
     assert all(r["path"].endswith("?<redacted>") for r in requests)
     for token in [*TOKENS.values(), "wrong-token-value"]:
         assert token not in text
@@ -350,7 +351,8 @@ KEYS = ["event", "Event", "NotificationType", "Metadata", "Item", "type", "ItemT
 def test_fuzz_random_documents_never_5xx(fuzz_server: tuple[ThreadServer, Runtime], server: str,
                                          doc: dict[str, Any], event: str) -> None:
     srv, _ = fuzz_server
-    doc.setdefault({"plex": "event", "emby": "Event", "jellyfin": "NotificationType"}[server], event)
+    doc.setdefault({"plex": "event", "emby": "Event", "jellyfin": "NotificationType", "tautulli": "action"}[server],
+                   event)
     status = post_raw(srv.port, f"{PATHS[server]}?{TOKENS[server]}", json.dumps(doc).encode(),
                       "application/json")
     assert status in (200, 202, 400), status
