@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from cwhook.config.schema import parse_config
 from cwhook.ingest.app import Runtime, make_app
 from cwhook.kernel.event import Event
-from cwhook.kernel.vocab import REASONS
+from cwhook.kernel.vocab import CLOSE_REASONS, OUTCOMES, REASONS
 from cwhook.scrobble import preview
+from cwhook.sources.registry import SOURCES
 from cwhook.state.store import Stats
 from cwhook.status import metrics
 from cwhook.status import snapshot as status
@@ -85,6 +86,20 @@ def test_an_endpoint_label_is_one_of_a_few(path: str) -> None:
 
 
 # --- the collector renders a snapshot ---------------------------------------------------------
+
+
+def test_every_server_outcome_and_close_reason_is_a_series_from_the_start() -> None:
+    """The labels come from the vocabulary (cwhook/kernel/vocab.py): an outcome the handler can
+    give is never missing from /metrics (body_timeout once was)."""
+    counters = Counters()
+    snap = status.build(version="1", started=0, queue_depth=0, sessions=0, stats=Stats(), accounts={},
+                        counters=counters, now=1)
+    found = samples(metrics.Metrics(counters, lambda: snap).render()[0].decode())
+    webhooks = {(dict(ls)["server"], dict(ls)["outcome"]) for n, ls in found if n == "cwhook_webhooks_total"}
+    assert webhooks == {(server, outcome) for server in SOURCES for outcome in OUTCOMES}
+    assert ("jellyfin", "body_timeout") in webhooks and ("tautulli", "error") in webhooks
+    closed = {dict(ls)["reason"] for n, ls in found if n == "cwhook_connections_closed_total"}
+    assert closed == set(CLOSE_REASONS)
 
 
 def test_a_snapshot_in_prometheus_format() -> None:

@@ -7,83 +7,36 @@ and the event put on the worker's queue. Nothing here waits on Trakt.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import dataclasses
 import hmac
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-import aiohttp
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from cwhook.config.schema import Config, ScrobbleConfig
-from cwhook.ingest import dryrun, edge, filters, routing
-from cwhook.ingest.multipart import PartScanner
+from cwhook.ingest import dryrun, edge, errors, filters, routing
+from cwhook.ingest.body import BodyTimeout, ClientGone, TooLarge, read_payload
 from cwhook.kernel import logs, redact, vocab
-from cwhook.kernel.event import BadPayload, Event, Ignored
-from cwhook.sources.registry import SOURCES
+from cwhook.kernel.event import BadPayload, Event, Ignored, ParseResult
+from cwhook.kernel.vocab import Outcome
+from cwhook.sources.registry import SOURCES, Source
 from cwhook.state.store import StoreUnavailable
 from cwhook.status.health import Counters
 
 log = logs.get("cwhook.http")
 
-ROUTES = {name: source.path for name, source in SOURCES.items()}
-CHUNK = 65536
 RETRY_AFTER_BUSY = "5"
 RETRY_AFTER_UNAVAILABLE = "10"
 DROPPED = "body dropped to make room"  # the detail of a request whose body the edge dropped
-_request_ids = itertools.count(1)
 # What the handler found out, for the middleware's one log line per request.
 _request_notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("request_notes")
-
-
-class TooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its body was complete."""
-
-
-class BodyTimeout(Exception):
-    """The body did not arrive within the limits' body deadline."""
-
-
-async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The body as it arrives (decoded), never more than ``limit`` bytes in all."""
-    total = 0
-    while True:
-        try:
-            chunk = await request.content.read(CHUNK)
-        except RequestPayloadError as exc:
-            edge.no_linger(request)  # the rest of the body cannot be read either
-            if isinstance(exc.__cause__, ContentEncodingError):
-                raise BadPayload(f"the body is not valid {request.headers.get('Content-Encoding', '')[:20]} "
-                                 "data (Content-Encoding)") from None
-            raise ClientGone(str(exc)) from None
-        except edge.BodyEvicted:
-            edge.dropped(request)
-            raise edge.Busy() from None
-        except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
-            edge.no_linger(request)
-            raise ClientGone(str(exc)) from None
-        if not chunk:
-            if edge.was_dropped(request):  # a read woken as its body was dropped
-                edge.dropped(request)
-                raise edge.Busy()
-            return
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge()
-        yield chunk
 
 
 class Busy(Exception):
@@ -129,6 +82,8 @@ class Runtime:
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+# Each request's number in its log lines (``request_id``), counted per app from 1.
+REQUEST_IDS: web.AppKey[Iterator[int]] = web.AppKey("request_ids")
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -148,51 +103,6 @@ def token_ok(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-async def read_payload(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
-    """(content type, bytes) of the body, or of its multipart part named ``field``.
-
-    ``limit`` bounds a multipart body; a raw body, and the part kept from a multipart one,
-    are bounded by the edge limits too (1 MiB). What is kept counts against the body budget
-    shared by all requests (``edge.Busy`` when the edge dropped this body to make room).
-    """
-    limits = request.app[edge.LIMITS]
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in edge.ENCODINGS:
-        raise BadPayload(f"unsupported Content-Encoding {encoding[:20]!r} (gzip and deflate are accepted)")
-    ctype = request.headers.get("Content-Type", "")
-    multipart = ctype.lower().startswith("multipart/")
-    cap = limit if multipart else min(limit, limits.max_raw_body)
-    if request.content_length is not None and request.content_length > cap:
-        raise TooLarge()
-    lease = edge.Lease(request)
-    try:
-        async with asyncio.timeout(limits.body_deadline):
-            if not multipart:
-                parts: list[bytes] = []
-                size = 0
-                async for chunk in _chunks(request, cap):
-                    size += len(chunk)
-                    parts.append(chunk)
-                    lease.hold(size)
-                return ctype, b"".join(parts)
-            scanner = PartScanner(ctype, field)
-            async for chunk in _chunks(request, cap):
-                found = scanner.feed(chunk)
-                if found is not None:
-                    if len(found) > limits.max_raw_body:
-                        raise TooLarge()
-                    # The rest of the body (Plex's thumbnail) is never read into memory.
-                    return "application/json", found
-                if scanner.held > limits.max_raw_body:
-                    raise TooLarge()
-                lease.hold(scanner.held)
-            return "application/json", scanner.finish()
-    except TimeoutError:
-        raise BodyTimeout() from None
-    finally:
-        lease.release()
-
-
 def _routed(event: Event, router: routing.Router) -> Event | Ignored:
     """The event with the Trakt accounts it goes to, or ``no_account`` (docs/configuration.md, Households)."""
     accounts = router.route(event)
@@ -202,8 +112,80 @@ def _routed(event: Event, router: routing.Router) -> Event | Ignored:
     return dataclasses.replace(event, accounts=accounts)
 
 
+def _outcome(notes: dict[str, Any], outcome: Outcome, **more: Any) -> None:
+    """What became of a webhook request, for its log line and its count (one of ``Outcome``)."""
+    notes.update(outcome=outcome, **more)
+
+
+async def _parsed(request: web.Request, source: Source, limit: int,
+                  notes: dict[str, Any]) -> ParseResult | web.Response:
+    """The body read and parsed, or the answer to a body that could not be read."""
+    try:
+        ctype, body = await read_payload(request, source.part, limit)
+        return source.parse(ctype, body, time.time())
+    except TooLarge:
+        _outcome(notes, "too_large")
+        return errors.answer(413, "too_large")
+    except ClientGone as exc:
+        _outcome(notes, "client_gone", detail=str(exc))
+        return errors.answer(400, "bad_payload", "the request body was cut off")
+    except edge.Busy:  # the edge dropped this body to make room: summed up in its warnings
+        _outcome(notes, "busy", detail=DROPPED)
+        return errors.answer(503, "busy", headers={"Retry-After": RETRY_AFTER_BUSY})
+    except BodyTimeout:
+        _outcome(notes, "body_timeout")
+        edge.no_linger(request)
+        late = errors.answer(408, "timeout", "the request body took too long")
+        late.force_close()
+        return late
+    except BadPayload as exc:
+        _outcome(notes, "bad_payload", detail=str(exc))
+        return errors.answer(400, "bad_payload", str(exc))
+
+
+def _ignored(rt: Runtime, server: str, result: Ignored, understood: Event | None, test: bool,
+             notes: dict[str, Any]) -> web.Response:
+    # A test counts as a test, not among the ignored events (/metrics, /healthz).
+    _outcome(notes, "test" if test else "ignored", reason=result.reason, detail=result.detail)
+    if test:
+        rt.journal_ignored(server, Ignored(vocab.TEST, f"would be ignored: {result.reason}: "
+                                           f"{result.detail}", result.user, result.item), understood)
+        return _json(200, {"status": "ignored", "reason": result.reason, "detail": result.detail,
+                           "test": True})
+    rt.journal_ignored(server, result, understood)
+    return _json(200, {"status": "ignored", "reason": result.reason, "detail": result.detail})
+
+
+def _previewed(rt: Runtime, server: str, event: Event, config: Config, notes: dict[str, Any]) -> web.Response:
+    """A test request through the rules on the side: nothing stored, nothing sent (docs/curl.md)."""
+    summary = event.summary()
+    line, answers = rt.preview(event, config.scrobble, time.time())
+    _outcome(notes, "test")
+    rt.journal_ignored(server, Ignored(vocab.TEST, line), event)
+    live = rt.health().get("accounts") or {}  # an account in dry-run would only log, even for real
+    return _json(200, {"status": "test", "detail": f"{dryrun.HEADER}: nothing was stored or sent",
+                       "event": summary, "accounts": {
+                           account: {**said, "dry_run": bool((live.get(account) or {}).get("dry_run", False))}
+                           for account, said in answers.items()}})
+
+
+async def _ingested(rt: Runtime, event: Event, notes: dict[str, Any]) -> web.Response:
+    """Stored and queued (202), or why not (503): the 202 only once the store has it."""
+    summary = event.summary()
+    try:
+        await rt.ingest(event)
+    except Busy:
+        _outcome(notes, "busy")
+        return errors.answer(503, "busy", headers={"Retry-After": RETRY_AFTER_BUSY})
+    except StoreUnavailable as exc:
+        _outcome(notes, "unavailable", detail=str(exc))
+        return errors.answer(503, "unavailable", str(exc), {"Retry-After": RETRY_AFTER_UNAVAILABLE})
+    _outcome(notes, "queued")
+    return _json(202, {"status": "queued", "event": summary})
+
+
 def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    parser, field = SOURCES[server].parse, SOURCES[server].part
+    source = SOURCES[server]
 
     async def handle(request: web.Request) -> web.Response:
         rt = request.app[RUNTIME]
@@ -212,74 +194,28 @@ def _webhook_handler(server: str) -> Callable[[web.Request], Awaitable[web.Respo
         notes = _request_notes.get()
         notes["server"] = server
         if not hook.enabled:
-            notes["outcome"] = "disabled"
-            return _json(404, {"error": "disabled"})
+            _outcome(notes, "disabled")
+            return errors.answer(404, "disabled")
         if not token_ok(presented_token(request.rel_url.raw_query_string), hook.token):
-            notes["outcome"] = "invalid_token"
-            return _json(401, {"error": "invalid_token"})
+            _outcome(notes, "invalid_token")
+            return errors.answer(401, "invalid_token")
         try:
             test = dryrun.requested(request.headers.get(dryrun.HEADER))
         except dryrun.BadHeader as exc:  # a typo must not send for real
-            notes.update(outcome="bad_payload", detail=str(exc))
-            return _json(400, {"error": "bad_request", "detail": str(exc)})
-        try:
-            ctype, body = await read_payload(request, field, config.server.max_body_bytes)
-            result = parser(ctype, body, time.time())
-        except TooLarge:
-            notes["outcome"] = "too_large"
-            return _json(413, {"error": "too_large"})
-        except ClientGone as exc:
-            notes.update(outcome="client_gone", detail=str(exc))
-            return _json(400, {"error": "bad_payload", "detail": "the request body was cut off"})
-        except edge.Busy:  # the edge dropped this body to make room: summed up in its warnings
-            notes.update(outcome="busy", detail=DROPPED)
-            return _json(503, {"error": "busy"}, {"Retry-After": RETRY_AFTER_BUSY})
-        except BodyTimeout:
-            notes["outcome"] = "body_timeout"
-            edge.no_linger(request)
-            late = _json(408, {"error": "timeout", "detail": "the request body took too long"})
-            late.force_close()
-            return late
-        except BadPayload as exc:
-            notes.update(outcome="bad_payload", detail=str(exc))
-            return _json(400, {"error": "bad_payload", "detail": str(exc)})
+            _outcome(notes, "bad_payload", detail=str(exc))
+            return errors.answer(400, "bad_request", str(exc))
+        result = await _parsed(request, source, config.server.max_body_bytes, notes)
+        if isinstance(result, web.Response):
+            return result
         understood = result if isinstance(result, Event) else None
         if understood is not None:
             result = filters.check(understood, hook) or _routed(understood, rt.router(config))
         if isinstance(result, Ignored):
-            # A test counts as a test, not among the ignored events (/metrics, /healthz).
-            notes.update(outcome="test" if test else "ignored", reason=result.reason, detail=result.detail)
-            if test:
-                rt.journal_ignored(server, Ignored(vocab.TEST, f"would be ignored: {result.reason}: "
-                                                   f"{result.detail}", result.user, result.item), understood)
-                return _json(200, {"status": "ignored", "reason": result.reason, "detail": result.detail,
-                                   "test": True})
-            rt.journal_ignored(server, result, understood)
-            return _json(200, {"status": "ignored", "reason": result.reason,
-                               "detail": result.detail})
-        summary = result.summary()
+            return _ignored(rt, server, result, understood, test, notes)
         notes.update(action=result.action, item=result.label(), user=result.user_name)
-        if test:  # through the rules on the side: nothing stored, nothing sent (docs/curl.md)
-            line, answers = rt.preview(result, config.scrobble, time.time())
-            notes["outcome"] = "test"
-            rt.journal_ignored(server, Ignored(vocab.TEST, line), result)
-            live = rt.health().get("accounts") or {}  # an account in dry-run would only log, even for real
-            return _json(200, {"status": "test", "detail": f"{dryrun.HEADER}: nothing was stored or sent",
-                               "event": summary, "accounts": {
-                                   account: {**said, "dry_run": bool((live.get(account) or {})
-                                                                     .get("dry_run", False))}
-                                   for account, said in answers.items()}})
-        try:
-            await rt.ingest(result)
-        except Busy:
-            notes["outcome"] = "busy"
-            return _json(503, {"error": "busy"}, {"Retry-After": RETRY_AFTER_BUSY})
-        except StoreUnavailable as exc:
-            notes.update(outcome="unavailable", detail=str(exc))
-            return _json(503, {"error": "unavailable", "detail": str(exc)},
-                         {"Retry-After": RETRY_AFTER_UNAVAILABLE})
-        notes["outcome"] = "queued"
-        return _json(202, {"status": "queued", "event": summary})
+        if test:
+            return _previewed(rt, server, result, config, notes)
+        return await _ingested(rt, result, notes)
 
     return handle
 
@@ -291,7 +227,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.metrics is None or not rt.config.server.metrics:
-        return _json(404, {"error": "disabled", "detail": "server.metrics is false"})
+        return errors.answer(404, "disabled", "server.metrics is false")
     body, content_type = rt.metrics.render(request.headers.get("Accept", ""))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
@@ -303,7 +239,8 @@ def _count(rt: Runtime, notes: dict[str, Any], seconds: float) -> None:
     server = notes.get("server")
     if server is None:
         return
-    rt.counters.webhook(server, notes.get("outcome", "error"), notes.get("reason"))
+    outcome: Outcome = notes.get("outcome", "error")  # "error": the handler failed (500)
+    rt.counters.webhook(server, outcome, notes.get("reason"))
     if rt.metrics is not None:
         rt.metrics.webhook_answered(server, seconds)
 
@@ -316,17 +253,18 @@ async def access_log(
     started = time.monotonic()
     path = redact.safe_path(request.rel_url.raw_path) + (
         "?<redacted>" if request.rel_url.raw_query_string else "")
-    structlog.contextvars.bind_contextvars(request_id=next(_request_ids))
+    ids = request.app[REQUEST_IDS]
+    structlog.contextvars.bind_contextvars(request_id=next(ids))
     notes: dict[str, Any] = {}
     _request_notes.set(notes)
     try:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = edge.http_exception_answer(exc)
+            response = errors.http_exception_answer(exc)
         except Exception as exc:
             log.exception("request_error", path=path, error=repr(exc))
-            response = _json(500, {"error": "internal"})
+            response = errors.answer(500, "internal")
         seconds = time.monotonic() - started
         _count(request.app[RUNTIME], notes, seconds)
         # a body the edge dropped is counted in its bodies_short / connections_short warnings
@@ -347,7 +285,7 @@ def _secrets(config: Config) -> tuple[str, ...]:
     """What no log line may show: webhook tokens, every Trakt account's tokens, the client secret."""
     trakt = config.trakt
     tokens = [t for a in trakt.all_accounts().values() for t in (a.access_token, a.refresh_token)]
-    return (*(config.webhook(server).token for server in ROUTES), *tokens, trakt.client_secret)
+    return (*(config.webhook(server).token for server in SOURCES), *tokens, trakt.client_secret)
 
 
 def _secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
@@ -365,11 +303,12 @@ def _secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
 def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
     app[RUNTIME] = runtime
+    app[REQUEST_IDS] = itertools.count(1)
     edge.install(app)
     app[edge.COUNTS] = runtime.counters.connections
     redact.set_secrets(_secrets_of(runtime))
-    for server, path in ROUTES.items():
-        app.router.add_post(path, _webhook_handler(server))
+    for server, source in SOURCES.items():  # POST /webhook/ROUTE (cwhook/sources/registry.py)
+        app.router.add_post(source.path, _webhook_handler(server))
     # GET only: a wrong method is 405 with `Allow: GET` (docs/troubleshooting.md).
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)

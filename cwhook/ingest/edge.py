@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from cwhook.ingest import aiohttp_adapter as aio
+from cwhook.ingest import errors
 from cwhook.ingest.budget import BodyEvicted, Busy
 from cwhook.ingest.protocol import EdgeProtocol
 from cwhook.ingest.screening import READ_HEADERS, header_problem, json_error
@@ -42,7 +43,7 @@ from cwhook.ingest.server import BACKLOG, EdgeServer
 from cwhook.kernel import logs
 
 __all__ = ["BACKLOG", "COUNTS", "ENCODINGS", "LIMITS", "READ_HEADERS", "BodyEvicted", "Busy", "Lease", "Limits",
-           "Runner", "dropped", "http_exception_answer", "install", "no_linger", "raise_open_file_limit",
+           "Runner", "dropped", "install", "no_linger", "raise_open_file_limit",
            "safety_net", "was_dropped"]
 
 log = logs.get("cwhook.http")
@@ -110,15 +111,6 @@ def raise_open_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def http_exception_answer(exc: web.HTTPException) -> web.Response:
-    """aiohttp's own answers (404, 405 ...) in JSON, keeping the headers that matter
-    (``Allow`` of a 405, ``Retry-After``). The one converter: the app's middleware and the
-    safety net both use it."""
-    code = (exc.reason or "error").lower().replace(" ", "_")
-    keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-    return json_error(exc.status, {"error": code}, keep)
-
-
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
@@ -139,7 +131,7 @@ def safety_net(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except web.HTTPException as exc:
-            return http_exception_answer(exc)
+            return errors.http_exception_answer(exc)
         except Exception as exc:
             log.error("request_error", error=type(exc).__name__, remote=request.remote)
             return json_error(500, {"error": "internal"})

@@ -11,25 +11,26 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cwhook.kernel.vocab import SUPPRESSED
+from cwhook.kernel.vocab import SUPPRESSED, Outcome, Problem
 
 OUTBOX_AGING = 900.0  # an outbox entry older than this makes the daemon "degraded"
 
 
 @dataclass
 class Counters:
-    webhooks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (server, outcome)
+    webhooks: Counter[tuple[str, Outcome]] = field(default_factory=Counter)  # (server, outcome)
     ignored_reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (server, reason)
     decisions: Counter[str] = field(default_factory=Counter)  # reason (cwhook.scrobble.rules.Reason)
     trakt_requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (account, endpoint, status)
-    connections: Counter[str] = field(default_factory=Counter)  # closed by the edge, by reason (cwhook.ingest.edge)
+    # closed by the edge, by reason (vocab.CloseReason; cwhook.ingest.edge counts them as plain strings)
+    connections: Counter[str] = field(default_factory=Counter)
     sent: int = 0  # outbox entries Trakt accepted
     failed: int = 0  # outbox entries refused for good, or set aside
     would_send: int = 0  # dry-run: logged instead of sent
 
     # --- counting ---------------------------------------------------------------
 
-    def webhook(self, server: str, outcome: str, reason: str | None = None) -> None:
+    def webhook(self, server: str, outcome: Outcome, reason: str | None = None) -> None:
         """One answered webhook request (``reason``: why it was ignored)."""
         self.webhooks[(server, outcome)] += 1
         if outcome == "ignored" and reason:
@@ -67,10 +68,10 @@ class Counters:
 
 def problems(authorized: bool, needs_auth: str | None, unreachable: bool, dry_run: bool,
              oldest_outbox_age: float | None, refresh_retrying: bool = False,
-             not_trakt: bool = False) -> list[str]:
+             not_trakt: bool = False) -> list[Problem]:
     """Why one Trakt account makes the daemon degraded; empty when it is ok (the daemon-wide
     problems are added by ``status.build``)."""
-    found = []
+    found: list[Problem] = []
     if not authorized:
         found.append("trakt_not_authorized")
     if needs_auth:

@@ -31,14 +31,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from cwhook.config.schema import SERVERS
-from cwhook.kernel.vocab import REASONS
+from cwhook.kernel.vocab import CLOSE_REASONS, OUTCOMES, REASONS
 from cwhook.status.health import Counters
 from cwhook.status.snapshot import Snapshot
 
-# Every outcome the webhook handler (cwhook/ingest/app.py) gives, so each series exists from the start.
-OUTCOMES = ("queued", "ignored", "bad_payload", "invalid_token", "too_large", "busy", "disabled",
-            "unavailable", "client_gone", "body_timeout", "test")
-CLOSE_REASONS = ("silent", "body_memory", "body_slots")  # cwhook.ingest.edge's reasons for closing a connection
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TRAKT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 
@@ -86,6 +82,7 @@ def _counters(s: Snapshot) -> Iterator[Metric]:
     webhooks = CounterMetricFamily("cwhook_webhooks", "Webhook requests answered, by server and outcome.",
                                    labels=["server", "outcome"])
     seen = {(server, outcome): n for server, outcome, n in c.webhooks}
+    # every server and outcome (the closed vocabulary) is a series from the start, 0 until it happens
     for key in sorted(set(seen) | {(srv, out) for srv in SERVERS for out in OUTCOMES}):
         webhooks.add_metric(list(key), seen.get(key, 0))
     yield webhooks

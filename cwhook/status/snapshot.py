@@ -20,16 +20,17 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from cwhook.config.schema import DEFAULT_ACCOUNT
 from cwhook.kernel import clock as clocks
 from cwhook.kernel import hint
 from cwhook.kernel.termtext import visible
+from cwhook.kernel.vocab import PROBLEMS, Problem
 from cwhook.status.health import Counters, problems
 
-# Every problem /healthz may report, in the order it lists them, with what to do about it.
-FIXES: dict[str, str] = {
+# What to do about each problem /healthz may report (vocab.PROBLEMS: the order it lists them).
+FIXES: dict[Problem, str] = {
     "config_refused": "the config file on disk is refused and the daemon runs on its previous settings; "
                       "fix the file (`cwhook check-config` lists the problems)",
     "trakt_not_authorized": "nothing is sent to Trakt until you log in: run `cwhook auth` "
@@ -204,8 +205,13 @@ def account_status(name: str, auth: AuthView, client: ClientView, dry_run: bool,
         problems=tuple(found))
 
 
+def known(name: str) -> TypeGuard[Problem]:
+    """``name`` is a problem code of this version (a newer daemon may report others)."""
+    return name in PROBLEMS
+
+
 def _ordered(found: Iterable[str]) -> tuple[str, ...]:
-    order = {name: i for i, name in enumerate(FIXES)}
+    order: dict[str, int] = {name: i for i, name in enumerate(PROBLEMS)}
     unique = list(dict.fromkeys(found))
     return tuple(sorted(unique, key=lambda p: (order.get(p.split(":")[0], len(order)), unique.index(p))))
 
@@ -214,7 +220,7 @@ def fix_for(problem: str, config_path: Path | None = None) -> str:
     """What to do about a problem (``NAME:account`` problems share their NAME's fix); the
     commands in it name ``config_path`` when it is not the default file."""
     name, _, account = problem.partition(":")
-    fix = FIXES.get(name, OTHER_FIX)
+    fix = FIXES[name] if known(name) else OTHER_FIX
     for args in ("check-config", "recent"):
         fix = fix.replace(f"`cwhook {args}`", f"`{hint.command(args, config_path)}`")
     fix = fix.replace("`cwhook auth`", f"`{hint.auth(account or DEFAULT_ACCOUNT, config_path)}`")
@@ -229,16 +235,18 @@ def build(*, version: str, started: float, queue_depth: int, sessions: int, stat
           now: float | None = None) -> Snapshot:
     """``started`` and ``now`` are steady times (cwhook/kernel/clock.py), like the store's."""
     now = clocks.now() if now is None else now
-    found: list[str] = []
+    daemon: list[Problem] = []  # listed in the order of vocab.PROBLEMS (``_ordered``)
     if config_refused:
-        found.append("config_refused")
+        daemon.append("config_refused")
+    if stats.set_aside:
+        daemon.append("outbox_set_aside")
+    if store_unavailable:
+        daemon.append("store_unavailable")
+    found: list[str] = [*daemon]
     for name, account in accounts.items():  # another account's problems are named for it
         found += [p if name == DEFAULT_ACCOUNT else f"{p}:{name}" for p in account.problems]
-    found += [f"account_removed_with_pending:{name}" for name in sorted(removed or {})]
-    if stats.set_aside:
-        found.append("outbox_set_aside")
-    if store_unavailable:
-        found.append("store_unavailable")
+    removed_pending: Problem = "account_removed_with_pending"
+    found += [f"{removed_pending}:{name}" for name in sorted(removed or {})]
     ordered = _ordered(found)
     return Snapshot(
         version=version, status="degraded" if ordered else "ok", problems=ordered,

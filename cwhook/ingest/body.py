@@ -1,0 +1,108 @@
+"""A webhook's body, read as it arrives within the edge's limits (cwhook/ingest/edge.py).
+
+Multipart bodies are streamed and only their JSON part kept; what is kept counts against the
+body budget all requests share. The app answers each exception here (docs/troubleshooting.md,
+"The HTTP answer").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from cwhook.ingest import edge
+from cwhook.ingest.multipart import PartScanner
+from cwhook.kernel.event import BadPayload
+
+CHUNK = 65536
+
+
+class TooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body was complete."""
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive within the limits' body deadline."""
+
+
+async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives (decoded), never more than ``limit`` bytes in all."""
+    total = 0
+    while True:
+        try:
+            chunk = await request.content.read(CHUNK)
+        except RequestPayloadError as exc:
+            edge.no_linger(request)  # the rest of the body cannot be read either
+            if isinstance(exc.__cause__, ContentEncodingError):
+                raise BadPayload(f"the body is not valid {request.headers.get('Content-Encoding', '')[:20]} "
+                                 "data (Content-Encoding)") from None
+            raise ClientGone(str(exc)) from None
+        except edge.BodyEvicted:
+            edge.dropped(request)
+            raise edge.Busy() from None
+        except (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+            edge.no_linger(request)
+            raise ClientGone(str(exc)) from None
+        if not chunk:
+            if edge.was_dropped(request):  # a read woken as its body was dropped
+                edge.dropped(request)
+                raise edge.Busy()
+            return
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge()
+        yield chunk
+
+
+async def read_payload(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
+    """(content type, bytes) of the body, or of its multipart part named ``field``.
+
+    ``limit`` bounds a multipart body; a raw body, and the part kept from a multipart one,
+    are bounded by the edge limits too (1 MiB). What is kept counts against the body budget
+    shared by all requests (``edge.Busy`` when the edge dropped this body to make room).
+    """
+    limits = request.app[edge.LIMITS]
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in edge.ENCODINGS:
+        raise BadPayload(f"unsupported Content-Encoding {encoding[:20]!r} (gzip and deflate are accepted)")
+    ctype = request.headers.get("Content-Type", "")
+    multipart = ctype.lower().startswith("multipart/")
+    cap = limit if multipart else min(limit, limits.max_raw_body)
+    if request.content_length is not None and request.content_length > cap:
+        raise TooLarge()
+    lease = edge.Lease(request)
+    try:
+        async with asyncio.timeout(limits.body_deadline):
+            if not multipart:
+                parts: list[bytes] = []
+                size = 0
+                async for chunk in _chunks(request, cap):
+                    size += len(chunk)
+                    parts.append(chunk)
+                    lease.hold(size)
+                return ctype, b"".join(parts)
+            scanner = PartScanner(ctype, field)
+            async for chunk in _chunks(request, cap):
+                found = scanner.feed(chunk)
+                if found is not None:
+                    if len(found) > limits.max_raw_body:
+                        raise TooLarge()
+                    # The rest of the body (Plex's thumbnail) is never read into memory.
+                    return "application/json", found
+                if scanner.held > limits.max_raw_body:
+                    raise TooLarge()
+                lease.hold(scanner.held)
+            return "application/json", scanner.finish()
+    except TimeoutError:
+        raise BodyTimeout() from None
+    finally:
+        lease.release()
