@@ -32,6 +32,8 @@ from cwhook.status.health import Counters
 
 log = logs.get("cwhook.http")
 
+# The app's webhook routes (POST /webhook/ROUTE): the registry's, nothing listed here.
+ROUTES = {name: source.path for name, source in SOURCES.items()}
 RETRY_AFTER_BUSY = "5"
 RETRY_AFTER_UNAVAILABLE = "10"
 DROPPED = "body dropped to make room"  # the detail of a request whose body the edge dropped
@@ -307,8 +309,8 @@ def make_app(runtime: Runtime) -> web.Application:
     edge.install(app)
     app[edge.COUNTS] = runtime.counters.connections
     redact.set_secrets(_secrets_of(runtime))
-    for server, source in SOURCES.items():  # POST /webhook/ROUTE (cwhook/sources/registry.py)
-        app.router.add_post(source.path, _webhook_handler(server))
+    for server, path in ROUTES.items():
+        app.router.add_post(path, _webhook_handler(server))
     # GET only: a wrong method is 405 with `Allow: GET` (docs/troubleshooting.md).
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
