@@ -20,6 +20,7 @@ from cwhook.kernel.event import Event, Ids
 from cwhook.scrobble.rules import Rules
 from cwhook.scrobble.worker import Worker
 from cwhook.state import store as store_module
+from cwhook.state.journal import Arrived, IgnoredRow, Noted, Result
 from cwhook.state.store import (
     AlreadyRunning,
     AsyncStore,
@@ -112,7 +113,7 @@ def test_lone_surrogates_never_break_the_store(tmp_path: Path) -> None:
     entry_id = store.add(NewEntry("stop", odd, 95, 1))
     store.match_put(odd.identity, {"movie": {"title": "Bad \ud800"}}, 1)
     assert store.match_get(odd.identity) is not None
-    assert store.undecided()[0][0] == seq and store.get(entry_id) is not None
+    assert store.undecided()[0][0] == seq and [e.id for e in store.heads("default")] == [entry_id]
 
 
 def test_store_errors_are_store_unavailable(tmp_path: Path) -> None:
@@ -223,6 +224,95 @@ def test_counts_kept_in_memory_match_a_recount(tmp_path: Path) -> None:
 
     assert counts(again) == counts(kept)
     assert kept.pending > 0 and kept.set_aside > 0
+
+
+ORACLE_HEADS = (
+    "SELECT o.id FROM outbox o WHERE o.account = ? AND o.set_aside = 0 AND o.id = ("
+    " SELECT MIN(p.id) FROM outbox p WHERE p.account = o.account AND p.session = o.session"
+    " AND p.set_aside = 0) ORDER BY o.id LIMIT ?")
+
+
+def test_heads_kept_in_memory_match_the_table(tmp_path: Path) -> None:
+    """The lanes' session heads come from memory (no scan of the backlog): after any sequence of
+    writes, by this store or by another program (`cwhook outbox`), they are the table's."""
+    import random
+
+    rng = random.Random(5)
+    store, other = Store(tmp_path), Store(tmp_path)
+    live: list[int] = []
+    most_aside = 0
+    for step in range(400):
+        op = rng.choice(["decide", "add", "remove", "fail", "aside", "release", "drop", "outside"])
+        account = rng.choice(["default", "anna"])
+        if op == "decide":
+            live += store.decide([NewEntry("stop", replace(MOVIE, item_key=str(step % 5)), 95, step,
+                                           account=account)], 0)
+        elif op == "add":
+            live.append(store.add(NewEntry("start", replace(MOVIE, item_key=str(step % 7)), 5, step)))
+        elif op == "remove" and live:
+            store.remove(live.pop(rng.randrange(len(live))),
+                         NewEntry("watchlist_remove", MOVIE, 95, step) if rng.random() < 0.3 else None)
+        elif op == "fail" and live:
+            store.reschedule(rng.choice(live), 0, "bug", local_failure=True)
+        elif op == "aside" and live:
+            store.set_aside(rng.choice(live), "late")
+        elif op in ("release", "drop", "outside"):
+            aside = [e.id for e in store.set_aside_entries()]
+            chosen = rng.sample(aside, min(len(aside), 2))
+            if op == "release":
+                store.release(chosen)
+            elif op == "drop":
+                store.drop(chosen, "dropped")
+                live = [i for i in live if i not in chosen]
+            else:  # another program releases them: noticed without being told
+                other.release(chosen)
+        for name in ("default", "anna"):
+            limit = rng.choice([1, 3, 64])
+            table = [r[0] for r in store._db.execute(ORACLE_HEADS, (name, limit))]
+            assert [e.id for e in store.heads(name, limit)] == table, (step, op)
+        most_aside = max(most_aside, store.stats.set_aside)
+    assert most_aside >= 2 and store.stats.pending > 20
+    store.close()
+    other.close()
+
+
+def test_every_query_of_the_daemon_goes_through_an_index(tmp_path: Path) -> None:
+    """What an event costs must not grow with the backlog (Trakt down for days): every statement
+    of the ingest, the decisions, the lanes, the matches and /healthz's counts is a search by
+    index, never a scan of the inbox, the outbox, the watched registry or the journal's actions.
+    The only scans: the matches' bound (at most MAX_MATCHES rows) and the journal's prune by age
+    (at most MAX_EVENTS rows, every AGE_PRUNE_EVERY seconds)."""
+    store = Store(tmp_path)
+    for i in range(50):  # enough rows that a scan would not be free: SQLite still chooses the index
+        seq = store.ingest([replace(MOVIE, item_key=str(i % 3), ids=Ids(imdb=f"tt{i:07d}"))])[0]
+        store.decide([NewEntry("stop", replace(MOVIE, ids=Ids(imdb=f"tt{i:07d}")), 95, time.time())], seq)
+    store._db.execute("ANALYZE")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    now = time.time()
+    [seq] = store.ingest([MOVIE], [IgnoredRow(Arrived.of(MOVIE), "unsupported_event")])
+    first, second = store.decide(
+        [NewEntry("stop", MOVIE, 95, now), NewEntry("start", replace(MOVIE, item_key="2"), 5, now)], seq,
+        (), [Noted(seq, Arrived.of(MOVIE), "sent", sends=(0, 1))])
+    store.heads("default")
+    store.mark_attempted(first)
+    store.reschedule(first, 0, "503: Trakt server error")
+    store.set_aside(second, "late")
+    store.remove(first, NewEntry("watchlist_remove", MOVIE, 95, now), Result("sent", 201))
+    store.match_get(MOVIE.identity)
+    store.match_put(MOVIE.identity, {"movie": {"ids": {"trakt": 1}}}, now)
+    store.decide([NewEntry("history_remove", MOVIE, 0, now)], 0)
+    store._db.set_trace_callback(None)
+    scans = []
+    for sql in statements:
+        if sql.split()[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA"):
+            continue
+        for step in (row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql)):
+            if step.startswith("SCAN") and not (step.startswith("SCAN matches")
+                                                or sql.startswith("DELETE FROM journal WHERE at <")):
+                scans.append((sql[:100], step))
+    assert len(statements) > 40 and not scans
+    store.close()
 
 
 # --- the WAL stays bounded; one daemon per database; no links in the state dir ---------------------
