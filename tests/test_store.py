@@ -164,6 +164,25 @@ async def test_lane_delivers_other_sessions_while_one_is_deferred(tmp_path: Path
     db.close()
 
 
+async def test_a_lane_cancelled_in_the_turn_it_is_woken_stops(tmp_path: Path) -> None:
+    """The hang of the test above under load: the delivery's end woke the lane in the very turn
+    the test cancelled it, and asyncio.wait_for (Python 3.11) swallowed the cancellation."""
+    store = Store(tmp_path)
+    db = AsyncStore(store)
+    client = TraktClient("http://127.0.0.1:9", lambda: ("test-client-id", "token"))
+    lane = Lane("default", client, db, Counters(), lambda: Options(), lambda: None)
+    stuck = store.add(NewEntry("start", MOVIE, 5, time.time()))
+    store.reschedule(stuck, time.time() + 3600, "503")  # the lane sleeps until then, or a wake
+    task = asyncio.create_task(lane.run())
+    await asyncio.sleep(0.05)
+    lane.wake.set()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert task in done and task.cancelled()
+    await client.close()
+    db.close()
+
+
 async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, fake_trakt: FakeTrakt,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import cwhook.trakt.delivery

@@ -126,8 +126,11 @@ class Lane:
     # --- the loop ---------------------------------------------------------------
 
     async def _sleep(self, timeout: float | None) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns instead of raising when
+        # the task is cancelled in the turn the wake comes, and the lane would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
         self.wake.clear()
 
     async def run(self) -> None:
