@@ -1,4 +1,4 @@
-"""The store's tables, the rows they hold, and the file of version 0.1 (cwhook/state/store.py).
+"""The store's tables, the rows they hold, its errors, and the file of version 0.1 (cwhook/state/store.py).
 
 Tables
 ------
