@@ -225,9 +225,12 @@ class Connection:
                                                  check_same_thread=False, timeout=1.0)
             self._checkpointer.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         # Under a steady stream of commits a PASSIVE checkpoint never catches up with the last
-        # frame, so the WAL would never start again: past WAL_LIMIT, a TRUNCATE checkpoint holds
-        # the writers back for the moment it takes (the loop's calls retry; busy up to 1 s here).
-        mode = "TRUNCATE" if self.wal_size() > WAL_LIMIT else "PASSIVE"
+        # frame, so the WAL would never start again: past WAL_LIMIT, a RESTART checkpoint holds
+        # the writers back for the moment it takes (the loop's calls retry; busy up to 1 s here)
+        # and the next commit cuts the file back. Not TRUNCATE: it changes the loop connection's
+        # PRAGMA data_version as another program's commit does, and every one would count the
+        # whole outbox again (notice_outside_changes), a cost that grows with the backlog.
+        mode = "RESTART" if self.wal_size() > WAL_LIMIT else "PASSIVE"
         self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     @contextlib.contextmanager
