@@ -1,14 +1,14 @@
-"""Delivering outbox entries to Trakt: matching fallbacks, late stops, dry-run.
+"""Delivering outbox entries to Trakt: when to send, retries, pacing, setting aside, dry-run.
 
 The sender takes the oldest outbox entry, turns it into Trakt calls and removes
 it once Trakt accepted it or refused it for good. Transient trouble (outage,
 rate limit, a refresh that could not be done yet) leaves it in the outbox with
 a growing delay, so a Trakt outage of hours loses nothing.
 
-Matching: an item is named by its best form first (``trakt_bodies.item_forms``);
-on a 404 the next form is tried, then ``/search/{id_type}/{id}``, then a title
-search. What matched is remembered per item in the outbox file (bounded), so it
-survives restarts.
+What each verb sends is the ``SENDERS`` table, one entry per ``Verb``: a start or
+pause that is stale by now is dropped, a watched stop older than ``LATE_STOP_AFTER``
+goes to /sync/history with its real time. How the item is named to Trakt (forms,
+searches, the remembered match, history checks) is cwhook/trakt/matching.py.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import cast
 
 from cwhook.kernel import clock as clocks
 from cwhook.kernel import items, logs
-from cwhook.kernel.event import Event
 from cwhook.kernel.items import TraktAliases
+from cwhook.kernel.vocab import Verb
 from cwhook.state.journal import Result
 from cwhook.state.store import LONGEST_RETRY, AsyncStore, Entry, NewEntry, StoreUnavailable
 from cwhook.status.health import Counters
 from cwhook.trakt import bodies as tb
-from cwhook.trakt.client import AuthError, FinalError, NotFound, NotTrakt, Response, TraktClient, TraktError
+from cwhook.trakt.client import AuthError, FinalError, NotFound, NotTrakt, TraktClient, TraktError
+from cwhook.trakt.matching import Matcher, Outcome, Unsure
 
 log = logs.get("cwhook.trakt.delivery")
 
 LATE_STOP_AFTER = 600.0  # a watched stop older than this goes to /sync/history
-HISTORY_LOOKBACK = 3600.0  # how far before a late stop's time its earlier attempt is looked for
 DEFAULT_RUNTIME = 7200.0  # for staleness when the item's runtime is unknown
 MAX_DEFER = LONGEST_RETRY  # 300 s; a restart after a clock set back relies on it (cwhook/state/store.py)
 STORE_RETRY = 5.0  # the state file could not be written (disk full, locked): try again soon
@@ -51,36 +51,10 @@ def _retry_scale() -> float:
         return 1.0
 
 
-class Unsure(Exception):
-    """A late play whose earlier attempt may have reached Trakt's history, and no way to ask:
-    set aside for the user to decide (docs/durability.md) rather than risk a second play."""
-
-
 @dataclass
 class Options:
     dry_run: bool = False
     watchlist_autoremove_movies: bool = False
-
-
-@dataclass
-class Outcome:
-    result: str  # sent, stale, late_history, dry_run, ...
-    detail: dict[str, Any] = field(default_factory=dict)
-    follow_up: NewEntry | None = None  # added to the outbox as this entry is removed
-
-
-Call = Callable[[tb.Body], Awaitable[Response]]
-
-
-def _sync_not_found(resp: Response) -> bool:
-    """/sync answers 200/201 with a not_found section instead of a 404."""
-    data = resp.data
-    if not isinstance(data, dict):
-        return False
-    missing = data.get("not_found")
-    return isinstance(missing, dict) and any(
-        isinstance(v, list) and v for v in missing.values()
-    )
 
 
 MAX_INFLIGHT = 4  # entries of different sessions delivered at once (POSTs still paced)
@@ -107,7 +81,6 @@ class Lane:
         aliases: TraktAliases = items.SHARED,
     ) -> None:
         self.account = account
-        self.aliases = aliases  # what Trakt matched each item to, for the rules (docs/rules.md)
         self.client = client
         self.db = db
         self.store = db.store
@@ -118,6 +91,7 @@ class Lane:
         self.wall = wall  # the times stored and sent to Trakt
         self.wake = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self.match = Matcher(client, db, self._dry, wall, aliases)
 
     def _dry(self) -> bool:
         """Nothing is really sent: dry-run, or no access token yet."""
@@ -248,188 +222,95 @@ class Lane:
             self.counters.sent += 1
         log.info("trakt_" + outcome.result, **ctx, **outcome.detail)
 
-    # --- one entry ------------------------------------------------------------------
-
     async def deliver(self, entry: Entry, now: float) -> Outcome:
         """One attempt; ``now`` is steady time (the entry's age is measured on it)."""
-        event, verb = entry.event, entry.verb
-        age = now - entry.born
-        if verb == "stop":
-            outcome = await self._watched_stop(entry, age)
-            if event.kind == "movie" and self.options().watchlist_autoremove_movies:
-                outcome.follow_up = NewEntry("watchlist_remove", event, entry.progress, self.wall(),
-                                             account=self.account)
-            return outcome
-        if verb in ("start", "pause"):
-            runtime = event.duration_s or DEFAULT_RUNTIME
-            remaining = runtime * max(0.0, 1.0 - entry.progress / 100.0)
-            if age > max(remaining, 60.0):
-                return Outcome("stale", {"age_s": round(age, 1)})
-            path = f"/scrobble/{verb}"
-            return await self._with_item(
-                event, tb.item_forms(event),
-                lambda form: self._post(path, tb.scrobble_body(form, entry.progress)), "sent")
-        if verb == "rate":
-            rating = event.rating
-            path = "/sync/ratings" if rating is not None else "/sync/ratings/remove"
-            return await self._with_item(
-                event, tb.rating_forms(event),
-                lambda form: self._post(path, tb.ratings_body(form, rating, entry.created_at), True),
-                "sent")
-        if verb in ("history_add", "history_remove"):  # marked watched/unwatched by hand
-            add = verb == "history_add"
-            if add and entry.attempted and await self._in_history(event, entry.created_at):
-                return Outcome("already_in_history")
-            return await self._with_item(
-                event, tb.item_forms(event),
-                lambda form: self._post("/sync/history" if add else "/sync/history/remove",
-                                        tb.history_body(form, entry.created_at) if add
-                                        else tb.history_remove_body(form), True),
-                "sent")
-        if verb == "watchlist_remove":
-            return await self._with_item(
-                event, tb.item_forms(event),
-                lambda form: self._post("/sync/watchlist/remove", tb.watchlist_remove_body(form),
-                                        True),
-                "sent")
-        raise FinalError(0, f"unknown outbox verb {verb!r}")
+        send = SENDERS.get(cast(Verb, entry.verb))  # a str from the file: an unknown one finds none
+        if send is None:
+            raise FinalError(0, f"unknown outbox verb {entry.verb!r}")
+        return await send(self, entry, now - entry.born)
 
-    async def _watched_stop(self, entry: Entry, age: float) -> Outcome:
-        """/scrobble/stop, or /sync/history with the real time once it is late."""
-        event, when = entry.event, entry.created_at
-        if age <= LATE_STOP_AFTER:
-            return await self._with_item(
-                event, tb.item_forms(event),
-                lambda form: self._post("/scrobble/stop", tb.scrobble_body(form, entry.progress)), "sent")
-        if entry.attempted and await self._in_history(event, when):
-            return Outcome("already_in_history")
-        return await self._with_item(
+
+# --- what each verb sends ------------------------------------------------------------
+# (lane, entry, age in steady seconds) -> the outcome; the item is named by the lane's Matcher.
+
+Sender = Callable[[Lane, Entry, float], Awaitable[Outcome]]
+
+
+async def _scrobble(lane: Lane, entry: Entry, age: float) -> Outcome:
+    """start, pause: /scrobble/{verb}, unless the play is surely over by now (stale)."""
+    event, match = entry.event, lane.match
+    runtime = event.duration_s or DEFAULT_RUNTIME
+    remaining = runtime * max(0.0, 1.0 - entry.progress / 100.0)
+    if age > max(remaining, 60.0):
+        return Outcome("stale", {"age_s": round(age, 1)})
+    path = f"/scrobble/{entry.verb}"
+    return await match.with_item(
+        event, tb.item_forms(event),
+        lambda form: match.post(path, tb.scrobble_body(form, entry.progress)), "sent")
+
+
+async def _stop(lane: Lane, entry: Entry, age: float) -> Outcome:
+    """/scrobble/stop, or /sync/history with the real time once it is late; a watched movie
+    then leaves the watchlist when scrobble.watchlist_autoremove_movies is on."""
+    event, when, match = entry.event, entry.created_at, lane.match
+    if age <= LATE_STOP_AFTER:
+        outcome = await match.with_item(
             event, tb.item_forms(event),
-            lambda form: self._post("/sync/history", tb.history_body(form, when), True), "late_history")
-
-    async def _in_history(self, event: Event, since: float) -> bool:
-        """Did an earlier attempt of this play (cut off by a crash or a lost answer) reach
-        Trakt's history? Asked before adding it there: by the item's Trakt id (the cached
-        match, else a search by its ids or title), or for an episode named by its show, in
-        the show's history by season and number. ``Unsure`` when nothing can be asked."""
-        if self._dry():
-            return False
-        # An hour back: the play may carry Trakt's clock, not ours (a host whose clock runs
-        # ahead), and the rules allow no second play of the item within the hour anyway.
-        start = tb.iso(since - HISTORY_LOOKBACK)
-        cached = await self.db.call(self.store.match_get, event.identity)
-        targets = tb.history_targets(cached) if cached else []
-        for rtype, trakt_id in targets:
-            if rtype != "show":
-                return await self._history_has(f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
-        text = tb.text_search(event)
-        searches = [s for s in tb.id_searches(event) if s[1] != "show"]
-        if event.kind == "movie" and text:
-            searches.append(text)
-        for path, rtype in searches:
-            forms = await self._search(event, path, rtype, [])
-            if not forms:
-                continue
-            trakt_id = forms[0][rtype]["ids"]["trakt"]
-            return await self._history_has(f"/sync/history/{rtype}s/{trakt_id}?start_at={start}")
-        if event.kind == "episode" and event.season is not None and event.number is not None:
-            shows = [trakt_id for rtype, trakt_id in targets if rtype == "show"]
-            if not shows:
-                searches = [s for s in tb.id_searches(event) if s[1] == "show"]
-                searches += [text] if text else []
-                for path, rtype in searches:
-                    forms = await self._search(event, path, rtype, [])
-                    if forms:
-                        shows.append(forms[0]["show"]["ids"]["trakt"])
-                        break
-            if shows:
-                resp = await self.client.request(
-                    "GET", f"/sync/history/shows/{shows[0]}?start_at={start}")
-                return any(tb.is_episode(item, event.season, event.number) for item in resp.data)
-        log.warning("history_check_impossible", item=event.label(),
-                    note="no Trakt id found to check; set aside rather than risk a second play")
-        raise Unsure("an earlier attempt may have reached Trakt's history and there is no Trakt "
-                     "id to check it; if the play is not on trakt.tv, `cwhook outbox send` it")
-
-    async def _history_has(self, path: str) -> bool:
-        resp = await self.client.request("GET", path)
-        return isinstance(resp.data, list) and bool(resp.data)
-
-    async def _post(self, path: str, body: tb.Body, sync: bool = False) -> Response:
-        if self._dry():
-            log.info("trakt_would_send", method="POST", path=path, body=body)
-            return Response(0, None)
-        resp = await self.client.request("POST", path, body)
-        if sync and _sync_not_found(resp):
-            raise NotFound(404, "listed under not_found")
-        return resp
-
-    async def _with_item(self, event: Event, forms: list[tb.Body], call: Call,
-                         result: str) -> Outcome:
-        """Try each way of naming the item until Trakt knows it."""
-        dry = self._dry()
-        key = event.identity
-        tried: list[str] = []
-        cached = None if dry else await self.db.call(self.store.match_get, key)
-        candidates = ([cached] if cached else []) + [f for f in forms if f != cached]
-        for form in candidates:
-            found = await self._attempt(call, form, tried)
-            if found is not None:
-                return await self._matched(event, form, found, result, dry)
-        if dry:
-            return Outcome("dry_run", {"note": "no item form to send"})
-        text = tb.text_search(event)
-        for path, rtype in tb.id_searches(event) + ([text] if text else []):
-            for searched in await self._search(event, path, rtype, tried):
-                if searched in candidates:
-                    continue
-                candidates.append(searched)
-                found = await self._attempt(call, searched, tried)
-                if found is not None:
-                    return await self._matched(event, searched, found, result, dry)
-        raise NotFound(404, "no match on Trakt; tried " + "; ".join(tried or ["nothing to try"]))
-
-    async def _attempt(self, call: Call, form: tb.Body, tried: list[str]) -> Response | None:
-        try:
-            return await call(form)
-        except NotFound:
-            tried.append(_describe(form))
-            return None
-        except tb.NotExpressible:  # e.g. an absolute episode number in a /sync body
-            tried.append(_describe(form) + " (cannot be sent there)")
-            return None
-
-    async def _search(self, event: Event, path: str, rtype: str, tried: list[str]) -> list[tb.Body]:
-        try:
-            resp = await self.client.request("GET", path)
-        except NotFound:
-            tried.append(f"GET {path}")
-            return []
-        forms = tb.forms_from_search(event, resp.data, rtype)
-        if not forms:
-            tried.append(f"GET {path} (no usable result)")
-        return forms
-
-    async def _matched(self, event: Event, form: tb.Body, resp: Response, result: str,
-                       dry: bool) -> Outcome:
-        if dry:
-            return Outcome("dry_run")
-        key = event.identity
-        self.aliases.learn_answer(event, resp.data)
-        with contextlib.suppress(StoreUnavailable):  # only a cache: the call itself succeeded
-            await self.db.call(self.store.match_put, key, tb.remembered_form(form, resp.data), self.wall())
-        detail: dict[str, Any] = {"status": resp.status}
-        if isinstance(resp.data, dict) and "action" in resp.data:
-            detail["trakt_action"] = resp.data["action"]
-        if resp.status == 409:
-            detail["note"] = "already scrobbled (409)"
-        return Outcome(result, detail)
+            lambda form: match.post("/scrobble/stop", tb.scrobble_body(form, entry.progress)), "sent")
+    elif entry.attempted and await match.in_history(event, when):
+        outcome = Outcome("already_in_history")
+    else:
+        outcome = await match.with_item(
+            event, tb.item_forms(event),
+            lambda form: match.post("/sync/history", tb.history_body(form, when), True), "late_history")
+    if event.kind == "movie" and lane.options().watchlist_autoremove_movies:
+        outcome.follow_up = NewEntry("watchlist_remove", event, entry.progress, lane.wall(),
+                                     account=lane.account)
+    return outcome
 
 
-def _describe(form: tb.Body) -> str:
-    parts = []
-    for key in ("movie", "show", "episode"):
-        value = form.get(key)
-        if isinstance(value, dict):
-            parts.append(f"{key} {value.get('ids') or value.get('title') or value}")
-    return ", ".join(parts) or str(form)
+async def _rate(lane: Lane, entry: Entry, age: float) -> Outcome:
+    """/sync/ratings, or /sync/ratings/remove for a rating taken back."""
+    event, match = entry.event, lane.match
+    rating = event.rating
+    path = "/sync/ratings" if rating is not None else "/sync/ratings/remove"
+    return await match.with_item(
+        event, tb.rating_forms(event),
+        lambda form: match.post(path, tb.ratings_body(form, rating, entry.created_at), True), "sent")
+
+
+async def _history_add(lane: Lane, entry: Entry, age: float) -> Outcome:
+    """Marked watched by hand: /sync/history, unless an earlier attempt already got there."""
+    event, match = entry.event, lane.match
+    if entry.attempted and await match.in_history(event, entry.created_at):
+        return Outcome("already_in_history")
+    return await match.with_item(
+        event, tb.item_forms(event),
+        lambda form: match.post("/sync/history", tb.history_body(form, entry.created_at), True), "sent")
+
+
+async def _history_remove(lane: Lane, entry: Entry, age: float) -> Outcome:
+    """Marked unwatched by hand: /sync/history/remove (every play of the item)."""
+    event, match = entry.event, lane.match
+    return await match.with_item(
+        event, tb.item_forms(event),
+        lambda form: match.post("/sync/history/remove", tb.history_remove_body(form), True), "sent")
+
+
+async def _watchlist_remove(lane: Lane, entry: Entry, age: float) -> Outcome:
+    event, match = entry.event, lane.match
+    return await match.with_item(
+        event, tb.item_forms(event),
+        lambda form: match.post("/sync/watchlist/remove", tb.watchlist_remove_body(form), True), "sent")
+
+
+# Every Verb has its sender (tests/test_delivery.py holds the table to vocab.VERBS).
+SENDERS: dict[Verb, Sender] = {
+    "start": _scrobble,
+    "pause": _scrobble,
+    "stop": _stop,
+    "rate": _rate,
+    "history_add": _history_add,
+    "history_remove": _history_remove,
+    "watchlist_remove": _watchlist_remove,
+}
