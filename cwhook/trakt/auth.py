@@ -1,13 +1,13 @@
-"""Trakt OAuth: the device-code login (`cwhook auth`) and token refresh.
+"""Trakt OAuth: the device-code login (`cwhook auth`), the pair in use and its refresh.
 
 Refresh tokens are single-use: each refresh returns a new pair and invalidates
 the old one. So only one refresh runs at a time, and the answer is first
 appended to the token journal in the state dir (fsynced: a crash a millisecond
 later must not lock the user out), then written to the YAML file (in place,
-comments kept), then used. If the YAML write fails the new pair is still used
-in memory, ``unsaved`` says so (``/healthz``: ``tokens_not_saved``) and
-``save_pending`` tries again every minute. A reload never replaces the pair in
-use with an older one from the file.
+comments kept), then used; the writing is cwhook/trakt/tokenfiles.py's. If
+the YAML write fails the new pair is still used in memory, ``unsaved`` says so
+(``/healthz``: ``tokens_not_saved``) and ``save_pending`` tries again every
+minute. A reload never replaces the pair in use with an older one from the file.
 
 Only Trakt saying the refresh token is dead (``400 invalid_grant``) or refusing the
 app's credentials (``401``) needs `cwhook auth`. Any other answer (429, 408, 423,
@@ -30,11 +30,11 @@ from typing import Any, TextIO
 import aiohttp
 
 from cwhook import __version__
-from cwhook.config.file import update_file
 from cwhook.config.schema import DEFAULT_ACCOUNT, AccountConfig, TraktConfig
 from cwhook.kernel import hint, logs
 from cwhook.state.tokenjournal import Pair, TokenJournal
 from cwhook.trakt.client import NotTrakt, parse_json, read_answer
+from cwhook.trakt.tokenfiles import DEFAULT_KEY, TokenFiles, pair_changes
 
 log = logs.get("cwhook.trakt.auth")
 
@@ -50,9 +50,6 @@ def _headers() -> dict[str, str]:
     return {"Content-Type": "application/json", "User-Agent": f"cwhook/{__version__}"}
 
 
-DEFAULT_KEY = AccountConfig(DEFAULT_ACCOUNT).key
-
-
 def pair_of(data: dict[str, Any], now: float) -> Pair:
     """The pair in a token response (expires_at from created_at + expires_in)."""
     created = data.get("created_at")
@@ -61,12 +58,6 @@ def pair_of(data: dict[str, Any], now: float) -> Pair:
     lifetime = float(expires_in) if isinstance(expires_in, (int, float)) else 86400.0
     return Pair(str(data["access_token"]), str(data.get("refresh_token") or ""),
                 int(created_at + lifetime))
-
-
-def pair_changes(pair: Pair, key: tuple[str, ...] = DEFAULT_KEY) -> dict[tuple[str, ...], str | int]:
-    """The YAML changes that store a pair under ``key`` (``trakt`` or ``trakt.accounts.NAME``)."""
-    return {(*key, "access_token"): pair.access_token, (*key, "refresh_token"): pair.refresh_token,
-            (*key, "expires_at"): pair.expires_at}
 
 
 def token_changes(data: dict[str, Any], now: float,
@@ -101,16 +92,15 @@ class _Tokens:
 
 
 class TraktAuth:
-    """Holds the current tokens; refreshes them one at a time and writes them back."""
+    """Holds the current tokens and refreshes them one at a time; ``files`` writes them back."""
 
     def __init__(self, config_path: Path, trakt: TraktConfig,
                  clock: Callable[[], float] = time.time, journal: TokenJournal | None = None,
                  account: str = DEFAULT_ACCOUNT) -> None:
         self.config_path = config_path
         self.clock = clock
-        self.journal = journal
         self.account = account
-        self.key = AccountConfig(account).key  # where its tokens live in the YAML file
+        self.files = TokenFiles(config_path, account, journal)
         self._t = _Tokens.of(trakt, account)
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is
@@ -169,13 +159,7 @@ class TraktAuth:
 
     def adopt_journal(self) -> bool:
         """At start: a newer pair in the journal (a crash before the YAML rewrite) wins."""
-        if self.journal is None:
-            return False
-        try:
-            newest = self.journal.newest(self.account)
-        except OSError as exc:
-            log.error("token_journal_unreadable", error=str(exc), path=str(self.journal.path))
-            return False
+        newest = self.files.journal_newest()
         if newest is None or not newest.access_token or not newest.newer_than(self._t.pair):
             return False
         self._t.use(newest)
@@ -189,16 +173,8 @@ class TraktAuth:
         """Write the pair in use to the file if it is not there yet; True when saved."""
         if self.unsaved is None:
             return True
-        try:
-            update_file(self.config_path, pair_changes(self._t.pair, self.key))
-        except Exception as exc:
-            self.unsaved = str(exc)
-            log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path), **self._who,
-                      note="the new pair is used from memory; retrying every minute")
-            return False
-        self.unsaved = None
-        log.info("trakt_tokens_saved", path=str(self.config_path), **self._who)
-        return True
+        self.unsaved = self.files.write(self._t.pair)
+        return self.unsaved is None
 
     async def save_pending(self) -> bool:
         if self.unsaved is None:
@@ -231,64 +207,71 @@ class TraktAuth:
                 self.needs_auth = f"no refresh token or client secret: run `{self.auth_command}`"
                 log.error("trakt_needs_auth", reason=self.needs_auth, **self._who)
                 return False
-            body = {
-                "refresh_token": t.refresh_token,
-                "client_id": t.client_id,
-                "client_secret": t.client_secret,
-                "redirect_uri": REDIRECT_URI,
-                "grant_type": "refresh_token",
-            }
             if self.refresh_retrying is not None and time.monotonic() < self._retry_at:
                 return False  # waiting out Retry-After or the back-off; the retry is scheduled
-            started = time.monotonic()
-            retry_after: str | None = None
-            try:
-                async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.post(
-                    t.oauth_url + "/oauth/token", json=body, headers=_headers(), allow_redirects=False
-                ) as resp:
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
-                    raw = await read_answer(resp)
-            except (TimeoutError, aiohttp.ClientError, OSError, NotTrakt) as exc:
-                self._observed("not_trakt" if isinstance(exc, NotTrakt) else "network_error", started)
-                self._retry_later(f"{type(exc).__name__}: {exc}", None)
+            answer = await self._ask(t)
+            if answer is None:
                 return False
-            self._observed(str(status), started)
+            status, retry_after, raw = answer
             parsed, data = parse_json(raw)
             if status == 200 and isinstance(data, dict) and data.get("access_token"):
-                pair = pair_of(data, self.clock())
-                if self.journal is not None:  # first of all: the old refresh token is dead now
-                    try:
-                        # The write itself right here (microseconds, page cache): no thread hop
-                        # between Trakt's answer and the pair being safe from a SIGKILL.
-                        self.journal.append(self.account, pair, fsync=False)
-                        await asyncio.to_thread(self.journal.sync)
-                    except OSError as exc:
-                        log.error("token_journal_write_failed", error=str(exc),
-                                  path=str(self.journal.path))
-                t.use(pair)
-                self.unsaved = "not written yet"
-                await asyncio.to_thread(self.save_pending_sync)
-                log.info("trakt_token_refreshed", expires_at=t.expires_at, **self._who)
-                recovered = self.refresh_retrying is not None
-                self.refresh_retrying, self._failures = None, 0
-                if recovered and self.on_refreshed is not None:
-                    self.on_refreshed()
+                await self._use(t, pair_of(data, self.clock()))
                 return True
-            error = data.get("error") if isinstance(data, dict) else None
-            if status == 400 and error == "invalid_grant":
-                self.needs_auth = f"Trakt refused the refresh token (400 invalid_grant): run `{self.auth_command}`"
-            elif status == 401 and parsed:
-                self.needs_auth = (f"Trakt refused the app's credentials (401{' ' + str(error) if error else ''}): "
-                                   f"check trakt.client_id and trakt.client_secret, then run `{self.auth_command}`")
-            if self.needs_auth:
-                self.refresh_retrying = None
-                log.error("trakt_needs_auth", reason=self.needs_auth, status=status, **self._who)
-                return False
-            what = f"{status}" + (f" {error}" if isinstance(error, str) else "") + (
-                "" if parsed else " (not Trakt's JSON)")
-            self._retry_later(f"token refresh answered {what}", retry_after if status in (429, 503) else None)
+            self._refused(status, parsed, data, retry_after)
             return False
+
+    async def _ask(self, t: _Tokens) -> tuple[int, str | None, bytes] | None:
+        """POST /oauth/token: (status, Retry-After, body), or None when no answer of Trakt's
+        came (then it is tried again later)."""
+        body = {
+            "refresh_token": t.refresh_token,
+            "client_id": t.client_id,
+            "client_secret": t.client_secret,
+            "redirect_uri": REDIRECT_URI,
+            "grant_type": "refresh_token",
+        }
+        started = time.monotonic()
+        try:
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.post(
+                t.oauth_url + "/oauth/token", json=body, headers=_headers(), allow_redirects=False
+            ) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                raw = await read_answer(resp)
+        except (TimeoutError, aiohttp.ClientError, OSError, NotTrakt) as exc:
+            self._observed("not_trakt" if isinstance(exc, NotTrakt) else "network_error", started)
+            self._retry_later(f"{type(exc).__name__}: {exc}", None)
+            return None
+        self._observed(str(status), started)
+        return status, retry_after, raw
+
+    async def _use(self, t: _Tokens, pair: Pair) -> None:
+        """A new pair: journalled first of all (the old refresh token is dead now), used, saved."""
+        await self.files.record(pair)
+        t.use(pair)
+        self.unsaved = "not written yet"
+        await asyncio.to_thread(self.save_pending_sync)
+        log.info("trakt_token_refreshed", expires_at=t.expires_at, **self._who)
+        recovered = self.refresh_retrying is not None
+        self.refresh_retrying, self._failures = None, 0
+        if recovered and self.on_refreshed is not None:
+            self.on_refreshed()
+
+    def _refused(self, status: int, parsed: bool, data: Any, retry_after: str | None) -> None:
+        """Trakt answered without a pair: needs `cwhook auth`, or is tried again later."""
+        error = data.get("error") if isinstance(data, dict) else None
+        if status == 400 and error == "invalid_grant":
+            self.needs_auth = f"Trakt refused the refresh token (400 invalid_grant): run `{self.auth_command}`"
+        elif status == 401 and parsed:
+            self.needs_auth = (f"Trakt refused the app's credentials (401{' ' + str(error) if error else ''}): "
+                               f"check trakt.client_id and trakt.client_secret, then run `{self.auth_command}`")
+        if self.needs_auth:
+            self.refresh_retrying = None
+            log.error("trakt_needs_auth", reason=self.needs_auth, status=status, **self._who)
+            return
+        what = f"{status}" + (f" {error}" if isinstance(error, str) else "") + (
+            "" if parsed else " (not Trakt's JSON)")
+        self._retry_later(f"token refresh answered {what}", retry_after if status in (429, 503) else None)
 
     def _retry_later(self, reason: str, retry_after: str | None) -> None:
         """A refresh failed for a passing reason: try again after Retry-After or the back-off."""
