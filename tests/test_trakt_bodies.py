@@ -102,16 +102,16 @@ def test_searches() -> None:
         "/search/show?query=Marvel%27s+Agents%5C%3A+S.H.I.E.L.D.", "show")
 
 
-def test_form_from_search() -> None:
+def test_forms_from_search_takes_the_first_usable_result_of_the_type() -> None:
     results = [{"type": "show", "show": {"ids": {"trakt": 5}}},
                {"type": "movie", "movie": {"ids": {"trakt": 28}}}]
-    assert tb.form_from_search(MOVIE, results, "movie") == {"movie": {"ids": {"trakt": 28}}}
-    assert tb.form_from_search(EPISODE, results, "show") == {
+    assert tb.forms_from_search(MOVIE, results, "movie") == [{"movie": {"ids": {"trakt": 28}}}]
+    assert tb.forms_from_search(EPISODE, results, "show")[0] == {
         "show": {"ids": {"trakt": 5}}, "episode": {"season": 1, "number": 1}}
-    assert tb.form_from_search(EPISODE, [], "episode") is None
-    assert tb.form_from_search(EPISODE, {"x": 1}, "episode") is None
-    assert tb.form_from_search(EPISODE, [{"type": "episode", "episode": {"ids": {"trakt": "x"}}}],
-                               "episode") is None
+    assert tb.forms_from_search(EPISODE, [], "episode") == []
+    assert tb.forms_from_search(EPISODE, {"x": 1}, "episode") == []
+    assert tb.forms_from_search(EPISODE, [{"type": "episode", "episode": {"ids": {"trakt": "x"}}}],
+                                "episode") == []
 
 
 # --- absolute numbers and multi-episode files ----------------------------------------------
@@ -186,9 +186,8 @@ def test_forms_from_a_show_search() -> None:
     s2 = replace(EPISODE, season=2, number=13)
     assert tb.forms_from_search(s2, results, "show") == [
         {"show": show, "episode": {"season": 2, "number": 13}}]
-    assert tb.form_from_search(s2, results, "show") == {"show": show, "episode": {"season": 2, "number": 13}}
     assert tb.forms_from_search(s2, [{"type": "show", "show": {"ids": {"trakt": True}}}], "show") == []
-    assert tb.form_from_search(s2, [], "show") is None
+    assert tb.forms_from_search(s2, [], "show") == []
 
 
 def test_only_trakts_documented_answers_count_as_success() -> None:

@@ -252,12 +252,6 @@ def forms_from_search(event: Event, results: Any, result_type: str) -> list[Body
     return []
 
 
-def form_from_search(event: Event, results: Any, result_type: str) -> Body | None:
-    """The best form ``forms_from_search`` finds, or None."""
-    forms = forms_from_search(event, results, result_type)
-    return forms[0] if forms else None
-
-
 # --- answers ------------------------------------------------------------------------
 
 SCROBBLE_ACTIONS = ("start", "pause", "scrobble", "stop")
