@@ -208,8 +208,17 @@ class TraktClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            sent = aiohttp.TraceConfig()
+            sent.on_request_headers_sent.append(self._headers_sent)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, trace_configs=[sent])
         return self._session
+
+    async def _headers_sent(self, _session: aiohttp.ClientSession, _ctx: Any,
+                            params: aiohttp.TraceRequestHeadersSentParams) -> None:
+        """A POST left only now: the next one is paced from here, not from when it was let go
+        (a pause in between, such as a garbage collection, would bring two to Trakt too close)."""
+        if params.method == "POST":
+            self._last_post = max(self._last_post, time.monotonic())
 
     def headers(self) -> dict[str, str]:
         client_id, token = self.tokens()
@@ -224,9 +233,8 @@ class TraktClient:
     async def _pace(self) -> None:
         """At most one POST per POST_INTERVAL; callers queue on the lock."""
         async with self._post_lock:
-            wait = self._last_post + self._interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            while (wait := self._last_post + self._interval - time.monotonic()) > 0:
+                await asyncio.sleep(wait)  # again if the last POST left later than it was let go
             self._last_post = time.monotonic()
 
     async def _once(self, method: str, path: str, body: Any) -> Response:
