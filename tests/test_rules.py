@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from random import Random
 from typing import Any
 
 import pytest
@@ -11,6 +12,9 @@ from hypothesis import strategies as st
 
 from cwhook.config.schema import ScrobbleConfig
 from cwhook.kernel.event import Event, Ids
+from cwhook.scrobble import phases
+from cwhook.scrobble import rules as rules_module
+from cwhook.scrobble.phases import TRANSITIONS, Phase, PhaseError, Session
 from cwhook.scrobble.rules import Decision, Rules
 
 MOVIE = Event(source="plex", action="start", kind="movie", title="Guardians of the Galaxy", year=2014,
@@ -662,3 +666,88 @@ def test_every_registry_is_bounded_by_count_and_long_keys_by_size() -> None:
     newest = replace(base, title="Movie 399 " + "x" * 5000, item_key="Movie 399 " + "x" * 5000)
     [d] = rules.handle(replace(newest, action="rate", rating=7), now)
     assert d.reason == "duplicate"
+
+
+# --- the phase table ------------------------------------------------------------------------------
+
+PLAYBACK_ACTIONS = {"start", "pause", "stop", "scrobble", "progress"}
+
+
+def test_each_phase_lists_what_every_action_may_do_and_only_a_held_pause_has_timers() -> None:
+    for phase in Phase:
+        actions = {action for (p, action) in TRANSITIONS if p is phase}
+        timers = {"elapse", "shutdown"} if phase is Phase.HELD else set()
+        assert actions == PLAYBACK_ACTIONS | timers, phase
+    assert all(targets for targets in TRANSITIONS.values())
+
+
+def test_a_move_the_table_does_not_list_is_refused() -> None:
+    s = Session(phase=Phase.WATCHED)
+    with pytest.raises(PhaseError, match="pause cannot move a session from watched to held"):
+        phases.advance(s, "pause", Phase.HELD)
+    with pytest.raises(PhaseError):
+        phases.advance(Session(), "elapse", Phase.IDLE)  # no timer runs on a session holding nothing
+    assert s.phase is Phase.WATCHED
+    phases.advance(s, "start", Phase.PLAYING)  # a new viewing from the top
+    assert s.phase is Phase.PLAYING
+
+
+def test_a_viewing_goes_through_its_phases() -> None:
+    r = Run()
+    seen = []
+    for action, progress, at in [("start", 1, 0), ("pause", 30, 100), (None, None, 106), ("start", 30, 200),
+                                 ("pause", 40, 300), ("start", 40, 302), ("stop", 97, 400), ("start", 50, 500),
+                                 ("start", 1, 600), ("stop", 20, 700)]:
+        if action is None:
+            r.tick(at)
+        else:
+            r(action, progress, at)
+        [session] = r.rules._sessions.values()
+        seen.append(session.phase.value)
+    assert seen == ["playing", "held", "idle", "playing", "held", "playing", "watched", "watched", "playing",
+                    "idle"]
+    r2 = Run()
+    r2("start", 99.5, 0)  # resumed at the credits
+    r2("pause", 99.6, 10)
+    assert [s.phase for s in r2.rules._sessions.values()] == [Phase.NEAR_END]
+    r2("start", 50, 20)  # seeked back: a viewing after all
+    assert [s.phase for s in r2.rules._sessions.values()] == [Phase.PLAYING]
+
+
+def _walk(rules: Rules, rnd: Random, cfg: ScrobbleConfig) -> None:
+    """A dozen events of two players of one item, the debounce switched on and off at times."""
+    now = 0.0
+    for _ in range(12):
+        now += rnd.choice([0.5, 2, 10, 1000])
+        if rnd.random() < 0.1:
+            cfg = replace(cfg, pause_debounce_seconds=5 - cfg.pause_debounce_seconds)
+            rules.update_settings(cfg)
+        rules.tick(now)
+        rules.handle(ev(rnd.choice(sorted(PLAYBACK_ACTIONS)), rnd.choice([None, 0.5, 4.0, 30.0, 85.0, 92.0, 97.0]),
+                        source="jellyfin", paused=rnd.random() < 0.5, player_id=rnd.choice(["tv", "phone"])), now)
+        for s in rules._sessions.values():
+            # what each phase owns: a held pause in HELD only, Trakt's start in PLAYING (and in a
+            # viewing restarted at the credits while Trakt still plays the old one)
+            assert (s.held is not None) == (s.phase is Phase.HELD)
+            assert s.phase is not Phase.PLAYING or s.started is not None
+            assert s.started is None or s.phase in (Phase.PLAYING, Phase.NEAR_END)
+    rules.flush_pending()
+
+
+def test_the_table_is_exactly_the_moves_the_rules_make(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeded walks (the same every run) reach every move the table lists, and no other."""
+    moves: set[tuple[Phase, str, Phase]] = set()
+
+    def advance(session: Session, action: phases.Action, to: Phase) -> None:
+        moves.add((session.phase, action, to))
+        phases.advance(session, action, to)
+
+    monkeypatch.setattr(rules_module, "advance", advance)
+    for seed in range(3000):
+        rnd = Random(seed)
+        # suppress_start_at below 5 %: a new viewing from the top can start at the credits
+        cfg = replace(CFG, pause_debounce_seconds=rnd.choice([0, 5]), suppress_start_at=rnd.choice([3.0, 90.0]))
+        _walk(Rules(cfg), rnd, cfg)
+    listed = {(phase, action, to) for (phase, action), targets in TRANSITIONS.items() for to in targets}
+    assert sorted(listed - moves, key=str) == [], "listed, never made"
+    assert sorted(moves - listed, key=str) == [], "made, not listed"
