@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 from random import Random
 from typing import Any
 
@@ -751,3 +753,17 @@ def test_the_table_is_exactly_the_moves_the_rules_make(monkeypatch: pytest.Monke
     listed = {(phase, action, to) for (phase, action), targets in TRANSITIONS.items() for to in targets}
     assert sorted(listed - moves, key=str) == [], "listed, never made"
     assert sorted(moves - listed, key=str) == [], "made, not listed"
+
+
+def test_the_docs_table_of_phases_is_the_code_s() -> None:
+    """docs/rules.md, "Phases of a session": each cell names the phases an action may lead to."""
+    text = (Path(__file__).parent.parent / "docs" / "rules.md").read_text(encoding="utf-8")
+    section = text.split("## Phases of a session", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    names = {phase.value: phase for phase in Phase}
+    documented = {}
+    for cells in rows:
+        phase = names[cells[0].strip(" `")]
+        for action, cell in zip(("start", "pause", "stop", "scrobble"), cells[2:], strict=True):
+            documented[(phase, action)] = {names[w] for w in re.findall(r"[a-z_]+", cell) if w in names}
+    assert documented == {key: set(to) for key, to in TRANSITIONS.items() if key[1] in PLAYBACK_ACTIONS - {"progress"}}

@@ -60,7 +60,7 @@ class Inbox(Outbox):
 
     @staticmethod
     def _remember(db: sqlite3.Connection, e: NewEntry) -> None:
-        """Keep the rules' one-hour watched registry across restarts (spec §5 rule 6)."""
+        """Keep the rules' one-hour watched registry across restarts (docs/rules.md, rule 6)."""
         # One row per name of the item (cwhook.kernel.items): another server's name for it meets one.
         keys = [(e.account, safe_text(name)) for name in items.names(e.event)]
         if e.verb in WATCHED_VERBS:
