@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +45,32 @@ def fake_trakt() -> Iterator[FakeTrakt]:
         yield fake
     finally:
         fake.stop()
+
+
+NOBODY = 65534
+AS_NOBODY = ("setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups")
+
+
+def _can_run_as_nobody() -> bool:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import cwhook"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_nobody = pytest.mark.skipif(not _can_run_as_nobody(),
+                                  reason="needs root and setpriv to run a command as another user")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="cwhook-test-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 TOKENS = {"plex": "plex-token-0123456789abcdef", "jellyfin": "jellyfin-token-0123456789ab",

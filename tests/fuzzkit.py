@@ -34,6 +34,7 @@ from cwhook.kernel.event import Event
 from cwhook.scrobble import preview
 from cwhook.sources.registry import SOURCES
 from cwhook.status.health import Counters
+from tests import builders
 from tests.conftest import FIXTURES, TOKENS, config_text
 
 PATHS = {name: source.path for name, source in SOURCES.items()}
@@ -144,11 +145,7 @@ def multipart(field_name: str, payload: bytes, rnd: random.Random, boundary: str
     parts = [(field_name, payload, None), ("thumb", thumb, "thumb.jpg")]
     if rnd.random() < 0.5:
         parts.reverse()
-    out = b"preamble\r\n"
-    for name, data, filename in parts:
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
+    return builders.multipart(parts, boundary, typed=False, preamble=b"preamble\r\n")[0]
 
 
 def break_multipart(body: bytes, rnd: random.Random) -> bytes:

@@ -10,7 +10,6 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,52 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cwhook.config.schema import parse_config
-from cwhook.ingest.app import Busy, Runtime, make_app
+from cwhook.ingest.app import Runtime, make_app
 from cwhook.kernel import logs
 from cwhook.kernel.event import Event
-from cwhook.scrobble import preview
-from cwhook.sources.registry import SOURCES
-from cwhook.status.health import Counters
+from tests.builders import PATHS, multipart, runtime
 from tests.conftest import FIXTURES, TOKENS, config_text, fixture_bytes
-
-PATHS = {name: source.path for name, source in SOURCES.items()}  # the one route table
-
-
-def runtime(extra: str = "", queue_size: int = 100, max_body: int | None = None) -> QueueRuntime:
-    text = config_text(8787, Path("/tmp/state"), plex_extra=extra)
-    if max_body:
-        text = text.replace("  port: 8787", f"  port: 8787\n  max_body_bytes: {max_body}")
-    cfg = parse_config(text, Path("/tmp/cwhook.yml"))
-    counters = Counters()
-    queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
-
-    async def ingest(event: Event) -> None:
-        """Stands in for the daemon's inbox commit: queues the event, or is busy when full."""
-        try:
-            queue.put_nowait(event)
-        except asyncio.QueueFull:
-            raise Busy() from None
-
-    return QueueRuntime(cfg, counters, lambda: {"status": "ok"}, ingest, queue, preview=preview.answer)
-
-
-@dataclass
-class QueueRuntime(Runtime):
-    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-
-
-def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "XyZ-boundary-123") -> tuple[
-        bytes, str]:
-    out = b""
-    for name, data, filename in parts:
-        out += f"--{boundary}\r\n".encode()
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"Content-Disposition: {disp}\r\n".encode()
-        out += b"Content-Type: " + (b"image/jpeg" if filename else b"application/json") + b"\r\n\r\n"
-        out += data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return out, f"multipart/form-data; boundary={boundary}"
-
 
 SAMPLES = [
     ("plex", "plex_media.scrobble_movie.json", "scrobble"),

@@ -9,20 +9,15 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cwhook.state.store import FILE_NAME
-from tests.conftest import ROOT, TOKENS, config_text, free_port
+from tests.conftest import AS_NOBODY, NOBODY, ROOT, TOKENS, config_text, free_port, needs_nobody
 from tests.faketrakt import FakeTrakt
-
-NOBODY = 65534
-AS_NOBODY = ("setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups")
 
 
 def cwhook(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -32,28 +27,6 @@ def cwhook(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
     prefix = AS_NOBODY if as_nobody else ()
     return subprocess.run([*prefix, sys.executable, "-m", "cwhook", *args], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
-
-
-def _can_run_as_nobody() -> bool:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        return False
-    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import cwhook"], capture_output=True)
-    return probe.returncode == 0
-
-
-needs_nobody = pytest.mark.skipif(not _can_run_as_nobody(),
-                                  reason="needs root and setpriv to run a command as another user")
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory other users can reach (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="cwhook-test-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def settled(path: Path) -> Path:

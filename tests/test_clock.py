@@ -20,13 +20,14 @@ import pytest
 
 from cwhook.kernel import clock as clocks
 from cwhook.state.store import NewEntry, Store
+from tests.builders import movie
 from tests.conftest import Daemon, config_text, free_port, wait_for
 from tests.faketrakt import FakeTrakt
-from tests.test_worker import MOVIE
 
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)  # Debian's
 HOUR = 3600
 DEBOUNCE = 3
+MOVIE = movie(action="start", user_name="a", player_id="p", item_key="1", duration_s=7200.0)
 
 
 def plex(event: str, i: int, percent: float) -> bytes:

@@ -20,13 +20,12 @@ from cwhook.status.health import Counters
 from cwhook.trakt.auth import TraktAuth
 from cwhook.trakt.client import RetryPolicy, TraktClient
 from cwhook.trakt.delivery import Lane, Options
+from tests.builders import episode, movie
 from tests.conftest import fixture_bytes
 from tests.faketrakt import FakeTrakt
 
-MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
-              ids=Ids(imdb="tt2015381"), user_name="alice", duration_s=7200.0)
-EPISODE = Event(source="jellyfin", action="start", kind="episode", title="Pilot", ids=Ids(tvdb=349232),
-                show_title="Breaking Bad", show_year=2008, season=1, number=1, duration_s=3480.0)
+MOVIE = movie(user_name="alice", duration_s=7200.0)
+EPISODE = episode(duration_s=3480.0)
 FAST = RetryPolicy(attempts=4, initial=0.05, maximum=0.2, jitter=0.01)
 
 CONFIG = """# trakt settings

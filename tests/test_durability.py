@@ -29,28 +29,14 @@ from typing import Any
 
 import pytest
 
-from cwhook.kernel.event import Event, Ids
 from cwhook.state.store import NewEntry, Store
+from tests.builders import FAST_ENV, count, counted_movie, plex_stop
 from tests.conftest import TOKENS, Daemon, config_text, free_port, wait_for
 from tests.faketrakt import FakeTrakt, Fault
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = int(os.environ.get("CWHOOK_KILL_ROUNDS", "4"))
-FAST_ENV = {"CWHOOK_POST_INTERVAL": "0"}
-
-
-def plex_stop(i: int, percent: float = 95.0, title: str | None = None) -> bytes:
-    """A Plex stop of numbered movie i (its own session) at ``percent``."""
-    return json.dumps({
-        "event": "media.stop", "user": True, "owner": True,
-        "Account": {"id": 1, "title": "alice"},
-        "Server": {"title": "srv", "uuid": "srv-uuid"},
-        "Player": {"local": True, "title": "tv", "uuid": "player-1"},
-        "Metadata": {"type": "movie", "title": title or f"Counted Movie {i}", "year": 2001,
-                     "ratingKey": str(50000 + i), "Guid": [{"id": f"imdb://tt{9000000 + i}"}],
-                     "viewOffset": int(7_200_000 * percent / 100), "duration": 7_200_000},
-    }).encode()
 
 
 def post(port: int, body: bytes, timeout: float = 10) -> int:
@@ -153,14 +139,6 @@ def burst(port: int, items: range, threads: int = 4) -> dict[int, int]:
     return statuses
 
 
-def count(fake: FakeTrakt, acked: set[int]) -> tuple[list[int], list[int]]:
-    """(lost, doubled) numbered movies."""
-    counts = fake.history_counts()
-    lost = [i for i in sorted(acked) if counts.get(f"movie:{900000 + i}", 0) == 0]
-    doubled = [i for i in sorted(acked) if counts.get(f"movie:{900000 + i}", 0) > 1]
-    return lost, doubled
-
-
 def test_sigkill_mid_burst_and_mid_delivery_loses_and_doubles_nothing(
         rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
     rng = random.Random(9)
@@ -209,9 +187,7 @@ def test_sigkill_during_late_history_delivery_never_doubles_a_play(
     store = Store(rig.state)
     old = time.time() - 1800  # older than the 10 minutes a stop may wait for /scrobble/stop
     for i in range(movies):
-        event = Event(source="plex", action="stop", kind="movie", title=f"Counted Movie {i}", year=2001,
-                      ids=Ids(imdb=f"tt{9000000 + i}"), user_name="alice", player_id="p",
-                      item_key=str(i), received_at=old)
+        event = counted_movie(i, old)
         store.add(NewEntry("stop", event, 95.0, old + i))
     store.close()
     fake.answer_delay = 0.25
@@ -518,9 +494,7 @@ def test_broken_chunk_framing_is_rejected_at_once(rig_factory: Callable[..., Rig
 def _late_stops(rig: Rig, items: range, at: float) -> None:
     store = Store(rig.state)
     for i in items:
-        event = Event(source="plex", action="stop", kind="movie", title=f"Counted Movie {i}", year=2001,
-                      ids=Ids(imdb=f"tt{9000000 + i}"), user_name="alice", player_id="p",
-                      item_key=str(i), received_at=at)
+        event = counted_movie(i, at)
         store.add(NewEntry("stop", event, 95.0, at + i))
     store.close()
 

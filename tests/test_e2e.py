@@ -15,37 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, fixture_json, wait_for
+from tests import builders
+from tests.builders import authorized, plex_body
+from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, wait_for
 from tests.faketrakt import FakeTrakt
 
 pytestmark = pytest.mark.slow
 
 
-def authorized(fake: FakeTrakt, **kw: object) -> dict[str, object]:
-    access, refresh, expires = fake.issue_tokens()
-    return {"trakt_url": fake.url, "access_token": access, "refresh_token": refresh,
-            "expires_at": expires, **kw}
-
-
-def plex_body(event: str, offset_ms: int | None, name: str = "plex_media.scrobble_movie.json",
-              **meta: object) -> bytes:
-    data = fixture_json(name)
-    data["event"] = event
-    if offset_ms is None:
-        data["Metadata"].pop("viewOffset", None)
-    else:
-        data["Metadata"]["viewOffset"] = offset_ms
-    data["Metadata"].update(meta)
-    return json.dumps(data).encode()
-
-
 def multipart(payload: bytes, thumb: bytes = b"\xff\xd8\xff" + b"\0" * 20000) -> tuple[bytes, str]:
-    b = "plexboundary123"
-    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"payload\"\r\nContent-Type: application/json"
-            f"\r\n\r\n").encode() + payload + (
-        f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"thumb\"; filename=\"thumb.jpg\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n").encode() + thumb + f"\r\n--{b}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={b}"
+    return builders.multipart([("payload", payload, None), ("thumb", thumb, "thumb.jpg")], "plexboundary123")
 
 
 def test_plex_viewing_scrobbled_exactly_once(daemon_factory: Callable[..., Daemon],

@@ -20,7 +20,7 @@ import pytest
 
 from cwhook.ingest import edge
 from cwhook.kernel import logs
-from tests import fuzzkit
+from tests import builders, fuzzkit
 from tests.conftest import TOKENS, fixture_bytes
 
 FAST = edge.Limits(idle_timeout=0.8, header_timeout=0.5, body_stall=0.6, body_deadline=3.0)
@@ -201,12 +201,8 @@ async def test_chunked_raw_body_over_the_limit_is_413() -> None:
 
 
 def multipart_body(payload: bytes, thumb: bytes, payload_first: bool = True) -> tuple[bytes, str]:
-    parts = [b'Content-Disposition: form-data; name="payload"\r\n\r\n' + payload,
-             b'Content-Disposition: form-data; name="thumb"; filename="t.jpg"\r\n\r\n' + thumb]
-    if not payload_first:
-        parts.reverse()
-    body = b"".join(b"--BB\r\n" + p + b"\r\n" for p in parts) + b"--BB--\r\n"
-    return body, "multipart/form-data; boundary=BB"
+    parts: list[tuple[str, bytes, str | None]] = [("payload", payload, None), ("thumb", thumb, "t.jpg")]
+    return builders.multipart(parts if payload_first else parts[::-1], "BB", typed=False)
 
 
 async def test_multipart_thumbnail_is_skipped_and_a_huge_json_part_is_413() -> None:

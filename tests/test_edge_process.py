@@ -29,9 +29,8 @@ from urllib.parse import quote
 import pytest
 
 from tests import fuzzkit
+from tests.builders import FAST_ENV, authorized, count, plex_stop
 from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, wait_for
-from tests.test_durability import FAST_ENV, count, plex_stop
-from tests.test_e2e import authorized
 
 pytestmark = pytest.mark.slow
 

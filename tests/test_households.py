@@ -26,6 +26,7 @@ from cwhook.scrobble.worker import Worker
 from cwhook.sources.registry import SOURCES
 from cwhook.state.store import AsyncStore, Store
 from cwhook.status.health import Counters
+from tests.builders import movie
 from tests.conftest import TOKENS, Daemon, free_port, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -173,8 +174,7 @@ def test_a_numeric_account_name_is_a_name() -> None:
 
 # --- rules per account (the worker, no network) ------------------------------------------------
 
-FILM = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
-             ids=Ids(imdb="tt2015381"), progress=95.0, duration_s=7200.0, item_key="7")
+FILM = movie(progress=95.0, duration_s=7200.0, item_key="7")
 
 
 async def test_rules_run_per_account(tmp_path: Path) -> None:
@@ -437,7 +437,9 @@ def test_an_old_single_account_outbox_is_migrated_to_the_default_lane(tmp_path: 
     # the 0.1 file format is covered in test_store.py; here: its entries land in `default`'s lane
     import sqlite3
 
-    from tests.test_store import LEGACY_SCHEMA, MOVIE
+    from tests.builders import LEGACY_SCHEMA
+
+    MOVIE = movie(user_name="alice", player_id="tv", item_key="1", duration_s=7200.0)  # as test_store's
 
     (tmp_path / "state").mkdir()
     old = sqlite3.connect(str(tmp_path / "state" / "outbox.sqlite3"))

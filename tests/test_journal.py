@@ -18,28 +18,20 @@ from typing import Any
 import pytest
 
 from cwhook.cli import recent
-from cwhook.kernel.event import Event, Ids
+from cwhook.kernel.event import Ids
 from cwhook.state import journal
 from cwhook.state.journal import Arrived, IgnoredRow, Noted, Result
 from cwhook.state.store import FILE_NAME, NewEntry, Store
+from tests.builders import decide, movie
 from tests.conftest import Daemon, fixture_json, wait_for
 from tests.faketrakt import FakeTrakt
 
-MOVIE = Event(source="plex", action="stop", kind="movie", title="The Menu", year=2022, ids=Ids(imdb="tt9764362"),
-              user_name="Anna", player_id="p", item_key="1", progress=97.0, received_at=time.time())
+MOVIE = movie(title="The Menu", year=2022, ids=Ids(imdb="tt9764362"), user_name="Anna", player_id="p",
+              item_key="1", progress=97.0, received_at=time.time())
 
 
 def read(store: Store, **kw: Any) -> list[journal.Entry]:
     return journal.read(store.path, kw.pop("limit", 100), **kw)
-
-
-def decide(store: Store, event: Event, reason: str, verbs: tuple[str, ...] = (), inbox: bool = True,
-           account: str = "default") -> list[int]:
-    inbox_id = store.ingest([event])[0] if inbox else None
-    entries = [NewEntry(v, event, event.progress or 0.0, event.received_at, account=account) for v in verbs]
-    noted = [Noted(inbox_id, Arrived.of(event), reason, account, ("a_note",), event.progress,
-                   tuple(range(len(entries))))]
-    return store.decide(entries, inbox_id or 0, (), noted)
 
 
 def test_a_decision_and_its_action_through_retries_to_sent(tmp_path: Path) -> None:

@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 
 from cwhook.service import daemon as daemon_module
-from tests.conftest import Daemon, config_text, free_port, wait_for
+from tests.builders import authorized, plex_body
+from tests.conftest import AS_NOBODY, NOBODY, Daemon, config_text, free_port, needs_nobody, wait_for
 from tests.faketrakt import FakeTrakt
-from tests.test_cli import AS_NOBODY, NOBODY, needs_nobody, shared_dir  # noqa: F401 - shared_dir is a fixture
-from tests.test_e2e import authorized, plex_body
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +114,7 @@ class NobodyDaemon(Daemon):
 
 
 @pytest.fixture
-def nobody_daemon(shared_dir: Path) -> Iterator[Daemon]:  # noqa: F811 - the fixture imported above
+def nobody_daemon(shared_dir: Path) -> Iterator[Daemon]:
     os.chown(shared_dir, NOBODY, NOBODY)
     os.chmod(shared_dir, 0o700)
     port = free_port()

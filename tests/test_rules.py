@@ -18,10 +18,9 @@ from cwhook.scrobble import phases
 from cwhook.scrobble import rules as rules_module
 from cwhook.scrobble.phases import TRANSITIONS, Phase, PhaseError, Session
 from cwhook.scrobble.rules import Decision, Rules
+from tests.builders import movie
 
-MOVIE = Event(source="plex", action="start", kind="movie", title="Guardians of the Galaxy", year=2014,
-              ids=Ids(imdb="tt2015381"), user_name="alice", user_id="1", player_id="tv",
-              item_key="42", duration_s=7200.0)
+MOVIE = movie(action="start", user_name="alice", user_id="1", player_id="tv", item_key="42", duration_s=7200.0)
 CFG = ScrobbleConfig()
 
 

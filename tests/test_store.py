@@ -35,21 +35,12 @@ from cwhook.status.health import Counters
 from cwhook.system.statedir import StateDirError
 from cwhook.trakt.client import TraktClient
 from cwhook.trakt.delivery import Lane, Options
+from tests.builders import LEGACY_SCHEMA, movie
 from tests.faketrakt import FakeTrakt
 
-MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
-              ids=Ids(imdb="tt2015381"), user_name="alice", player_id="tv", item_key="1",
-              duration_s=7200.0)
+MOVIE = movie(user_name="alice", player_id="tv", item_key="1", duration_s=7200.0)
 
 # The schema of cwhook 0.1's outbox.sqlite3, as that version created it.
-LEGACY_SCHEMA = """
-CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL, verb TEXT NOT NULL,
-    progress REAL NOT NULL, event TEXT NOT NULL, extra TEXT NOT NULL DEFAULT '{}',
-    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT);
-CREATE TABLE matches (identity TEXT PRIMARY KEY, form TEXT NOT NULL, used_at REAL NOT NULL);
-"""
-
-
 def test_state_dir_and_file_are_private(tmp_path: Path) -> None:
     store = Store(tmp_path / "state")
     store.close()

@@ -8,13 +8,11 @@ import pytest
 from cwhook.kernel.event import Event, Ids
 from cwhook.sources import plex
 from cwhook.trakt import bodies as tb
+from tests.builders import episode, movie
 from tests.conftest import FIXTURES, fixture_bytes
 
-MOVIE = Event(source="plex", action="stop", kind="movie", title="Guardians of the Galaxy", year=2014,
-              ids=Ids(trakt=28, imdb="tt2015381", tmdb=118340, tvdb=999))
-EPISODE = Event(source="jellyfin", action="start", kind="episode", title="Pilot",
-                ids=Ids(tvdb=349232), show_title="Breaking Bad", show_year=2008,
-                show_ids=Ids(trakt=1, tvdb=81189), season=1, number=1)
+MOVIE = movie(ids=Ids(trakt=28, imdb="tt2015381", tmdb=118340, tvdb=999))
+EPISODE = episode(show_ids=Ids(trakt=1, tvdb=81189))
 
 
 def trakt_example(name: str) -> dict:

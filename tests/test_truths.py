@@ -93,7 +93,8 @@ def test_a_test_request_goes_through_the_rules_and_sends_nothing(daemon_factory:
 
 
 async def test_a_test_request_is_never_queued(aiohttp_client: Any) -> None:
-    from tests.test_app import PATHS, make_app, runtime
+    from cwhook.ingest.app import make_app
+    from tests.builders import PATHS, runtime
 
     rt = runtime()
     client = await aiohttp_client(make_app(rt))
@@ -124,7 +125,8 @@ def test_every_try_it_line_is_a_test(tmp_path: Path) -> None:
 
 
 async def test_a_wrong_method_is_405_with_allow(aiohttp_client: Any) -> None:
-    from tests.test_app import make_app, runtime
+    from cwhook.ingest.app import make_app
+    from tests.builders import runtime
 
     client = await aiohttp_client(make_app(runtime()))
     resp = await client.post("/healthz")
@@ -197,10 +199,14 @@ def test_the_try_it_lines_run_as_tests_against_a_daemon(daemon_factory: Callable
 
 def test_recent_lines_name_the_default_account_and_say_retrying_plainly(tmp_path: Path) -> None:
     from cwhook.cli import recent
+    from cwhook.kernel.event import Ids
     from cwhook.state import journal
     from cwhook.state.journal import Arrived, Noted, Result
     from cwhook.state.store import NewEntry, Store
-    from tests.test_journal import MOVIE, decide
+    from tests.builders import decide, movie
+
+    MOVIE = movie(title="The Menu", year=2022, ids=Ids(imdb="tt9764362"), user_name="Anna", player_id="p",
+                  item_key="1", progress=97.0, received_at=time.time())  # as test_journal's
 
     store = Store(tmp_path)
     [oid] = decide(store, MOVIE, "sent", ("stop",))

@@ -17,10 +17,11 @@ from cwhook.scrobble.worker import Item, Worker
 from cwhook.service.daemon import Daemon
 from cwhook.state.store import AsyncStore, Store, StoreUnavailable
 from cwhook.status.health import Counters
+from tests.builders import movie
 from tests.conftest import config_text, free_port
 
-MOVIE = Event(source="plex", action="start", kind="movie", title="X", ids=Ids(imdb="tt1"), user_name="a",
-              player_id="p", item_key="1", progress=1.0, duration_s=7200.0)
+MOVIE = movie(action="start", title="X", year=None, ids=Ids(imdb="tt1"), user_name="a", player_id="p",
+              item_key="1", progress=1.0, duration_s=7200.0)
 PAUSE = replace(MOVIE, action="pause", progress=40.0)
 RESUME = replace(MOVIE, action="start", progress=40.0)
 STOP = replace(MOVIE, action="stop", progress=95.0)
