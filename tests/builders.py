@@ -22,7 +22,7 @@ from cwhook.sources.registry import SOURCES
 from cwhook.state.journal import Arrived, Noted
 from cwhook.state.store import NewEntry, Store
 from cwhook.status.health import Counters
-from tests.conftest import config_text, fixture_json
+from tests.conftest import Daemon, config_text, fixture_json
 from tests.faketrakt import FakeTrakt
 
 # --- events ------------------------------------------------------------------------------------
@@ -184,3 +184,17 @@ def still(predicate: Callable[[], Any], for_s: float, interval: float = 0.05) ->
         time.sleep(interval)
     assert predicate(), "condition stopped holding"
 
+
+
+def settled(d: Daemon) -> bool:
+    """Nothing is left for the daemon to send: every acknowledged webhook decided (the inbox) and every
+    call it decided made (the outbox; a follow-up is added as the entry it follows is removed). What a
+    test then sees at the fake Trakt is all it will see, short of a timer still running in memory."""
+    health = d.health()
+    return health["inbox"]["undecided"] == 0 and health["outbox"]["pending"] == 0
+
+
+def sleep_past(started: float, window_s: float, margin_s: float = 0.3) -> None:
+    """Sleep until ``window_s`` (plus a margin) has passed since ``started`` (time.monotonic()): for a
+    test whose point is that a window expires, without sleeping again what the test already waited."""
+    time.sleep(max(0.0, started + window_s + margin_s - time.monotonic()))

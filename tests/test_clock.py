@@ -20,7 +20,7 @@ import pytest
 
 from cwhook.kernel import clock as clocks
 from cwhook.state.store import NewEntry, Store
-from tests.builders import movie
+from tests.builders import movie, settled, sleep_past
 from tests.conftest import Daemon, config_text, free_port, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -128,7 +128,7 @@ def test_a_held_pause_is_sent_when_the_clock_is_set_back(stepped: SteppedDaemon)
     debounced(stepped, 1)
     stepped.step(-HOUR)
     wait_for(lambda: stepped.sent("/scrobble/pause", 1), timeout=DEBOUNCE + 10)
-    time.sleep(1)
+    wait_for(lambda: settled(stepped.daemon))
     assert (stepped.sent("/scrobble/start", 1), stepped.sent("/scrobble/pause", 1)) == (1, 1)
 
 
@@ -138,11 +138,12 @@ def test_a_clock_set_ahead_does_not_end_a_pause_window(stepped: SteppedDaemon) -
     stepped.start()
     stepped.post(plex("media.play", 2, 30))
     stepped.post(plex("media.pause", 2, 40))
+    paused_at = time.monotonic()
     debounced(stepped, 2)
     stepped.step(HOUR)
     stepped.post(plex("media.resume", 2, 40))
     wait_for(lambda: stepped.logged("decision", reason="pause_cancelled", item="Counted Movie 2 (2001)"))
-    time.sleep(DEBOUNCE + 1)
+    sleep_past(paused_at, DEBOUNCE, margin_s=1.0)  # the point: the window's end passes, nothing is sent
     assert (stepped.sent("/scrobble/start", 2), stepped.sent("/scrobble/pause", 2)) == (1, 0)
 
 
@@ -158,7 +159,7 @@ def test_a_deferred_stop_and_its_age_when_the_clock_is_set_back(stepped: Stepped
     age = stepped.daemon.health()["outbox"]["oldest_age_s"]
     assert age is not None and age >= time.monotonic() - posted - 2
     wait_for(lambda: stepped.in_history(3), timeout=20)
-    time.sleep(1)
+    wait_for(lambda: settled(stepped.daemon))
     assert (stepped.sent("/scrobble/stop", 3), stepped.in_history(3)) == (1, 1)
     assert stepped.daemon.health()["outbox"]["pending"] == 0
 
@@ -172,7 +173,7 @@ def test_a_stop_made_before_a_clock_set_ahead_is_not_late(stepped: SteppedDaemon
     wait_for(lambda: stepped.logged("trakt_deferred", item="Counted Movie 4 (2001)"), timeout=40)
     stepped.step(HOUR)
     wait_for(lambda: stepped.in_history(4), timeout=20)
-    time.sleep(1)
+    wait_for(lambda: settled(stepped.daemon))
     assert (stepped.sent("/scrobble/stop", 4), stepped.in_history(4)) == (1, 1)
     assert stepped.fake.posts("/sync/history") == []
 
@@ -193,7 +194,7 @@ def test_wall_clock_stepped_while_the_daemon_is_down(stepped: SteppedDaemon, ste
     stepped.step(step)
     stepped.start()
     wait_for(lambda: stepped.in_history(5) and stepped.sent("/scrobble/pause", 6), timeout=20)
-    time.sleep(1)
+    wait_for(lambda: settled(stepped.daemon))
     assert (stepped.in_history(5), stepped.sent("/scrobble/pause", 6)) == (1, 1)
     assert stepped.daemon.health()["outbox"]["pending"] == 0
 

@@ -388,7 +388,8 @@ def test_sighup_on_a_half_written_file_never_logs_out_nor_loses_a_202(
     rig.path.write_text(whole[:whole.index("  client_id:")])  # cut inside the trakt section
     assert d.proc is not None
     d.proc.send_signal(signal.SIGHUP)
-    time.sleep(2.5)  # the reload waits for a settled file, then applies it
+    # the reload waits for a settled file, then refuses or applies it
+    wait_for(lambda: _events(d, "config_refused") or _events(d, "config_reloaded"), timeout=10)
     health = d.health()
     assert health["trakt"]["authorized"] and not health["trakt"]["dry_run"], health
     assert post(rig.port, plex_stop(0)) == 202
@@ -612,20 +613,22 @@ def test_a_late_play_that_cannot_be_checked_is_set_aside_and_resolved_by_the_use
 @pytest.mark.parametrize("status", [429, 408, 423, 502])
 def test_a_passing_refresh_failure_never_locks_the_account_out(rig_factory: Callable[..., Rig],
                                                                fake: FakeTrakt, status: int) -> None:
-    """The access token has expired; the refresh answers `status` three times (429 with
-    Retry-After: 2): /healthz shows trakt_refresh_retrying, never needs_auth, and the outbox
-    resumes once the refresh succeeds."""
+    """The access token has expired; the refresh answers `status` (three times for 429, with
+    Retry-After: 2, and 502, through the doubling back-off; once for the others, which take the same
+    path): /healthz shows trakt_refresh_retrying, never needs_auth, and the outbox resumes once the
+    refresh succeeds."""
     fake.add_movies(1)
     rig = rig_factory(lifetime=-10)
     headers = {"Retry-After": "2"} if status == 429 else {}
-    fake.faults = [Fault("/oauth/token", "status", count=3, status=status, headers=headers)]
+    failures = 3 if status in (429, 502) else 1  # 5 + 10 + 20 s of back-off are waited only once
+    fake.faults = [Fault("/oauth/token", "status", count=failures, status=status, headers=headers)]
     d = rig.start()
     assert post(rig.port, plex_stop(0)) == 202
     wait_for(lambda: "trakt_refresh_retrying" in d.health()["problems"], timeout=20)
     assert d.health()["trakt"]["needs_auth"] is None
     wait_for(lambda: count(fake, {0}) == ([], []), timeout=90)
     refreshes = [c for c in fake.calls if c.path == "/oauth/token"]
-    assert len(refreshes) == 4 and fake.refresh_count == 1
+    assert len(refreshes) == failures + 1 and fake.refresh_count == 1
     if status == 429:
         gaps = [b.at - a.at for a, b in itertools.pairwise(refreshes)]
         assert min(gaps) >= 1.9, gaps  # Retry-After honoured

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests import builders
-from tests.builders import authorized, plex_body
+from tests.builders import authorized, plex_body, settled
 from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -37,7 +37,7 @@ def test_plex_viewing_scrobbled_exactly_once(daemon_factory: Callable[..., Daemo
     assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
     assert d.post("plex", plex_body("media.stop", int(duration * 0.97)))[0] == 202
     wait_for(lambda: len(fake_trakt.scrobbles()) >= 2)
-    time.sleep(1.5)  # nothing more may arrive
+    wait_for(lambda: settled(d))  # nothing more may arrive
     calls = fake_trakt.scrobbles()
     assert [(c.path, c.answer["action"]) for c in calls] == [("/scrobble/start", "start"),
                                                              ("/scrobble/stop", "scrobble")]
@@ -93,7 +93,7 @@ def test_kill_9_during_outage_then_delivered_once(daemon_factory: Callable[..., 
     fake_trakt.outage_until = 0
     d.start()
     wait_for(lambda: fake_trakt.watched_stops(), timeout=20)
-    time.sleep(1.5)
+    wait_for(lambda: settled(d))
     assert len(fake_trakt.watched_stops()) == 1
     assert d.health()["outbox"]["pending"] == 0
     assert d.stop() == 0
@@ -320,7 +320,7 @@ def test_plex_ratings_on_and_off(daemon_factory: Callable[..., Daemon], fake_tra
     status, answer = d.post("plex", fixture_bytes("plex_media.rate_movie.json"))
     if not ratings:
         assert (status, answer["reason"]) == (200, "ratings_disabled")
-        time.sleep(1)
+        assert settled(d)  # answered without being queued: nothing is on its way
         assert fake_trakt.posts("/sync/ratings") == []
     else:
         assert status == 202 and answer["event"]["rating"] == 10
@@ -339,7 +339,7 @@ def test_watchlist_autoremove_on_and_off(daemon_factory: Callable[..., Daemon], 
         fake_trakt, extra_scrobble=f"  watchlist_autoremove_movies: {str(autoremove).lower()}\n"))
     assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
     wait_for(lambda: fake_trakt.watched_stops())
-    time.sleep(2.2)  # the follow-up, if any, is paced 1 s behind the stop
+    wait_for(lambda: settled(d), timeout=10)  # the follow-up, if any, is paced 1 s behind the stop
     removes = fake_trakt.posts("/sync/watchlist/remove")
     if autoremove:
         assert len(removes) == 1 and removes[0].body["movies"][0]["ids"]["imdb"] == "tt0090728"

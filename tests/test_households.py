@@ -26,7 +26,7 @@ from cwhook.scrobble.worker import Worker
 from cwhook.sources.registry import SOURCES
 from cwhook.state.store import AsyncStore, Store
 from cwhook.status.health import Counters
-from tests.builders import movie
+from tests.builders import movie, settled
 from tests.conftest import TOKENS, Daemon, free_port, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -303,7 +303,7 @@ def test_household_routing_and_per_account_dedupe(household: Callable[..., Daemo
     assert status == 200 and body["reason"] == "no_account"
     wait_for(lambda: any(e.get("reason") == "already_watched" and e.get("account") == "anna"
                          for e in d.log_events()))
-    time.sleep(0.5)  # nothing more is on its way: the worker logged its decision above
+    wait_for(lambda: settled(d))  # nothing more is on its way
     assert stops_of(fake_trakt, "anna") == [GOTG, BIG] and stops_of(fake_trakt, "dad") == [BIG]
     assert fake_trakt.history_counts("anna") == {"movie:28": 1, "movie:1001": 1}
     assert fake_trakt.history_counts("dad") == {"movie:1001": 1}

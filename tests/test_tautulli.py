@@ -20,6 +20,7 @@ from cwhook.kernel import items
 from cwhook.kernel.event import Event, Ids, Ignored
 from cwhook.scrobble.rules import Rules
 from cwhook.sources import tautulli
+from tests.builders import settled, sleep_past
 from tests.conftest import Daemon, wait_for
 from tests.faketrakt import FakeTrakt
 
@@ -261,8 +262,11 @@ def test_viewing_through_tautulli_gives_exactly_the_expected_calls(
         status, answer = d.post("tautulli", render({**MOVIE, "action": trigger, "view_offset": offset}))
         assert status == 202, answer
         assert answer["event"]["source"] == "tautulli"
+        if trigger == "pause":
+            paused_at = time.monotonic()
     wait_for(lambda: len(fake_trakt.scrobbles()) >= 2)
-    time.sleep(1.5)  # the pause's debounce window (1 s in tests) passes: nothing more may arrive
+    wait_for(lambda: settled(d))
+    sleep_past(paused_at, 1.0)  # the pause's debounce window (1 s in tests) passes: nothing more may arrive
     calls = fake_trakt.scrobbles()
     assert [(c.path, c.answer["action"]) for c in calls] == [("/scrobble/start", "start"),
                                                              ("/scrobble/stop", "scrobble")]
@@ -305,7 +309,7 @@ def test_same_viewing_from_plex_webhooks_and_tautulli_is_one_play(
     tautulli_post("watched", 3000000)
     plex_post("media.stop", 3400000)
     tautulli_post("stop", 3400000)
-    time.sleep(2.0)  # nothing more may arrive
+    wait_for(lambda: settled(d))  # nothing more may arrive
     assert len(fake_trakt.watched_stops()) == 1
     assert fake_trakt.posts("/scrobble/pause") == []
     decisions = [(e["source"], e["reason"]) for e in d.log_events() if e.get("event") == "decision"]
