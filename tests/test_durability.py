@@ -584,7 +584,7 @@ def test_a_late_play_that_cannot_be_checked_is_set_aside_and_resolved_by_the_use
     assert post(rig.port, plex_stop(1)) == 202
     wait_for(lambda: len(fake.posts("/scrobble/stop")) == 2, timeout=20)
     rig.kill(d)
-    time.sleep(0.5)
+    time.sleep(0.5)  # a request already in the socket still reaches the fake
     fake.answer_delay = 0.0
     fake.history[:] = [h for h in fake.history if h[0] != "movie:900001"]  # that one never landed
     _restart_later(rig, 1200)

@@ -217,7 +217,7 @@ def test_failed_refresh_shows_in_healthz(daemon_factory: Callable[..., Daemon],
     health = d.health()
     assert health["status"] == "degraded" and "trakt_needs_auth" in health["problems"]
     assert health["outbox"]["pending"] == 1
-    time.sleep(1)
+    time.sleep(1)  # the point: time passes and no second refresh is tried
     assert len(fake_trakt.posts("/oauth/token")) == 1  # no hammering
     # `cwhook auth` (here: its result) writes a new pair; the daemon resumes within seconds
     from cwhook.config.file import update_file
@@ -285,7 +285,7 @@ def test_sigterm_with_a_stuck_client_still_exits_quickly(daemon_factory: Callabl
     d = daemon_factory()
     stuck = socket.create_connection(("127.0.0.1", d.port))
     stuck.sendall(b"POST /webhook/plextrakt?x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
-    time.sleep(0.2)
+    time.sleep(0.2)  # the stuck client's bytes reach the daemon (nothing to observe from here)
     started = time.time()
     assert d.stop() == 0
     assert time.time() - started < 10

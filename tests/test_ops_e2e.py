@@ -59,7 +59,7 @@ def test_reload_waits_for_a_slow_writer_to_finish(daemon_factory: Callable[..., 
                             "0.4")  # six lines every 0.4 s: never still for a second until it is done
     assert writer.wait(30) == 0
     wait_for(lambda: events(d, "config_reloaded"), timeout=10)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the point: past the second a settled file waits, no refusal nor second reload
     assert events(d, "config_refused") == []
     assert [e["changed"] for e in events(d, "config_reloaded")] == [["scrobble.pause_debounce_seconds"]]
     assert d.health()["status"] == "ok"
