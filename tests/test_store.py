@@ -35,7 +35,7 @@ from cwhook.status.health import Counters
 from cwhook.system.statedir import StateDirError
 from cwhook.trakt.client import TraktClient
 from cwhook.trakt.delivery import Lane, Options
-from tests.builders import LEGACY_SCHEMA, movie
+from tests.builders import LEGACY_SCHEMA, eventually, movie
 from tests.faketrakt import FakeTrakt
 
 MOVIE = movie(user_name="alice", player_id="tv", item_key="1", duration_s=7200.0)
@@ -456,9 +456,15 @@ async def test_a_replay_that_could_not_be_committed_is_committed_by_the_shutdown
     store.ingest([replace(STOP, item_key=str(i), ids=Ids(imdb=f"tt{i}")) for i in (1, 2)])
     worker = _worker(store)
     real = store.decide
-    store.decide = lambda *a: (_ for _ in ()).throw(StoreUnavailable("the state dir's disk is full"))  # type: ignore[method-assign]
+    refused: list[object] = []
+
+    def full(*a: object) -> list[int]:
+        refused.append(a)
+        raise StoreUnavailable("the state dir's disk is full")
+
+    store.decide = full  # type: ignore[method-assign]
     task = asyncio.create_task(worker.catch_up())  # its commit is retried: the disk is full
-    await asyncio.sleep(0.1)
+    await eventually(lambda: refused)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     store.decide = real  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ from cwhook.scrobble.worker import Item, Worker
 from cwhook.service.daemon import Daemon
 from cwhook.state.store import AsyncStore, Store, StoreUnavailable
 from cwhook.status.health import Counters
-from tests.builders import movie
+from tests.builders import eventually, movie
 from tests.conftest import config_text, free_port
 
 MOVIE = movie(action="start", title="X", year=None, ids=Ids(imdb="tt1"), user_name="a", player_id="p",
@@ -103,10 +103,15 @@ async def test_a_commit_that_fails_is_retried_and_loses_nothing(tmp_path: Path,
     worker, store = make(tmp_path, BrokenStore)
     items = ingest(store, MOVIE)
     task = asyncio.create_task(worker.process(items))
-    await asyncio.sleep(0.3)
+    printed: list[str] = []
+
+    def failure_logged() -> bool:
+        captured = capsys.readouterr()
+        printed.append(captured.out + captured.err)
+        return "store_write_failed" in "".join(printed)
+
+    await eventually(failure_logged)
     assert not task.done() and inbox_ids(store) == [items[0][0]] and outbox(store) == []
-    captured = capsys.readouterr()
-    assert "store_write_failed" in captured.out + captured.err
     BrokenStore.broken = False
     try:
         assert await asyncio.wait_for(task, 5)
