@@ -624,7 +624,9 @@ class FakeTrakt:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
-            self._runner = web.AppRunner(self.app(), access_log=None)
+            # a stop cancels handlers still held (answer_delay) after 1 s, instead of the thread
+            # outliving stop()'s 10 s join
+            self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             loop.run_until_complete(site.start())
