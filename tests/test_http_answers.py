@@ -16,7 +16,7 @@ from cwhook.ingest.app import access_log, make_app
 from cwhook.kernel import logs
 from cwhook.kernel.vocab import ERROR_CODES
 from cwhook.sources.registry import SOURCES
-from tests.test_app import runtime
+from tests.builders import runtime
 
 
 def test_the_routes_are_the_registrys() -> None:
