@@ -10,7 +10,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook.config.file import example_config_text
 from cwhook.config.schema import (
     SCHEMA,
     SERVERS,
@@ -28,6 +27,7 @@ from cwhook.config.schema import (
     parse_config,
     resolve_config_path,
 )
+from cwhook.config.urls import example_config_text
 
 ROOT = Path(__file__).parent.parent
 
@@ -160,12 +160,11 @@ def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CWHOOK_CONFIG", "/env/path.yml")
-    assert resolve_config_path("/arg.yml") == Path("/arg.yml")
-    assert resolve_config_path(None) == Path("/env/path.yml")
-    monkeypatch.delenv("CWHOOK_CONFIG")
-    assert resolve_config_path(None) == Path("cwhook.yml")
+def test_config_path_resolution() -> None:
+    """``-c`` first, then $CWHOOK_CONFIG (as cwhook/service/environment.py read it), then ./cwhook.yml."""
+    assert resolve_config_path("/arg.yml", "/env/path.yml") == Path("/arg.yml")
+    assert resolve_config_path(None, "/env/path.yml") == Path("/env/path.yml")
+    assert resolve_config_path(None, None) == Path("cwhook.yml")
 
 
 # --- one source for every default ------------------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from cwhook.config import file as configfile
-from cwhook.config.file import ConfigWriteError, remember, update_file, write_atomic, write_failure
+from cwhook.config import settle
+from cwhook.config.file import ConfigFiles, ConfigWriteError, write_atomic, write_failure
 from cwhook.config.schema import load_config
 
 FULL = """\
@@ -53,10 +54,11 @@ def fresh(tmp_path: Path, text: str = FULL, age: float = 5.0) -> Path:
 
 @needs_root
 def test_root_rewriting_another_users_file_keeps_owner_group_and_mode(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
     os.chown(path, 65534, 65534)
     os.chmod(path, 0o640)
-    update_file(path, {("trakt", "access_token"): "new"})
+    files.update_file(path, {("trakt", "access_token"): "new"})
     st = path.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o640)
     lock = path.with_name("cwhook.yml.lock").stat()
@@ -66,13 +68,15 @@ def test_root_rewriting_another_users_file_keeps_owner_group_and_mode(tmp_path: 
 
 @needs_root
 def test_only_the_group_differs(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
     os.chown(path, 0, 65534)
-    update_file(path, {("trakt", "access_token"): "new"})
+    files.update_file(path, {("trakt", "access_token"): "new"})
     assert (path.stat().st_uid, path.stat().st_gid) == (0, 65534)
 
 
 def test_an_owner_that_cannot_be_kept_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
     before = path.read_bytes()
     real = os.fstat
@@ -88,16 +92,17 @@ def test_an_owner_that_cannot_be_kept_is_refused(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(configfile.os, "fstat", other_owner)
     monkeypatch.setattr(configfile.os, "fchown", denied)
     with pytest.raises(ConfigWriteError, match=r"could not keep that owner.*Fix: run the command as"):
-        update_file(path, {("trakt", "access_token"): "new"})
+        files.update_file(path, {("trakt", "access_token"): "new"})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_symlinked_config_rewrites_the_target(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     target = fresh(tmp_path)
     link = tmp_path / "link.yml"
     link.symlink_to(target)
-    update_file(link, {("trakt", "access_token"): "new"})
+    files.update_file(link, {("trakt", "access_token"): "new"})
     assert link.is_symlink()
     assert yaml.safe_load(target.read_text())["trakt"]["access_token"] == "new"
 
@@ -120,8 +125,9 @@ def test_write_failures_name_the_directory_and_the_fix(tmp_path: Path, err: int,
 
 
 def test_a_read_lacking_sections_is_not_the_base_of_a_rewrite(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
-    remember(load_config(path))
+    files.remember(load_config(path))
     truncated = FULL.split("trakt:")[0]
     path.write_text(truncated)  # an editor half-way through writing it in place
 
@@ -131,7 +137,7 @@ def test_a_read_lacking_sections_is_not_the_base_of_a_rewrite(tmp_path: Path) ->
 
     writer = threading.Thread(target=finish)
     writer.start()
-    update_file(path, {("trakt", "access_token"): "new"})
+    files.update_file(path, {("trakt", "access_token"): "new"})
     writer.join()
     data = yaml.safe_load(path.read_text())
     assert data["trakt"] == {"api_url": "http://fake-trakt.invalid", "client_id": "my-client-id",
@@ -146,12 +152,13 @@ def test_a_read_lacking_sections_is_not_the_base_of_a_rewrite(tmp_path: Path) ->
      "logging.level is there twice (lines 15 and 16)"),
 ])
 def test_gives_up_loudly_after_waiting(tmp_path: Path, text: str, words: str) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
-    remember(load_config(path))
+    files.remember(load_config(path))
     fresh(tmp_path, text)
     started = time.monotonic()
     with pytest.raises(ConfigWriteError) as info:
-        update_file(path, {("trakt", "access_token"): "new"}, wait=0.5)
+        files.update_file(path, {("trakt", "access_token"): "new"}, wait=0.5)
     assert time.monotonic() - started >= 0.5
     message = str(info.value)
     assert message.startswith(f"{path} was not rewritten, nothing was changed: ")
@@ -160,12 +167,13 @@ def test_gives_up_loudly_after_waiting(tmp_path: Path, text: str, words: str) ->
 
 
 def test_a_file_that_just_changed_is_read_again_once_settled(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path, age=0)
     started = time.monotonic()
-    update_file(path, {("trakt", "access_token"): "new"})
+    files.update_file(path, {("trakt", "access_token"): "new"})
     assert 0.5 <= time.monotonic() - started < 3
     started = time.monotonic()
-    update_file(path, {("trakt", "access_token"): "newer"})  # our own write needs no settling
+    files.update_file(path, {("trakt", "access_token"): "newer"})  # our own write needs no settling
     assert time.monotonic() - started < 0.5
 
 
@@ -189,8 +197,9 @@ for _ in range(rounds):
 def test_a_slow_writer_rewriting_in_place_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real process rewrites the file in place, slowly (pausing longer than a second half-way),
     while tokens are written: every file cwhook writes is whole, nothing of the user's is lost."""
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
-    remember(load_config(path))
+    files.remember(load_config(path))
     written: list[bytes] = []
     real_write = configfile.write_atomic
 
@@ -202,7 +211,7 @@ def test_a_slow_writer_rewriting_in_place_loses_nothing(tmp_path: Path, monkeypa
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "2", "0.1,1.3"])
     updates = 0
     while writer.poll() is None:
-        update_file(path, {("trakt", "access_token"): f"token-{updates}"})
+        files.update_file(path, {("trakt", "access_token"): f"token-{updates}"})
         updates += 1
         time.sleep(0.05)
     assert writer.wait(30) == 0
@@ -214,7 +223,7 @@ def test_a_slow_writer_rewriting_in_place_loses_nothing(tmp_path: Path, monkeypa
         got["trakt"].pop("access_token")
         assert got == expected
         assert data.decode().startswith("# hand-written\nserver:\n  port: 8790   # mine\n")
-    update_file(path, {("trakt", "access_token"): "last"})
+    files.update_file(path, {("trakt", "access_token"): "last"})
     final = yaml.safe_load(path.read_text())
     assert final["trakt"]["client_secret"] == "my-client-secret" and final["trakt"]["access_token"] == "last"
     assert load_config(path).trakt.api_url == "http://fake-trakt.invalid"
@@ -343,15 +352,16 @@ def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(
 def test_a_fresh_process_compares_with_the_record_not_with_its_own_read(tmp_path: Path) -> None:
     """The record of the last whole version is on disk: a process that only ever saw the partial
     file (and remembered it) still refuses to make it the base of a rewrite."""
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
-    remember(load_config(path), deliberate=True, create=True)  # as a daemon start does
-    configfile._last_good.clear()  # a new process
+    files.remember(load_config(path), deliberate=True, create=True)  # as a daemon start does
+    files = ConfigFiles()  # a new process
     partial = FULL[:FULL.index("client_secret")]  # parses: `client_id` is its last key
     fresh(tmp_path, partial)
-    remember(load_config(path))  # what the command's own read found: lowers nothing
+    files.remember(load_config(path))  # what the command's own read found: lowers nothing
     with pytest.raises(ConfigWriteError, match=r"it lacks logging, state, trakt.access_token, "
                                                r"trakt.client_secret, which it had when cwhook last read it"):
-        update_file(path, {("webhooks", "plex", "token"): "new"}, wait=0.3)
+        files.update_file(path, {("webhooks", "plex", "token"): "new"}, wait=0.3)
     assert path.read_text() == partial
     record = path.with_name("cwhook.yml.keys")
     assert stat.S_IMODE(record.stat().st_mode) == 0o600 and "my-client" not in record.read_text()
@@ -366,17 +376,18 @@ def test_a_file_a_command_only_read_gets_no_record_beside_it(tmp_path: Path) -> 
 
 
 def test_a_removal_confirmed_by_check_config_is_rewritten(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
-    remember(load_config(path), deliberate=True, create=True)  # as a daemon start does
+    files.remember(load_config(path), deliberate=True, create=True)  # as a daemon start does
     fresh(tmp_path, FULL.replace("logging:\n  level: debug\n", ""))  # removed on purpose
     with pytest.raises(ConfigWriteError, match=r"If you removed them on purpose, run `cwhook check-config"):
-        update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
+        files.update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
     out = subprocess.run([sys.executable, "-m", "cwhook", "check-config", "-c", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("config OK\n(removed since cwhook last read it whole: logging; taken as "
                                  "deliberate"), out
-    configfile._last_good.clear()
-    update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
+    files = ConfigFiles()  # a new process
+    files.update_file(path, {("trakt", "access_token"): "new"}, wait=0.3)
     assert yaml.safe_load(path.read_text())["trakt"]["access_token"] == "new"
 
 
@@ -384,16 +395,17 @@ def test_a_file_cut_inside_its_last_value_is_not_rewritten_until_it_settles(tmp_
     """An editor that pauses mid-save inside the last line leaves a file that parses and has
     every key, with a value cut short and no final newline. A rewrite takes such a file only
     once it has not changed for UNTERMINATED_SETTLED seconds; meanwhile the editor finishes."""
+    files = ConfigFiles()  # this test's process
     path = fresh(tmp_path)
-    remember(load_config(path), deliberate=True, create=True)
+    files.remember(load_config(path), deliberate=True, create=True)
     cut = FULL.rstrip("\n")[:-3]  # the last value cut short, as a paused editor leaves it
     fresh(tmp_path, cut, age=1.5)  # older than the second a terminated file needs to settle
     with pytest.raises(ConfigWriteError, match="being written right now"):
-        update_file(path, {("webhooks", "plex", "token"): "new"}, wait=0.3)
+        files.update_file(path, {("webhooks", "plex", "token"): "new"}, wait=0.3)
     assert path.read_text() == cut
     fresh(tmp_path, FULL, age=0.0)  # the editor finished its save
-    update_file(path, {("webhooks", "plex", "token"): "new"}, wait=3)
+    files.update_file(path, {("webhooks", "plex", "token"): "new"}, wait=3)
     assert path.read_text() == FULL.replace("plex-token-0123456789abcdef", "new")
-    fresh(tmp_path, FULL.rstrip("\n"), age=configfile.UNTERMINATED_SETTLED + 1)  # a file without a
-    update_file(path, {("webhooks", "plex", "token"): "newer"}, wait=0.3)  # final newline, long still
+    fresh(tmp_path, FULL.rstrip("\n"), age=settle.UNTERMINATED_SETTLED + 1)  # a file without a
+    files.update_file(path, {("webhooks", "plex", "token"): "newer"}, wait=0.3)  # final newline, long still
     assert "newer" in path.read_text()

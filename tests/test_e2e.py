@@ -220,10 +220,10 @@ def test_failed_refresh_shows_in_healthz(daemon_factory: Callable[..., Daemon],
     time.sleep(1)  # the point: time passes and no second refresh is tried
     assert len(fake_trakt.posts("/oauth/token")) == 1  # no hammering
     # `cwhook auth` (here: its result) writes a new pair; the daemon resumes within seconds
-    from cwhook.config.file import update_file
+    from cwhook.config.file import ConfigFiles
 
     access, refresh, expires = fake_trakt.issue_tokens()
-    update_file(d.config_path, {("trakt", "access_token"): access, ("trakt", "refresh_token"): refresh,
+    ConfigFiles().update_file(d.config_path, {("trakt", "access_token"): access, ("trakt", "refresh_token"): refresh,
                                 ("trakt", "expires_at"): expires})
     wait_for(lambda: fake_trakt.watched_stops(), timeout=10)
     wait_for(lambda: d.health()["status"] == "ok", timeout=5)

@@ -69,17 +69,16 @@ def test_non_ascii_is_written_as_utf8_not_escaped() -> None:
     assert '"title": "范马刃牙 – Amélie"' in out.getvalue() and "\\u" not in out.getvalue()
 
 
-def journal_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TextIO:
-    """A file that JOURNAL_STREAM names, as systemd names the journal's stream."""
+def journal_file(tmp_path: Path) -> tuple[TextIO, str]:
+    """A file, and the JOURNAL_STREAM that names it, as systemd names the journal's stream."""
     fh = (tmp_path / "journal").open("w+", encoding="utf-8")
     st = os.fstat(fh.fileno())
-    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
-    return fh
+    return fh, f"{st.st_dev}:{st.st_ino}"
 
 
-def test_syslog_priority_prefix_under_journald(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fh = journal_file(tmp_path, monkeypatch)
-    logs.configure("debug", "auto", fh)
+def test_syslog_priority_prefix_under_journald(tmp_path: Path) -> None:
+    fh, journal_stream = journal_file(tmp_path)
+    logs.configure("debug", "auto", fh, journal_stream=journal_stream)
     log = logs.get("t")
     log.debug("d")
     log.info("i")
@@ -100,11 +99,10 @@ def test_syslog_priority_prefix_under_journald(tmp_path: Path, monkeypatch: pyte
     assert records[4]["exception"].startswith("Traceback") and records[5]["logger"] == "aiohttp.server"
 
 
-def test_no_prefix_when_journal_stream_names_another_stream(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    journal_file(tmp_path, monkeypatch)  # inherited from a service, but our output goes elsewhere
+def test_no_prefix_when_journal_stream_names_another_stream(tmp_path: Path) -> None:
+    _, journal_stream = journal_file(tmp_path)  # inherited from a service, but our output goes elsewhere
     other = (tmp_path / "other").open("w+", encoding="utf-8")
-    logs.configure("info", "json", other)
+    logs.configure("info", "json", other, journal_stream=journal_stream)
     logs.get("t").error("e")
     other.seek(0)
     assert json.loads(other.read())["event"] == "e"

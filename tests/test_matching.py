@@ -41,7 +41,8 @@ class Pipeline:
         self.rules = Rules(settings or ScrobbleConfig(pause_debounce_seconds=5))
         self.outbox = Store(tmp / "state")
         self.db = AsyncStore(self.outbox)
-        self.client = TraktClient(fake.url, lambda: ("test-client-id", self.token), None, FAST)
+        self.client = TraktClient(fake.url, lambda: ("test-client-id", self.token), None, FAST,
+                                  post_interval=0)  # the 1 POST/s pacing is tested elsewhere
         self.sender = Lane("default", self.client, self.db, Counters(), lambda: Options(), lambda: None)
         self.decisions: list[Decision] = []
 
@@ -88,8 +89,7 @@ class Pipeline:
 
 
 @pytest.fixture
-async def pipe(fake_trakt: FakeTrakt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("CWHOOK_POST_INTERVAL", "0")  # the 1 POST/s pacing is tested elsewhere
+async def pipe(fake_trakt: FakeTrakt, tmp_path: Path) -> Any:
     fake_trakt.rate_limit = False
     p = Pipeline(fake_trakt, tmp_path)
     yield p
@@ -348,9 +348,7 @@ async def test_marks_by_hand_ignored_by_default(pipe: Pipeline) -> None:
     assert pipe.calls() == []
 
 
-async def test_marks_by_hand_go_to_the_history(fake_trakt: FakeTrakt, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CWHOOK_POST_INTERVAL", "0")
+async def test_marks_by_hand_go_to_the_history(fake_trakt: FakeTrakt, tmp_path: Path) -> None:
     fake_trakt.rate_limit = False
     pipe = Pipeline(fake_trakt, tmp_path, ScrobbleConfig(sync_manual_marks=True))
     marked = fixture_json(R + "jellyfin_UserDataSaved_movie.RECONSTRUCTED.json")

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from cwhook.service import daemon as daemon_module
+from cwhook.config.file import ConfigFiles
+from cwhook.service.watcher import ConfigWatcher
 from tests.builders import authorized, plex_body
 from tests.conftest import AS_NOBODY, NOBODY, Daemon, config_text, free_port, needs_nobody, wait_for
 from tests.faketrakt import FakeTrakt
@@ -163,29 +164,27 @@ def test_an_unreadable_file_is_a_healthz_problem_with_the_fix_until_a_chown(nobo
     assert events(d, "config_reloaded")[-1]["changed"] == []
 
 
-async def test_a_refused_file_is_read_again_every_minute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_a_refused_file_is_read_again_every_minute(tmp_path: Path) -> None:
     """Nothing about the file changes (a chown of a parent, a group membership): the retry notices."""
-    monkeypatch.setattr(daemon_module, "RELOAD_POLL", 0.02)
-    monkeypatch.setattr(daemon_module, "REFUSED_RETRY", 0.2)
     path = tmp_path / "c.yml"
     path.write_text("")
     settle(path)
     reasons: list[str] = []
-    fake = SimpleNamespace(config=SimpleNamespace(path=path), _reload=asyncio.Event(),
-                           _stamp=daemon_module._stamp(path), config_error="refused")
+    config: Any = SimpleNamespace(path=path)
+    watcher = ConfigWatcher(config, ConfigFiles(), lambda old, new, reason: None, poll=0.02, refused_retry=0.2)
+    watcher.error = "refused"
 
     def reload(reason: str) -> bool:
         reasons.append(reason)
         if len(reasons) == 3:
-            fake.config_error = None  # accepted at last
-        return fake.config_error is None
+            watcher.error = None  # accepted at last
+        return watcher.error is None
 
-    fake.reload = reload
-    fake._settled_stamp = lambda: daemon_module.Daemon._settled_stamp(fake)  # type: ignore[arg-type]
-    task = asyncio.create_task(daemon_module.Daemon._watch_config(fake))  # type: ignore[arg-type]
+    watcher.reload = reload  # type: ignore[method-assign]
+    task = asyncio.create_task(watcher.run())
     await asyncio.sleep(1.2)
     assert reasons == ["retry", "retry", "retry"]  # every REFUSED_RETRY while refused, then no more
-    fake._reload.set()
+    watcher.request()  # SIGHUP
     await asyncio.sleep(0.2)
     assert reasons[-1] == "SIGHUP"
     task.cancel()

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwhook.config.file import create_default, update_file, write_atomic
+from cwhook.config.file import ConfigFiles, write_atomic
 from cwhook.config.yamledit import YamlEditError, edit_yaml, format_scalar
 
 UGLY = """\
@@ -168,11 +168,12 @@ def test_edit_round_trips_and_keeps_other_lines(token: str, access: str, expires
 
 
 def test_update_file_keeps_mode_and_writes_atomically(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = tmp_path / "c.yml"
     path.write_text(UGLY)
     os.chmod(path, 0o640)
     inode = path.stat().st_ino
-    update_file(path, {("trakt", "access_token"): "zzz"})
+    files.update_file(path, {("trakt", "access_token"): "zzz"})
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert path.stat().st_ino != inode  # replaced by rename, never rewritten in place
     assert yaml.safe_load(path.read_text())["trakt"]["access_token"] == "zzz"
@@ -180,22 +181,24 @@ def test_update_file_keeps_mode_and_writes_atomically(tmp_path: Path) -> None:
 
 
 def test_update_starts_from_disk_not_memory(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = tmp_path / "c.yml"
     path.write_text("trakt:\n  access_token: a\n")
-    update_file(path, {("trakt", "access_token"): "b"})
+    files.update_file(path, {("trakt", "access_token"): "b"})
     # a hand edit in between
     path.write_text(path.read_text() + "# added by hand\nlogging:\n  level: debug\n")
-    update_file(path, {("trakt", "access_token"): "c"})
+    files.update_file(path, {("trakt", "access_token"): "c"})
     assert path.read_text() == "trakt:\n  access_token: c\n# added by hand\nlogging:\n  level: debug\n"
 
 
 def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = tmp_path / "c.yml"
     path.write_text("a:\n  x: 0\n")
     keys = [f"k{i}" for i in range(20)]
 
     def writer(key: str) -> None:
-        update_file(path, {("a", key): key})
+        files.update_file(path, {("a", key): key})
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in keys]
     for t in threads:
@@ -207,21 +210,23 @@ def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
 
 
 def test_bom_is_kept(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = tmp_path / "c.yml"
     path.write_bytes(b"\xef\xbb\xbftrakt:\n  access_token: a\n")
-    update_file(path, {("trakt", "access_token"): "b"})
+    files.update_file(path, {("trakt", "access_token"): "b"})
     assert path.read_bytes() == b"\xef\xbb\xbftrakt:\n  access_token: b\n"
 
 
 def test_create_default_is_0600_with_tokens(tmp_path: Path) -> None:
+    files = ConfigFiles()  # this test's process
     path = tmp_path / "new" / "cwhook.yml"
-    create_default(path)
+    files.create_default(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     data = yaml.safe_load(path.read_text())
     tokens = [data["webhooks"][s]["token"] for s in ("plex", "jellyfin", "emby")]
     assert all(len(t) >= 32 for t in tokens) and len(set(tokens)) == 3
     before = path.read_text()
-    create_default(path)  # never overwrites
+    files.create_default(path)  # never overwrites
     assert path.read_text() == before
 
 

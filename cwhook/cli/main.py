@@ -11,17 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from cwhook import __version__
-from cwhook.config.file import (
-    ConfigWriteError,
-    check_writable,
-    create_default,
-    fill_missing_tokens,
-    load_settled,
-    remember,
-    rotate_tokens,
-    update_file,
-    urls_text,
-)
+from cwhook.config.file import ConfigFiles, ConfigWriteError, check_writable
 from cwhook.config.schema import (
     ACCOUNT_NAME,
     DEFAULT_ACCOUNT,
@@ -32,8 +22,10 @@ from cwhook.config.schema import (
     load_config,
     resolve_config_path,
 )
+from cwhook.config.urls import urls_text
 from cwhook.config.yamledit import YamlEditError
 from cwhook.kernel import hint, logs
+from cwhook.service.environment import Environment
 from cwhook.system.listen import bind_error, listen_problem
 from cwhook.system.statedir import PRIVATE_UMASK, StateDirError, ensure_private_dir, state_dir_problem
 
@@ -107,22 +99,23 @@ def _err(message: str) -> None:
     print(f"cwhook: {message}", file=sys.stderr)
 
 
-def _load(path: Path, settled: bool = False, deliberate: bool = False, create: bool = False) -> Config | None:
+def _load(files: ConfigFiles, path: Path, settled: bool = False, deliberate: bool = False,
+          create: bool = False) -> Config | None:
     """The config, or None after printing its problems. ``settled``: a command about to
     rewrite the file waits (up to 10 s) for a file that has stopped changing and parses.
     ``deliberate``: the file as read is what the person wants (keys removed on purpose)."""
     try:
-        config = load_settled(path) if settled else load_config(path)
+        config = files.load_settled(path) if settled else load_config(path)
     except ConfigError as exc:
         _err(f"{path}: the configuration has problems:")
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
-    remember(config, deliberate, create)  # a rewrite of this file must find every key the last good version had
+    files.remember(config, deliberate, create)  # a rewrite of this file must find every key the last good version had
     return config
 
 
-def cmd_check_config(path: Path) -> int:
+def cmd_check_config(files: ConfigFiles, path: Path) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -134,23 +127,24 @@ def cmd_check_config(path: Path) -> int:
         print(state)
         return EXIT_USAGE
     print("config OK")
-    removed = remember(config, deliberate=True)  # the person checked it: later rewrites start from it
+    removed = files.remember(config, deliberate=True)  # the person checked it: later rewrites start from it
     if removed:
         print(f"(removed since cwhook last read it whole: {', '.join(removed)}; taken as deliberate, so "
               "rewrites by rotate-tokens, auth and the daemon no longer ask for them)")
     return 0
 
 
-def cmd_run(path: Path, dry_run: bool) -> int:
+def cmd_run(files: ConfigFiles, env: Environment, path: Path, dry_run: bool) -> int:
     os.umask(PRIVATE_UMASK)  # every file the daemon creates (state dir, database, journals) is 0600
     first_run = not path.exists()
     if first_run:
-        create_default(path)
-    config = _load(path, deliberate=True, create=True)  # the daemon runs with the file as it is now
+        files.create_default(path)
+    config = _load(files, path, deliberate=True, create=True)  # the daemon runs with the file as it is now
     if config is None:
         return EXIT_USAGE
-    config = fill_missing_tokens(config)
-    logs.configure(config.logging.level, config.logging.format)
+    config = files.fill_missing_tokens(config)
+    logging = logs.Logging(journal_stream=env.journal_stream)
+    logging.configure(config.logging.level, config.logging.format)
     ensure_private_dir(config.state_dir, path)
     bind_failure = bind_error(config.server.host, config.server.port)
     if bind_failure is not None:  # before any banner: this is the one thing to read
@@ -174,28 +168,28 @@ def cmd_run(path: Path, dry_run: bool) -> int:
     from cwhook.service.daemon import run_daemon
 
     try:
-        return run_daemon(config, dry_run)
+        return run_daemon(config, dry_run, env, logging, files)
     except sqlite3.Error as exc:
         _err(f"cannot use the database in state.dir {config.state_dir}: {exc}. Fix: check that the "
              "directory is writable and not full, and that no other program holds the database")
         return 1
 
 
-def cmd_urls(path: Path) -> int:
-    config = _load(path)
+def cmd_urls(files: ConfigFiles, path: Path) -> int:
+    config = _load(files, path)
     if config is None:
         return EXIT_USAGE
-    config = fill_missing_tokens(config)
+    config = files.fill_missing_tokens(config)
     print(urls_text(config))
     return 0
 
 
-def cmd_rotate(path: Path, servers: list[str]) -> int:
-    config = _load(path, settled=True)
+def cmd_rotate(files: ConfigFiles, path: Path, servers: list[str]) -> int:
+    config = _load(files, path, settled=True)
     if config is None:
         return EXIT_USAGE
     chosen = tuple(dict.fromkeys(servers)) or SERVERS
-    config = rotate_tokens(config, list(chosen))
+    config = files.rotate_tokens(config, list(chosen))
     print(f"New tokens written to {path}. A running daemon uses them within a few seconds;")
     print("the old URLs now get 401. Paste the new URLs into your media servers:")
     print(urls_text(config, chosen))
@@ -213,13 +207,13 @@ def _who_logs_in(config: Config, account: str) -> str:
     return "users: " + ", ".join(users)
 
 
-def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
+def cmd_auth(files: ConfigFiles, path: Path, account: str = DEFAULT_ACCOUNT) -> int:
     from cwhook.trakt.auth import DeviceFlowError, device_login
 
     if account != DEFAULT_ACCOUNT and not ACCOUNT_NAME.fullmatch(account):
         _err(f"--account {account!r}: an account name is 1-32 of a-z 0-9 _ -")
         return EXIT_USAGE
-    config = _load(path, settled=True)
+    config = _load(files, path, settled=True)
     if config is None:
         return EXIT_USAGE
     again = hint.auth(account, path)
@@ -252,7 +246,7 @@ def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
         _err(f"cannot reach Trakt at {config.trakt.oauth_url}: {exc}")
         return 1
     try:
-        update_file(path, changes)
+        files.update_file(path, changes)
     except ConfigWriteError as exc:
         _err(f"the Trakt login worked, but the tokens could not be saved: {exc}. "
              f"Then run `{again}` again")
@@ -269,10 +263,10 @@ def cmd_auth(path: Path, account: str = DEFAULT_ACCOUNT) -> int:
     return 0
 
 
-def cmd_accounts(path: Path) -> int:
+def cmd_accounts(files: ConfigFiles, path: Path) -> int:
     from cwhook.cli.accounts import accounts_text
 
-    config = _load(path)
+    config = _load(files, path)
     if config is None:
         return EXIT_USAGE
     print(accounts_text(config))
@@ -298,25 +292,27 @@ def _main(argv: list[str] | None) -> int:
     unknown = [s for s in getattr(args, "servers", []) if s not in SERVERS]
     if unknown:
         parser.error(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
-    path = resolve_config_path(getattr(args, "config", None))
+    env = Environment.read()
+    files = ConfigFiles()  # this command's memory of the config file it reads and rewrites
+    path = resolve_config_path(getattr(args, "config", None), env.config_path)
     try:
         if args.command == "run":
-            return cmd_run(path, args.dry_run)
+            return cmd_run(files, env, path, args.dry_run)
         if args.command == "check-config":
-            return cmd_check_config(path)
+            return cmd_check_config(files, path)
         if args.command == "urls":
-            return cmd_urls(path)
+            return cmd_urls(files, path)
         if args.command == "rotate-tokens":
-            return cmd_rotate(path, args.servers)
+            return cmd_rotate(files, path, args.servers)
         if args.command == "auth":
-            return cmd_auth(path, args.account)
+            return cmd_auth(files, path, args.account)
         if args.command == "accounts":
-            return cmd_accounts(path)
+            return cmd_accounts(files, path)
         if args.command == "status":  # asks the daemon even when the file is broken
             from cwhook.cli.status import cmd_status
             return cmd_status(path, args.url)
         if args.command in ("recent", "outbox"):
-            config = _load(path)
+            config = _load(files, path)
             if config is None:
                 return EXIT_USAGE
             if args.command == "outbox":

@@ -8,7 +8,6 @@ and validating the file) and ``owners`` (whose file it is, for the messages).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cwhook.config.checks import pattern_problem
@@ -69,11 +68,11 @@ __all__ = [
 ]
 
 
-def resolve_config_path(arg: str | None) -> Path:
-    """``-c PATH``, else ``$CWHOOK_CONFIG``, else ``./cwhook.yml``."""
+def resolve_config_path(arg: str | None, env: str | None = None) -> Path:
+    """``-c PATH``, else ``$CWHOOK_CONFIG`` (``env``: cwhook/service/environment.py reads it),
+    else ``./cwhook.yml``."""
     if arg:
         return Path(arg)
-    env = os.environ.get("CWHOOK_CONFIG")
     if env:
         return Path(env)
     return Path("cwhook.yml")

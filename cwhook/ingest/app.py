@@ -290,7 +290,7 @@ def _secrets(config: Config) -> tuple[str, ...]:
     return (*(config.webhook(server).token for server in SOURCES), *tokens, trakt.client_secret)
 
 
-def _secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
+def secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
     """The current config's secrets, gathered once per config (every log line asks for them)."""
     seen: list[tuple[Config, tuple[str, ...]]] = []
 
@@ -302,13 +302,12 @@ def _secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
     return current
 
 
-def make_app(runtime: Runtime) -> web.Application:
+def make_app(runtime: Runtime, limits: edge.Limits | None = None) -> web.Application:
     app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
     app[RUNTIME] = runtime
     app[REQUEST_IDS] = itertools.count(1)
-    edge.install(app)
+    edge.install(app, limits)
     app[edge.COUNTS] = runtime.counters.connections
-    redact.set_secrets(_secrets_of(runtime))
     for server, path in ROUTES.items():
         app.router.add_post(path, _webhook_handler(server))
     # GET only: a wrong method is 405 with `Allow: GET` (docs/troubleshooting.md).

@@ -5,9 +5,10 @@ JSON is written as UTF-8 (titles stay readable, no ``\\u`` escapes). Under syste
 (``<3>`` error ... ``<7>`` debug), so ``journalctl -p err`` works.
 The standard library's records (aiohttp, asyncio) go through the same chain.
 
-The chain, in order: ``_pre_chain()`` (context, level, time, exceptions), then
-``EXTRA_PROCESSORS`` (hooks that see every event dict of both sources, e.g.
-redaction), then the renderer, then the priority prefix.
+The chain, in order: ``_pre_chain()`` (context, level, time, exceptions, then the
+``redact.Scrubber`` that sees every event dict of both sources), then the renderer,
+then the priority prefix. ``Logging`` is the process's set-up (its scrubber, the
+journal stream systemd named): the CLI makes it, the daemon reconfigures through it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import structlog
@@ -34,10 +36,6 @@ PRIORITY = {"critical": 2, "fatal": 2, "exception": 3, "error": 3, "warning": 4,
 
 Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
 
-# Processors run on every event dict (ours and the standard library's) just before
-# rendering. Append to this list (then call configure()) to add one.
-EXTRA_PROCESSORS: list[Processor] = [redact.structlog_processor]  # no secret in any line
-
 
 class _Stderr:
     """Writes each line to whatever sys.stderr is at that moment (tests swap it)."""
@@ -52,14 +50,13 @@ def _stderr_factory(*_: Any) -> _Stderr:
     return _Stderr()
 
 
-def under_journald(out: TextIO) -> bool:
+def under_journald(out: TextIO, value: str) -> bool:
     """systemd connected this output to the journal.
 
-    As systemd.exec(5) asks, JOURNAL_STREAM (``device:inode``) is compared with the
-    stream itself: a program started from a service inherits the variable while
-    its output may go elsewhere (a terminal, a file, a pipe).
+    As systemd.exec(5) asks, JOURNAL_STREAM (``device:inode``, the ``value`` given) is
+    compared with the stream itself: a program started from a service inherits the
+    variable while its output may go elsewhere (a terminal, a file, a pipe).
     """
-    value = os.environ.get("JOURNAL_STREAM", "")
     try:
         st = os.fstat(out.fileno())
     except (OSError, ValueError, AttributeError):
@@ -87,23 +84,23 @@ def _visible_values(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
 _REPRESENTED = frozenset(" \t=\r\n\"'")
 
 
-def _pre_chain() -> list[Processor]:
+def _pre_chain(scrubber: redact.Scrubber) -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        *EXTRA_PROCESSORS,
+        scrubber,  # no secret in any line
     ]
 
 
 class _StdlibFormatter(structlog.stdlib.ProcessorFormatter):
     """Standard library records rendered like ours (same fields, same prefix)."""
 
-    def __init__(self, renderer: Processor, journal: bool, use_json: bool = True) -> None:
+    def __init__(self, renderer: Processor, journal: bool, use_json: bool, scrubber: redact.Scrubber) -> None:
         super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                                      *([] if use_json else [_visible_values]), renderer],
-                         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain()])
+                         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain(scrubber)])
         self._journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
@@ -113,9 +110,12 @@ class _StdlibFormatter(structlog.stdlib.ProcessorFormatter):
         return line
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """(Re)configure logging; safe to call again on reload."""
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              scrubber: redact.Scrubber | None = None, journal_stream: str = "") -> None:
+    """(Re)configure logging; safe to call again on reload. Without a ``scrubber``, lines lose
+    no known secret (there are none), only what text from outside cwhook may quote."""
     global _generation
+    scrubber = scrubber if scrubber is not None else redact.Scrubber()
     _generation += 1
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -124,11 +124,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
-    journal = under_journald(out)
+    journal = under_journald(out, journal_stream)
     if use_json and stream is None and isinstance(out, io.TextIOWrapper) and out.encoding.lower() != "utf-8":
         out.reconfigure(encoding="utf-8", errors="backslashreplace")  # JSON lines are UTF-8, whatever the locale
     structlog.configure(
-        processors=[*_pre_chain(), *([] if use_json else [_visible_values]), renderer,
+        processors=[*_pre_chain(scrubber), *([] if use_json else [_visible_values]), renderer,
                     *([_syslog_prefix] if journal else [])],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory,
@@ -137,12 +137,27 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     # aiohttp and asyncio log through the standard library: send their warnings
     # and errors the same way, never their access lines (those carry tokens).
     handler = logging.StreamHandler(out)
-    handler.setFormatter(_StdlibFormatter(renderer, journal, use_json))
+    handler.setFormatter(_StdlibFormatter(renderer, journal, use_json, scrubber))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").disabled = True
 
 
-_generation = 0  # bumped by every configure(): loggers re-bind once after it
+@dataclass
+class Logging:
+    """One process's logging: the scrubber every line goes through (the daemon tells it the live
+    config's secrets) and JOURNAL_STREAM as the process got it. Made by the CLI."""
+
+    scrubber: redact.Scrubber = field(default_factory=redact.Scrubber)
+    journal_stream: str = ""
+
+    def configure(self, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+        configure(level, fmt, stream, self.scrubber, self.journal_stream)
+
+
+# Bumped by every configure(): loggers re-bind once after it. Module-level on purpose: it
+# mirrors structlog's own configuration, which is one per process (structlog.configure), and
+# the loggers that read it are made at import time, before any object of the process exists.
+_generation = 0
 
 
 class _Logger:

@@ -10,8 +10,9 @@ request (an access log, aiohttp's parse errors) would leak it. Three nets:
 - the known secrets (webhook tokens, Trakt tokens and client secret, from the live config)
   are scrubbed from every log line, raw or percent-encoded.
 
-``structlog_processor`` is in ``logs.EXTRA_PROCESSORS``: it sees every event of both
-structlog and the standard library.
+A ``Scrubber`` is the processor ``logs.configure`` puts in the chain: it sees every event of
+both structlog and the standard library. The composition root makes it and tells it where the
+current secrets come from (the live config's).
 """
 
 from __future__ import annotations
@@ -31,19 +32,6 @@ _TOKENISH = re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-
 # A word as it may appear in a URL, percent-escapes included.
 _WORD = re.compile(r"[A-Za-z0-9%_\-.~+=]+")
 
-_secrets: Callable[[], Iterable[str]] = tuple
-
-
-def set_secrets(provider: Callable[[], Iterable[str]]) -> None:
-    """Where the current secrets come from (called on every log line: keep it cheap)."""
-    global _secrets
-    _secrets = provider
-
-
-def current_secrets() -> list[str]:
-    return [s for s in _secrets() if s and len(s) >= MIN_SECRET]
-
-
 def scrub_secrets(text: str, secrets: list[str]) -> str:
     """``text`` without any of ``secrets``, also where they are percent-encoded."""
     if not secrets:
@@ -60,9 +48,9 @@ def scrub_secrets(text: str, secrets: list[str]) -> str:
     return _WORD.sub(word, text)
 
 
-def redact_text(text: str, secrets: list[str] | None = None) -> str:
+def redact_text(text: str, secrets: list[str]) -> str:
     """Text from outside cwhook (aiohttp, asyncio, tracebacks) made safe to log."""
-    text = scrub_secrets(text, current_secrets() if secrets is None else secrets)
+    text = scrub_secrets(text, secrets)
     text = _QUERY.sub("?" + REDACTED, text)
     return _TOKENISH.sub(REDACTED, text)
 
@@ -88,19 +76,31 @@ def _plain_ok(segment: str) -> bool:
 # --- hooks ------------------------------------------------------------------------------------
 
 
-def structlog_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Scrub every string value of a log event (ours, or a standard-library record's).
+class Scrubber:
+    """The logging hook: scrubs every string value of a log event (ours, or a standard-library record's).
 
     cwhook's own lines lose the known secrets; what aiohttp and asyncio log (they quote
     request lines) and tracebacks are redacted in full (queries, token-shaped words).
     """
-    secrets = current_secrets()
-    foreign = "_record" in event
-    for key, value in event.items():
-        if not isinstance(value, str):
-            continue
-        if foreign or key == "exception":
-            event[key] = redact_text(value, secrets)
-        elif secrets:
-            event[key] = scrub_secrets(value, secrets)
-    return event
+
+    def __init__(self, provider: Callable[[], Iterable[str]] = tuple) -> None:
+        self._provider = provider
+
+    def use(self, provider: Callable[[], Iterable[str]]) -> None:
+        """Where the current secrets come from (called on every log line: keep it cheap)."""
+        self._provider = provider
+
+    def current(self) -> list[str]:
+        return [s for s in self._provider() if s and len(s) >= MIN_SECRET]
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        secrets = self.current()
+        foreign = "_record" in event
+        for key, value in event.items():
+            if not isinstance(value, str):
+                continue
+            if foreign or key == "exception":
+                event[key] = redact_text(value, secrets)
+            elif secrets:
+                event[key] = scrub_secrets(value, secrets)
+        return event

@@ -1,4 +1,7 @@
-"""systemd's notify protocol: a datagram to $NOTIFY_SOCKET (no dependency needed)."""
+"""systemd's notify protocol: a datagram to $NOTIFY_SOCKET (no dependency needed).
+
+The variables (NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID) are read by
+cwhook/service/environment.py and given to the constructor."""
 
 from __future__ import annotations
 
@@ -7,8 +10,11 @@ import socket
 
 
 class Notifier:
-    def __init__(self, address: str | None = None) -> None:
-        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+    def __init__(self, address: str = "", watchdog_usec: str | None = None,
+                 watchdog_pid: str | None = None) -> None:
+        self.address = address
+        self._watchdog_usec = watchdog_usec
+        self._watchdog_pid = watchdog_pid
         self._sock: socket.socket | None = None
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -31,8 +37,7 @@ class Notifier:
 
     def watchdog_interval(self) -> float | None:
         """Half of WatchdogSec when systemd asks for pings (WATCHDOG_USEC), else None."""
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
+        usec, pid = self._watchdog_usec, self._watchdog_pid
         if not usec or (pid and pid != str(os.getpid())):
             return None
         try:

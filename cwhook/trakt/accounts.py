@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+from cwhook.config.file import ConfigFiles
 from cwhook.config.schema import DEFAULT_ACCOUNT, AccountConfig, Config
 from cwhook.kernel import clock as clocks
 from cwhook.kernel import logs
@@ -25,25 +27,37 @@ from cwhook.state.store import AsyncStore, Stats, StoreUnavailable
 from cwhook.state.tokenjournal import TokenJournal
 from cwhook.status.health import Counters
 from cwhook.trakt.auth import TraktAuth
-from cwhook.trakt.client import RequestObserver, TraktClient
+from cwhook.trakt.client import POST_INTERVAL, RequestObserver, TraktClient
 from cwhook.trakt.delivery import Lane, Options
 
 log = logs.get("cwhook.trakt.accounts")
 
 
+@dataclass(frozen=True)
+class Wiring:
+    """What the composition root hands every account besides its config."""
+
+    files: ConfigFiles = field(default_factory=ConfigFiles)  # the daemon's one memory of its config file
+    post_interval: float = POST_INTERVAL  # Trakt's 1 POST/s per user; 0 only against a fake Trakt
+    retry_scale: float = 1.0  # below 1 only in tests: shorter waits before an outbox retry
+
+
 class Account:
     def __init__(self, cfg: AccountConfig, config: Config, journal: TokenJournal, db: AsyncStore,
                  counters: Counters, force_dry_run: Callable[[], bool],
-                 observe: RequestObserver | None = None) -> None:
+                 observe: RequestObserver | None = None, wiring: Wiring | None = None) -> None:
+        wiring = wiring or Wiring()
         self.name = cfg.name
         self.cfg = cfg
         self.config = config
         self._force_dry_run = force_dry_run
-        self.auth = TraktAuth(config.path, config.trakt, journal=journal, account=cfg.name)
+        self.auth = TraktAuth(config.path, config.trakt, journal=journal, account=cfg.name,
+                              config_files=wiring.files)
         self.auth.observe = observe
         self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh,
-                                  account=cfg.name, observe=observe)
-        self.lane = Lane(cfg.name, self.client, db, counters, self.options, lambda: self.auth.needs_auth)
+                                  account=cfg.name, observe=observe, post_interval=wiring.post_interval)
+        self.lane = Lane(cfg.name, self.client, db, counters, self.options, lambda: self.auth.needs_auth,
+                         retry_scale=wiring.retry_scale)
         self.task: asyncio.Task[None] | None = None
         self._db = db
         self._resuming: asyncio.Task[None] | None = None
@@ -85,8 +99,10 @@ class Accounts:
     """The registry: every configured account's unit, by name, `default` first."""
 
     def __init__(self, config: Config, journal: TokenJournal, db: AsyncStore, counters: Counters,
-                 force_dry_run: Callable[[], bool], observe: RequestObserver | None = None) -> None:
+                 force_dry_run: Callable[[], bool], observe: RequestObserver | None = None,
+                 wiring: Wiring | None = None) -> None:
         self.observe = observe
+        self.wiring = wiring or Wiring()
         self.journal = journal
         self.db = db
         self.counters = counters
@@ -122,7 +138,7 @@ class Accounts:
             unit = self.units.get(name)
             if unit is None:
                 unit = self.units[name] = Account(cfg, config, self.journal, self.db, self.counters,
-                                                  self.force_dry_run, self.observe)
+                                                  self.force_dry_run, self.observe, self.wiring)
                 if self._running:
                     self._start(unit)
                     log.info("account_added", account=name, users=list(cfg.users))

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from cwhook import __version__
+from cwhook.config.file import ConfigFiles
 from cwhook.config.schema import DEFAULT_ACCOUNT, AccountConfig, TraktConfig
 from cwhook.kernel import hint, logs
 from cwhook.state.tokenjournal import Pair, TokenJournal
@@ -96,11 +97,11 @@ class TraktAuth:
 
     def __init__(self, config_path: Path, trakt: TraktConfig,
                  clock: Callable[[], float] = time.time, journal: TokenJournal | None = None,
-                 account: str = DEFAULT_ACCOUNT) -> None:
+                 account: str = DEFAULT_ACCOUNT, config_files: ConfigFiles | None = None) -> None:
         self.config_path = config_path
         self.clock = clock
         self.account = account
-        self.files = TokenFiles(config_path, account, journal)
+        self.files = TokenFiles(config_path, account, journal, config_files)
         self._t = _Tokens.of(trakt, account)
         self._lock = asyncio.Lock()
         self.needs_auth: str | None = None  # why `cwhook auth` is needed, when it is

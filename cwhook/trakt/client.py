@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -51,12 +50,6 @@ log = logs.get("cwhook.trakt.client")
 POST_INTERVAL = 1.05  # Trakt allows 1 POST per second per user; keep a small margin
 
 
-def post_interval() -> float:
-    """The pacing; CWHOOK_POST_INTERVAL overrides it for benchmarks against a fake Trakt only."""
-    try:
-        return max(0.0, float(os.environ.get("CWHOOK_POST_INTERVAL", POST_INTERVAL)))
-    except ValueError:
-        return POST_INTERVAL
 MAX_RETRY_AFTER = 600.0
 MAX_ANSWER = 1 << 20  # bytes of a Trakt answer read at most (Trakt's answers are a few KB)
 NOT_IDEMPOTENT = ("/sync/history",)  # POSTs Trakt does not deduplicate: a repeat is a second play
@@ -184,6 +177,7 @@ class TraktClient:
         timeout: float = 15.0,
         account: str = "default",
         observe: RequestObserver | None = None,
+        post_interval: float = POST_INTERVAL,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.account = account  # the Trakt account these calls are made for (/metrics labels)
@@ -195,7 +189,7 @@ class TraktClient:
         self._session: aiohttp.ClientSession | None = None
         self._post_lock = asyncio.Lock()
         self._last_post = 0.0
-        self._interval = post_interval()
+        self._interval = post_interval  # the pacing; 0 only for benchmarks against a fake Trakt
         self.last_success_at: float | None = None
         self.last_error: str | None = None
         self.unreachable = False  # the last call ended in an outage, a rate limit or a network error

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cwhook.config.file import update_file
+from cwhook.config.file import ConfigFiles
 from cwhook.config.schema import DEFAULT_ACCOUNT, AccountConfig
 from cwhook.kernel import logs
 from cwhook.state.tokenjournal import Pair, TokenJournal
@@ -31,8 +31,10 @@ def pair_changes(pair: Pair, key: tuple[str, ...] = DEFAULT_KEY) -> dict[tuple[s
 class TokenFiles:
     """One account's pair in the token journal (if there is one) and under its keys in the file."""
 
-    def __init__(self, config_path: Path, account: str, journal: TokenJournal | None) -> None:
+    def __init__(self, config_path: Path, account: str, journal: TokenJournal | None,
+                 config_files: ConfigFiles | None = None) -> None:
         self.config_path = config_path
+        self.config_files = config_files if config_files is not None else ConfigFiles()  # the daemon's own
         self.account = account
         self.journal = journal
         self.key = AccountConfig(account).key  # where its tokens live in the YAML file
@@ -66,7 +68,7 @@ class TokenFiles:
     def write(self, pair: Pair) -> str | None:
         """Write the pair to the config file; None when saved, else why it is not."""
         try:
-            update_file(self.config_path, pair_changes(pair, self.key))
+            self.config_files.update_file(self.config_path, pair_changes(pair, self.key))
         except Exception as exc:
             log.error("trakt_tokens_not_saved", error=str(exc), path=str(self.config_path), **self._who,
                       note="the new pair is used from memory; retrying every minute")
