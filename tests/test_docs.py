@@ -301,3 +301,11 @@ def test_readme_layout_names_every_package_and_module() -> None:
     assert unnamed == [], f"README's layout table does not name {unnamed} in its package's row"
     stray = sorted(m.name for m in (ROOT / "cwhook").glob("*.py") if m.name not in ("__init__.py", "__main__.py"))
     assert stray == [], f"modules outside a package: {stray}"
+
+
+def test_the_environment_is_read_in_one_module() -> None:
+    """cwhook/service/environment.py reads the process environment; every other module is handed
+    the values (constructor parameters from the composition root or the CLI)."""
+    readers = sorted(str(m.relative_to(ROOT)) for m in (ROOT / "cwhook").rglob("*.py")
+                     if re.search(r"\bos\.environ\b|\bgetenv\b|\benviron\b", m.read_text()))
+    assert readers == ["cwhook/service/environment.py"], readers

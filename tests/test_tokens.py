@@ -83,12 +83,12 @@ async def test_refreshed_pair_that_cannot_be_saved_survives_reloads_and_is_saved
     journal = TokenJournal(tmp_path / "state")
     (tmp_path / "state").mkdir()
     auth = TraktAuth(path, load_config(path).trakt, journal=journal)
-    real = cwhook.trakt.tokenfiles.update_file
+    real = auth.files.config_files.update_file
 
     def read_only(*args: Any) -> None:
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
-    monkeypatch.setattr(cwhook.trakt.tokenfiles, "update_file", read_only)
+    monkeypatch.setattr(auth.files.config_files, "update_file", read_only)
     assert await auth.refresh(access)
     new_access = auth.tokens()[1]
     assert new_access != access and auth.unsaved is not None
@@ -97,7 +97,7 @@ async def test_refreshed_pair_that_cannot_be_saved_survives_reloads_and_is_saved
     auth.update_from_config(load_config(path).trakt)
     assert auth.tokens()[1] == new_access and auth.unsaved is not None
     # the directory is writable again: the minute's retry saves it
-    monkeypatch.setattr(cwhook.trakt.tokenfiles, "update_file", real)
+    monkeypatch.setattr(auth.files.config_files, "update_file", real)
     assert await auth.save_pending()
     assert auth.unsaved is None and load_config(path).trakt.access_token == new_access
 
