@@ -309,3 +309,10 @@ def test_the_environment_is_read_in_one_module() -> None:
     readers = sorted(str(m.relative_to(ROOT)) for m in (ROOT / "cwhook").rglob("*.py")
                      if re.search(r"\bos\.environ\b|\bgetenv\b|\benviron\b", m.read_text()))
     assert readers == ["cwhook/service/environment.py"], readers
+
+
+def test_the_code_cites_docs_never_a_spec_outside_the_repository() -> None:
+    """Comments point a reader at docs/ (which ships with the code), not at a document they cannot open."""
+    cited = [f"{p.relative_to(ROOT)}:{n}" for p in sorted((ROOT / "cwhook").rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if "§" in line or "spec.md" in line]
+    assert cited == [], cited

@@ -1,4 +1,4 @@
-"""Households (spec §8): routing users to Trakt accounts, rules per account, every account independent."""
+"""Households (docs/configuration.md, Households): routing users to Trakt accounts, rules per account, every account independent."""
 
 from __future__ import annotations
 

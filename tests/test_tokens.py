@@ -1,4 +1,4 @@
-"""The token journal and the rules for which Trakt pair is in use (spec §6)."""
+"""The token journal and the rules for which Trakt pair is in use (docs/durability.md, Trakt tokens)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class ScrobbleConfig:
 
 @dataclass(frozen=True)
 class AccountConfig:
-    """One Trakt account: who scrobbles to it and its tokens (spec §8)."""
+    """One Trakt account: who scrobbles to it and its tokens (docs/configuration.md, Households)."""
 
     name: str
     users: tuple[str, ...] = ()

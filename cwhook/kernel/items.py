@@ -77,5 +77,5 @@ class TraktAliases:
 
 
 # The daemon's: delivery learns into it, every account's rules read it (matches are shared
-# by all accounts, spec §8).
+# by all accounts, docs/configuration.md, Households).
 SHARED = TraktAliases()

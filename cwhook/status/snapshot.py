@@ -10,7 +10,7 @@ is ready while SQLite is locked. Its renderers:
 * ``to_text``: what ``cwhook status`` prints for a person, from the snapshot
   read back from ``/healthz`` (``from_healthz``).
 
-Each account (spec §8) has its own block; the ``trakt`` block of ``/healthz``
+Each account (docs/configuration.md, Households) has its own block; the ``trakt`` block of ``/healthz``
 keeps describing the account named ``default``.
 """
 

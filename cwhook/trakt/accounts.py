@@ -1,4 +1,4 @@
-"""Trakt accounts at run time: one unit per account, built once from the config (spec §8).
+"""Trakt accounts at run time: one unit per account, built once from the config (docs/configuration.md, Households).
 
 Each account is independent: its own tokens and refresh (written back under its own
 keys, one refresh at a time, its own token journal entries), needs-auth state,

@@ -1,6 +1,6 @@
 """The Trakt HTTP client: headers, the tenacity retry policy, 1 POST/s, token refresh.
 
-Retry policy (spec §6):
+Retry policy (docs/durability.md, "One event's way" and "Trakt tokens"):
 * 429 waits ``Retry-After`` seconds and retries;
 * 5xx (520-522 included), timeouts and network errors back off exponentially
   with jitter;
