@@ -1,4 +1,5 @@
-"""Households (docs/configuration.md, Households): routing users to Trakt accounts, rules per account, every account independent."""
+"""Households (docs/configuration.md): routing users to Trakt accounts, rules per account, every account
+independent."""
 
 from __future__ import annotations
 

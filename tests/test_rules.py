@@ -174,7 +174,8 @@ def test_same_item_same_user_other_player_within_an_hour() -> None:
     # ...unless that device started a new viewing from the beginning
     r("start", 1, 100, player_id="tablet")
     assert r("stop", 97, 200, player_id="tablet")[-1].reason == "sent"
-    # another media-server user of the same Trakt account is the same person to Trakt (docs/configuration.md, Households:
+    # another media-server user of the same Trakt account is the same person to Trakt
+    # (docs/configuration.md, Households:
     # one Rules per account; another account is not affected, see test_households.py)
     assert r("stop", 97, 300, player_id="tv", user_id="2", user_name="bob")[-1].reason == "already_watched"
     # after an hour it may be scrobbled again

@@ -127,7 +127,8 @@ class Event:
     item_key: str = ""  # the media server's id of the item
     rating: int | None = None  # for `rate`: 1..10, None = rating cleared
     received_at: float = 0.0
-    accounts: tuple[str, ...] = ()  # the Trakt accounts routing sent it to at ingest (docs/configuration.md, Households)
+    # the Trakt accounts routing sent it to at ingest (docs/configuration.md, Households)
+    accounts: tuple[str, ...] = ()
     vod: bool = False  # Plex's own free streaming catalogue (tv.plex.provider.vod)
 
     @property

@@ -46,7 +46,8 @@ class Worker:
         wall: clocks.Clock | None = None,
     ) -> None:
         self.queue = queue
-        self.rules = rules  # the default account's; every other account gets its own (docs/configuration.md, Households)
+        # the default account's; every other account gets its own (docs/configuration.md, Households)
+        self.rules = rules
         self._rules: dict[str, Rules] = {DEFAULT_ACCOUNT: rules}
         self.db = db
         self.counters = counters
