@@ -348,7 +348,9 @@ def test_database_locked_by_another_program(rig_factory: Callable[..., Rig], fak
             d.health()
             slowest = max(slowest, time.monotonic() - started)
             time.sleep(0.1)
-        assert slowest < 0.1, f"/healthz took {slowest * 1000:.0f} ms while the database was locked"
+        # A /healthz that waited on the database would wait out the store's LOCK_WAIT (2 s); well
+        # under it is an answer that did not wait (not a speed test: a loaded machine is slow).
+        assert slowest < 1.0, f"/healthz took {slowest * 1000:.0f} ms while the database was locked"
         poster.join(30)
         assert 503 in result.values() and set(result.values()) <= {202, 503}
     finally:

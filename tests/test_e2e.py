@@ -254,7 +254,7 @@ def test_first_run_from_empty_directory(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a first run listens on the example's port, 8787
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if probe.connect_ex(("127.0.0.1", 8787)) == 0:
-            pytest.skip("port 8787 is taken by another program")
+            pytest.fail("port 8787 is taken by another program: this test needs the example's port free")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "cwhook", "run"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

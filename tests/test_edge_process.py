@@ -345,7 +345,7 @@ def _port_free(port: int) -> bool:
 @pytest.mark.xdist_group("example-port-8787")  # a first run listens on the example's port
 def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Path) -> None:
     if not _port_free(8787):  # a first run listens on the example's port
-        pytest.skip("port 8787 is taken by another program")
+        pytest.fail("port 8787 is taken by another program: this test needs the example's port free")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "_CWHOOK_EDGE_RESERVED_FDS": "64"}
     cfg = tmp_path / "cwhook.yml"
 

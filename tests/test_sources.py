@@ -95,7 +95,7 @@ registry.SOURCES["kodi"] = registry.Source(
     "kodi", "koditrakt", registry.SOURCES["jellyfin"].parse, "payload", "Kodi", Users(same_user, ids=True),
     "kodi user", "-d '{}'", {"ratings": False})
 
-from cwhook.config import file
+from cwhook.config import urls
 from cwhook.config.schema import ConfigError, WebhookConfig, parse_config
 from cwhook.ingest import filters
 from cwhook.ingest.app import ROUTES
@@ -126,7 +126,7 @@ json.dump({
     "rating": filters.check(anna, config.webhook("kodi")).detail,
     "bob": filters.check(bob, config.webhook("kodi")).reason,
     "routes": [Router(config.trakt.routes).route(e) for e in (anna, bob)],
-    "urls": file.urls_text(config, ("kodi",)),
+    "urls": urls.urls_text(config, ("kodi",)),
 }, sys.stdout)
 """
 
