@@ -22,6 +22,7 @@ from cwhook.kernel.event import BadPayload, Ignored
 # this many digits (no id, year or tick count is), and NaN/Infinity.
 MAX_INT_DIGITS = 19
 LONGEST_INT = 2**63 - 1
+_EXACT_INT = 2**53  # every integer up to this survives a round trip through a float
 # A JSON escape of a UTF-16 surrogate: the decoded text may hold a lone one, which no
 # UTF-8 writer (SQLite, logs, JSON with ensure_ascii=False) can encode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -31,6 +32,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # decoder (found by mapping every digit to "1" and everything else to "0": C speed).
 _DIGITS_AS_ONES = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))
 _LONG_RUN = b"1" * MAX_INT_DIGITS
+_JSON_START = re.compile(rb"[\xef\xbb\xbf \t\r\n]*[{\[]")
 
 
 def _int_or_none(literal: str) -> int | None:
@@ -44,6 +46,8 @@ def _no_constant(_: str) -> None:
 
 def safe_text(text: str) -> str:
     """``text`` with every lone UTF-16 surrogate replaced by U+FFFD."""
+    if text.isascii():  # no surrogate, and answered from the string's header, not a scan
+        return text
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
@@ -98,7 +102,8 @@ def loads_object_stdlib(raw: bytes | str, what: str = "body") -> dict[str, Any]:
 
 
 def _looks_like_json(body: bytes) -> bool:
-    return body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[")
+    """The first byte after any BOM bytes and blanks opens an object or an array (no copy made)."""
+    return _JSON_START.match(body) is not None
 
 
 def decode_body(
@@ -110,7 +115,7 @@ def decode_body(
     (the HTTP shell streams multipart and hands over that part alone).
     ``flat_form``: a urlencoded form without ``field`` is itself the object.
     """
-    if not body.strip():
+    if not body or body.isspace():  # blank (ASCII whitespace, as bytes.strip), without a copy
         raise BadPayload("empty body")
     mime = content_type.split(";", 1)[0].strip().lower()
     if not _looks_like_json(body) and (b"=" in body or mime == "application/x-www-form-urlencoded"):
@@ -150,6 +155,11 @@ def required_object(data: dict[str, Any], key: str, server: str) -> dict[str, An
 
 
 def as_str(value: Any) -> str | None:
+    if type(value) is str:  # most values: what the last line does, without the calls
+        text = value.strip()
+        if not text.isascii():
+            text = _LONE_SURROGATE.sub("\ufffd", text)
+        return text or None
     if value is None or isinstance(value, (dict, list, bool)):
         return None
     if isinstance(value, int) and abs(value) > LONGEST_INT:
@@ -159,6 +169,10 @@ def as_str(value: Any) -> str | None:
 
 
 def as_float(value: Any) -> float | None:
+    if type(value) is float:  # what the lines below make of a float, without the calls
+        return value if math.isfinite(value) else None
+    if type(value) is int and -_EXACT_INT <= value <= _EXACT_INT:  # a finite float, exactly
+        return float(value)
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -177,6 +191,8 @@ def as_float(value: Any) -> float | None:
 
 
 def as_int(value: Any) -> int | None:
+    if type(value) is int and -_EXACT_INT <= value <= _EXACT_INT:  # float() keeps it exactly: as below
+        return value
     number = as_float(value)
     if number is None or not number.is_integer() or abs(number) > 2**62:
         return None
