@@ -42,6 +42,11 @@ _HAMA = re.compile(
     re.IGNORECASE,
 )
 VOD_PROVIDER = "tv.plex.provider.vod"
+_LEGACY_KEYS = {"imdb": "imdb", "themoviedb": "tmdb", "thetvdb": "tvdb", "tvdb": "tvdb", "tmdb": "tmdb"}
+_HAMA_KEYS = {"tvdb": "tvdb", "tmdb": "tmdb", "tsdb": "tmdb", "imdb": "imdb"}
+_AVATAR = re.compile(r"/users/([0-9A-Za-z]+)/avatar")
+_NO_IDS = Ids()  # frozen: one shared "no ids" rather than a new one per guid looked at
+_NO_GUID = (_NO_IDS, _NO_IDS, None, None)
 
 
 def _guid_list_ids(metadata: Mapping[str, Any]) -> Ids:
@@ -64,21 +69,20 @@ def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | Non
     Modern ``imdb://``, ``tmdb://``, ``tvdb://`` guids are item ids.
     """
     if not guid:
-        return Ids(), Ids(), None, None
+        return _NO_GUID
     m = _LEGACY.match(guid)
     if not m:
         modern = _MODERN.match(guid)
         if modern:
-            return make_ids(**{modern.group("agent"): modern.group("id")}), Ids(), None, None
-        return Ids(), Ids(), None, None
+            return make_ids(**{modern.group("agent"): modern.group("id")}), _NO_IDS, None, None
+        return _NO_GUID
     agent, parts = m.group("agent"), m.group("rest").split("/")
-    key = {"imdb": "imdb", "themoviedb": "tmdb", "thetvdb": "tvdb", "tvdb": "tvdb", "tmdb": "tmdb"}
-    if agent not in key:
-        return Ids(), Ids(), None, None
-    ids = make_ids(**{key[agent]: parts[0]})
+    if agent not in _LEGACY_KEYS:
+        return _NO_GUID
+    ids = make_ids(**{_LEGACY_KEYS[agent]: parts[0]})
     if len(parts) >= 3:
-        return Ids(), ids, as_int(parts[1]), as_int(parts[2])
-    return ids, Ids(), None, None
+        return _NO_IDS, ids, as_int(parts[1]), as_int(parts[2])
+    return ids, _NO_IDS, None, None
 
 
 @dataclass(frozen=True)
@@ -122,18 +126,19 @@ def parse_hama_guid(guid: str | None) -> HamaGuid | None:
     if not m:
         return None
     source, value = m.group("source").lower(), m.group("id")
-    key = {"tvdb": "tvdb", "tmdb": "tmdb", "tsdb": "tmdb", "imdb": "imdb"}.get(source)
-    ids = make_ids(**{key: value}) if key else Ids()
+    key = _HAMA_KEYS.get(source)
+    ids = make_ids(**{key: value}) if key else _NO_IDS
     return HamaGuid(source, m.group("mode"), ids, as_int(m.group("season")),
                     as_int(m.group("episode")))
 
 
 def is_vod(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
     """Played from Plex's own streaming catalogue rather than from a library."""
-    marks = [as_str(as_dict(data.get("Server")).get("uuid"))]
-    marks += [as_str(metadata.get(k)) for k in ("source", "providerIdentifier", "librarySectionKey",
-                                               "key")]
-    if any(VOD_PROVIDER in (m or "").lower() for m in marks):
+    # Only a text can name the provider (as_str of a number never does; its strip and its
+    # surrogate replacement cannot make or break the match).
+    marks = (as_dict(data.get("Server")).get("uuid"), metadata.get("source"),
+             metadata.get("providerIdentifier"), metadata.get("librarySectionKey"), metadata.get("key"))
+    if any(isinstance(m, str) and VOD_PROVIDER in m.lower() for m in marks):
         return True
     guid = as_str(metadata.get("guid")) or ""
     no_library = metadata.get("librarySectionType") is None and metadata.get("librarySectionID") is None
@@ -157,22 +162,21 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
         return action
     metadata = required_object(data, "Metadata", "Plex")
     kind = as_str(metadata.get("type"))
+    account = as_dict(data.get("Account"))
     allowed = RATE_KINDS if action == "rate" else PLAYBACK_KINDS
     if kind not in allowed:
         detail = f"Plex item type {kind!r}"
         if as_str(metadata.get("subtype")):
             detail += f" ({metadata.get('subtype')})"
         return Ignored("media_type_not_supported", detail + " is not scrobbled to Trakt",
-                       user=as_str(as_dict(data.get("Account")).get("title")),
-                       item=as_str(metadata.get("title")))
+                       user=as_str(account.get("title")), item=as_str(metadata.get("title")))
 
-    placed = _placement(kind, metadata)
+    guid = as_str(metadata.get("guid"))
+    placed = _placement(kind, metadata, guid)
     if isinstance(placed, Ignored):
         return placed
-    account = as_dict(data.get("Account"))
     player = as_dict(data.get("Player"))
     server = as_dict(data.get("Server"))
-    guid = as_str(metadata.get("guid"))
     duration_ms = as_float(metadata.get("duration"))
     view_offset = as_float(metadata.get("viewOffset"))
     account_id = as_str(account.get("id"))
@@ -197,9 +201,8 @@ def parse(content_type: str, body: bytes, received_at: float = 0.0) -> ParseResu
     )
 
 
-def _placement(kind: str, metadata: dict[str, Any]) -> dict[str, Any] | Ignored:
+def _placement(kind: str, metadata: dict[str, Any], guid: str | None) -> dict[str, Any] | Ignored:
     """The item's ids and, for an episode or a season, its show and numbers (Event's fields)."""
-    guid = as_str(metadata.get("guid"))
     legacy = parse_legacy_guid(guid)
     hama = parse_hama_guid(guid)
     ids = _guid_list_ids(metadata) or legacy[0]
@@ -211,7 +214,7 @@ def _placement(kind: str, metadata: dict[str, Any]) -> dict[str, Any] | Ignored:
         if not (show_ids or show_title):
             return Ignored("no_ids", "season has no show ids and no show title")
         return {"ids": ids, "show_title": show_title, "show_ids": show_ids, "season": as_int(metadata.get("index"))}
-    ids = ids or (hama.ids if hama is not None else Ids())
+    ids = ids or (hama.ids if hama is not None else _NO_IDS)
     if not ids and not as_str(metadata.get("title")):
         return Ignored("no_ids", f"{kind} has no ids and no title")
     return {"ids": ids}
@@ -227,7 +230,7 @@ def _episode(metadata: dict[str, Any], ids: Ids, legacy: tuple[Ids, Ids, int | N
     grandparent = as_str(metadata.get("grandparentGuid"))
     show_hama = parse_hama_guid(grandparent)
     show_ids = (legacy_show_ids or parse_legacy_guid(grandparent)[0]
-                or (hama.ids if hama else Ids()) or (show_hama.ids if show_hama else Ids()))
+                or (hama.ids if hama else _NO_IDS) or (show_hama.ids if show_hama else _NO_IDS))
     if hama is not None:
         legacy_season, legacy_number = hama.season, hama.episode
     season = season if season is not None else legacy_season
@@ -246,5 +249,5 @@ def _episode(metadata: dict[str, Any], ids: Ids, legacy: tuple[Ids, Ids, int | N
 
 def account_uuid(thumb: str | None) -> str | None:
     """Plex account thumbs look like https://plex.tv/users/<uuid>/avatar?c=..."""
-    m = re.search(r"/users/([0-9A-Za-z]+)/avatar", thumb or "")
+    m = _AVATAR.search(thumb or "")
     return m.group(1) if m else None
