@@ -14,11 +14,12 @@ import re
 from cwhook.kernel.event import BadPayload
 
 _NAME = re.compile(rb"""\bname\*?=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))""", re.IGNORECASE)
+_BOUNDARY = re.compile(r"""boundary=(?:"([^"]+)"|([^;\s]+))""", re.IGNORECASE)
 MAX_HEADER_BYTES = 16384
 
 
 def boundary_of(content_type: str) -> bytes:
-    m = re.search(r"""boundary=(?:"([^"]+)"|([^;\s]+))""", content_type, re.IGNORECASE)
+    m = _BOUNDARY.search(content_type)  # compiled once: re.search's cache lookup cost more
     if not m:
         raise BadPayload("broken multipart body: no boundary in Content-Type")
     value = (m.group(1) or m.group(2)).encode("latin-1", "replace")
