@@ -8,7 +8,6 @@ body budget all requests share. The app answers each exception here (docs/troubl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -34,10 +33,18 @@ class BodyTimeout(Exception):
     """The body did not arrive within the limits' body deadline."""
 
 
-async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The body as it arrives (decoded), never more than ``limit`` bytes in all."""
-    total = 0
-    while True:
+class _Body:
+    """The body as it arrives (decoded), never more than ``limit`` bytes in all: ``read`` gives
+    the next chunk, ``b""`` at its end. A plain awaited read, not an async generator: a generator
+    left behind once the JSON part is found costs the loop a task per request to close it."""
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self.total = 0
+
+    async def read(self) -> bytes:
+        request = self.request
         try:
             chunk = await request.content.read(CHUNK)
         except RequestPayloadError as exc:
@@ -56,11 +63,11 @@ async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
             if edge.was_dropped(request):  # a read woken as its body was dropped
                 edge.dropped(request)
                 raise edge.Busy()
-            return
-        total += len(chunk)
-        if total > limit:
+            return b""
+        self.total += len(chunk)
+        if self.total > self.limit:
             raise TooLarge()
-        yield chunk
+        return chunk
 
 
 async def read_payload(request: web.Request, field: str, limit: int) -> tuple[str, bytes]:
@@ -85,13 +92,15 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
             if not multipart:
                 parts: list[bytes] = []
                 size = 0
-                async for chunk in _chunks(request, cap):
+                body = _Body(request, cap)
+                while chunk := await body.read():
                     size += len(chunk)
                     parts.append(chunk)
                     lease.hold(size)
                 return ctype, b"".join(parts)
             scanner = PartScanner(ctype, field)
-            async for chunk in _chunks(request, cap):
+            body = _Body(request, cap)
+            while chunk := await body.read():
                 found = scanner.feed(chunk)
                 if found is not None:
                     if len(found) > limits.max_raw_body:

@@ -73,23 +73,9 @@ class PartScanner:
                 pos = at + len(delim)
                 self._state = "after_delimiter"
             if self._state == "after_delimiter":
-                if len(buf) - pos < 2:
-                    self._buf = buf[pos:]
+                pos = self._past_line_break(buf, pos)
+                if pos < 0:
                     return None
-                if buf.startswith(b"--", pos):
-                    self._state = "done"
-                    return None
-                while pos < len(buf) and buf[pos] in (0x20, 0x09):
-                    pos += 1
-                if buf.startswith(b"\r\n", pos):
-                    pos += 2
-                elif buf.startswith(b"\n", pos):
-                    pos += 1
-                elif buf[pos:] in (b"", b"\r"):
-                    self._buf = buf[pos:]
-                    return None
-                else:
-                    raise BadPayload("broken multipart body: no line break after the boundary")
                 self._state = "headers"
             if self._state == "headers":
                 end, skip = _header_end(buf, pos)
@@ -120,6 +106,26 @@ class PartScanner:
                 self._state = "after_delimiter"
             if self._state == "done":
                 return None
+
+    def _past_line_break(self, buf: bytes, pos: int) -> int:
+        """Where the line after a boundary starts, or -1: wait for more of the body (kept in
+        ``_buf``), or the closing ``--`` ended the scan."""
+        if len(buf) - pos < 2:
+            self._buf = buf[pos:]
+            return -1
+        if buf.startswith(b"--", pos):
+            self._state = "done"
+            return -1
+        while pos < len(buf) and buf[pos] in (0x20, 0x09):
+            pos += 1
+        if buf.startswith(b"\r\n", pos):
+            return pos + 2
+        if buf.startswith(b"\n", pos):
+            return pos + 1
+        if buf[pos:] in (b"", b"\r"):
+            self._buf = buf[pos:]
+            return -1
+        raise BadPayload("broken multipart body: no line break after the boundary")
 
     def finish(self) -> bytes:
         """The body ended without the wanted part being complete."""
