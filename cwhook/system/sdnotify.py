@@ -19,10 +19,6 @@ class Notifier:
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def notify(self, message: str) -> bool:
         if self._sock is None:
             return False
