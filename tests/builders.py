@@ -6,6 +6,7 @@ another test module (tests/test_tests.py holds that).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import time
@@ -198,3 +199,16 @@ def sleep_past(started: float, window_s: float, margin_s: float = 0.3) -> None:
     """Sleep until ``window_s`` (plus a margin) has passed since ``started`` (time.monotonic()): for a
     test whose point is that a window expires, without sleeping again what the test already waited."""
     time.sleep(max(0.0, started + window_s + margin_s - time.monotonic()))
+
+
+def parse_python(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``, tried again when CPython 3.11 trips over its own AST depth counter: the
+    counter is shared by the threads of a process (CPython gh-106905, fixed in 3.12), so a parse
+    in another thread of the test worker at the same moment raises SystemError "AST constructor
+    recursion depth mismatch" though the source is fine."""
+    for _ in range(5):
+        try:
+            return ast.parse(source, filename)
+        except SystemError:
+            continue
+    return ast.parse(source, filename)

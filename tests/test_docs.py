@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from cwhook.sources.registry import SOURCES
+from tests.builders import parse_python
 from tests.conftest import ROOT, TOKENS, Daemon
 
 pytestmark = pytest.mark.slow
@@ -137,7 +138,7 @@ def log_events() -> dict[str, list[str]]:
     to the table of the Trakt side)."""
     found: dict[str, list[str]] = {}
     for source in sorted((ROOT / "cwhook").rglob("*.py")):
-        tree = ast.parse(source.read_text(), str(source))
+        tree = parse_python(source.read_text(), str(source))
         aliases: dict[str, list[str]] = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):

@@ -26,6 +26,7 @@ from cwhook.ingest import edge
 from cwhook.ingest.budget import BodyEvicted
 from cwhook.ingest.protocol import EdgeProtocol
 from cwhook.ingest.server import EdgeServer
+from tests.builders import parse_python
 
 ROOT = Path(__file__).parent.parent
 LIBRARIES = ("aiohttp", "asyncio")
@@ -128,7 +129,7 @@ def _root(node: ast.expr) -> str | None:
 
 
 def _private_uses(path: Path, subclasses: set[str]) -> list[str]:
-    tree = ast.parse(path.read_text())
+    tree = parse_python(path.read_text())
     library = _library_names(tree)
     found = []
     for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
@@ -160,7 +161,7 @@ def test_no_module_but_the_adapter_touches_a_private_name_of_a_library_object() 
 
 def _own_names(cls: type, overrides: set[str]) -> set[str]:
     """What the class itself defines, and what its methods assign to ``self``."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    tree = parse_python(textwrap.dedent(inspect.getsource(cls)))
     assigned = {t.attr for node in ast.walk(tree) if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign)
                 for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.builders import parse_python
+
 TESTS = Path(__file__).parent
 
 
@@ -17,7 +19,7 @@ def is_test_module(name: str) -> bool:
 def imported_test_modules(source: str) -> list[str]:
     """The test_* modules a module's source imports, at any depth (module level or in a function)."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
