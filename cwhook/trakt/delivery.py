@@ -48,6 +48,7 @@ class Options:
     watchlist_autoremove_movies: bool = False
 
 
+NEEDS_AUTH_RECHECK = 60.0  # seconds
 MAX_INFLIGHT = 4  # entries of different sessions delivered at once (POSTs still paced)
 
 
@@ -121,7 +122,9 @@ class Lane:
     async def _run_once(self) -> None:
         while True:
             if self.needs_auth() and not self.options().dry_run:
-                await self._sleep(30.0)
+                # A reload with new tokens or a refresh that succeeds wakes the lane at once;
+                # this is only a safety net, and no idle account wakes more than once a minute.
+                await self._sleep(NEEDS_AUTH_RECHECK)
                 continue
             heads = await self.db.call(self.store.heads, self.account, 64)
             now = self.clock()
