@@ -226,10 +226,10 @@ def test_a_stored_time_in_the_future_counts_as_now() -> None:
 def test_outbox_ages_follow_the_steady_clock(tmp_path: Path) -> None:
     c = Clocks()
     store = Store(tmp_path, clock=c.now, wall=c.wall)
-    store.add(NewEntry("stop", MOVIE, 95, c.wall()))
+    store.decide([NewEntry("stop", MOVIE, 95, c.wall())], 0)[0]
     c.steady += 20
     c.offset = -HOUR
-    store.add(NewEntry("stop", MOVIE, 95, c.wall()))  # made after the step: stamped an hour "earlier"
+    store.decide([NewEntry("stop", MOVIE, 95, c.wall())], 0)[0]  # made after the step: stamped an hour "earlier"
     [first] = store.heads("default")
     assert c.now() - first.born == 20
     assert c.now() - (store.stats.oldest_born or 0) == 20  # the first made, not the earliest stamped
@@ -243,7 +243,7 @@ def test_outbox_ages_follow_the_steady_clock(tmp_path: Path) -> None:
 def test_a_retry_time_from_before_a_clock_set_back_is_due_at_start(tmp_path: Path) -> None:
     c = Clocks()
     store = Store(tmp_path, clock=c.now, wall=c.wall)
-    first = store.add(NewEntry("stop", MOVIE, 95, c.wall()))
+    first = store.decide([NewEntry("stop", MOVIE, 95, c.wall())], 0)[0]
     store.reschedule(first, c.now() + 60, "503")
     store.close()
     c.steady -= HOUR  # the wall clock was set back: the next process's steady time starts there

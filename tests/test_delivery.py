@@ -62,7 +62,7 @@ class Rig:
                          lambda: self.auth.needs_auth)
 
     def add(self, verb: str, event: Event, progress: float, at: float | None = None) -> None:
-        self.store.add(NewEntry(verb, event, progress, time.time() if at is None else at))
+        self.store.decide([NewEntry(verb, event, progress, time.time() if at is None else at)], 0)[0]
 
     def head(self) -> Entry | None:
         heads = self.store.heads("default")

@@ -188,7 +188,7 @@ def test_sigkill_during_late_history_delivery_never_doubles_a_play(
     old = time.time() - 1800  # older than the 10 minutes a stop may wait for /scrobble/stop
     for i in range(movies):
         event = counted_movie(i, old)
-        store.add(NewEntry("stop", event, 95.0, old + i))
+        store.decide([NewEntry("stop", event, 95.0, old + i)], 0)[0]
     store.close()
     fake.answer_delay = 0.25
     fake.answer_delay_prefix = "/sync/history"
@@ -500,7 +500,7 @@ def _late_stops(rig: Rig, items: range, at: float) -> None:
     store = Store(rig.state)
     for i in items:
         event = counted_movie(i, at)
-        store.add(NewEntry("stop", event, 95.0, at + i))
+        store.decide([NewEntry("stop", event, 95.0, at + i)], 0)[0]
     store.close()
 
 
@@ -664,7 +664,7 @@ def movie(i, at):
 store, now = Store(__import__("pathlib").Path(sys.argv[1])), time.time()
 store.ingest([movie(i, now - 30 + i * 0.01) for i in range(0, 20)])  # answered 202, not yet decided
 for i in range(20, 30):  # decided, not yet sent
-    store.add(NewEntry("stop", movie(i, now - 20), 95.0, now - 20 + i))
+    store.decide([NewEntry("stop", movie(i, now - 20), 95.0, now - 20 + i)], 0)[0]
 if sys.argv[2] == "crashed":
     os._exit(0)  # like a SIGKILL: the WAL and its index stay, nothing checkpointed
 store.close()

@@ -422,8 +422,8 @@ def test_accounts_lists_pending_per_account_and_removed_ones(tmp_path: Path) -> 
                        "  accounts:\n    anna:\n      users: ['plex:Anna']\n"
                        f"state:\n  dir: {tmp_path}\n", tmp_path / "c.yml")
     store = Store(tmp_path)
-    store.add(NewEntry("stop", FILM, 95, 1, account="anna"))
-    store.add(NewEntry("stop", FILM, 95, 1, account="gone"))
+    store.decide([NewEntry("stop", FILM, 95, 1, account="anna")], 0)[0]
+    store.decide([NewEntry("stop", FILM, 95, 1, account="gone")], 0)[0]
     store.close()
     text = accounts_text(cfg, health={}, now=time.time())
     lines = text.splitlines()

@@ -57,7 +57,7 @@ class Pipeline:
     def _store(self, decisions: list[Decision]) -> list[Decision]:
         for d in decisions:
             if d.send is not None:
-                self.outbox.add(NewEntry(d.send.verb, d.send.event, d.send.progress, time.time()))
+                self.outbox.decide([NewEntry(d.send.verb, d.send.event, d.send.progress, time.time())], 0)[0]
         self.decisions += decisions
         return decisions
 

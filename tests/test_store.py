@@ -75,9 +75,9 @@ def test_legacy_outbox_file_is_migrated_once(tmp_path: Path) -> None:
 
 def test_heads_keep_order_per_session_only(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    a1 = store.add(NewEntry("start", MOVIE, 5, 1))
-    b1 = store.add(NewEntry("start", replace(MOVIE, item_key="2"), 5, 2))
-    store.add(NewEntry("stop", MOVIE, 95, 3))
+    a1 = store.decide([NewEntry("start", MOVIE, 5, 1)], 0)[0]
+    b1 = store.decide([NewEntry("start", replace(MOVIE, item_key="2"), 5, 2)], 0)[0]
+    store.decide([NewEntry("stop", MOVIE, 95, 3)], 0)[0]
     assert [e.id for e in store.heads("default")] == [a1, b1]
     store.remove(a1)
     assert [e.verb for e in store.heads("default")] == ["start", "stop"]
@@ -86,8 +86,8 @@ def test_heads_keep_order_per_session_only(tmp_path: Path) -> None:
 
 def test_set_aside_after_three_local_failures_then_the_session_goes_on(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    first = store.add(NewEntry("start", MOVIE, 5, 1))
-    store.add(NewEntry("stop", MOVIE, 95, 2))
+    first = store.decide([NewEntry("start", MOVIE, 5, 1)], 0)[0]
+    store.decide([NewEntry("stop", MOVIE, 95, 2)], 0)[0]
     assert not store.reschedule(first, 0, "503", local_failure=False)
     assert not store.reschedule(first, 0, "bug", local_failure=True)
     assert not store.reschedule(first, 0, "bug", local_failure=True)
@@ -101,7 +101,7 @@ def test_lone_surrogates_never_break_the_store(tmp_path: Path) -> None:
     store = Store(tmp_path)
     odd = replace(MOVIE, ids=Ids(), title="Bad \ud800 title", item_key="x\udfff")
     [seq] = store.ingest([odd])
-    entry_id = store.add(NewEntry("stop", odd, 95, 1))
+    entry_id = store.decide([NewEntry("stop", odd, 95, 1)], 0)[0]
     store.match_put(odd.identity, {"movie": {"title": "Bad \ud800"}}, 1)
     assert store.match_get(odd.identity) is not None
     assert store.undecided()[0][0] == seq and [e.id for e in store.heads("default")] == [entry_id]
@@ -134,12 +134,12 @@ async def test_lane_delivers_other_sessions_while_one_is_deferred(tmp_path: Path
     db = AsyncStore(store)
     client = TraktClient(fake_trakt.url, lambda: ("test-client-id", access))
     lane = Lane("default", client, db, Counters(), lambda: Options(), lambda: None)
-    stuck = store.add(NewEntry("start", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"),
-                                                 item_key="9"), 5, time.time()))
+    stuck = store.decide([NewEntry("start", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"),
+                                                 item_key="9"), 5, time.time())], 0)[0]
     store.reschedule(stuck, time.time() + 3600, "503")  # its session waits an hour
-    store.add(NewEntry("stop", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"), item_key="9"),
-                       95, time.time()))
-    store.add(NewEntry("stop", MOVIE, 95, time.time()))
+    store.decide([NewEntry("stop", replace(MOVIE, title="Unknown", ids=Ids(imdb="tt0000001"), item_key="9"),
+                       95, time.time())], 0)[0]
+    store.decide([NewEntry("stop", MOVIE, 95, time.time())], 0)[0]
     task = asyncio.create_task(lane.run())
     try:
         for _ in range(200):
@@ -162,7 +162,7 @@ async def test_a_lane_cancelled_in_the_turn_it_is_woken_stops(tmp_path: Path) ->
     db = AsyncStore(store)
     client = TraktClient("http://127.0.0.1:9", lambda: ("test-client-id", "token"))
     lane = Lane("default", client, db, Counters(), lambda: Options(), lambda: None)
-    stuck = store.add(NewEntry("start", MOVIE, 5, time.time()))
+    stuck = store.decide([NewEntry("start", MOVIE, 5, time.time())], 0)[0]
     store.reschedule(stuck, time.time() + 3600, "503")  # the lane sleeps until then, or a wake
     task = asyncio.create_task(lane.run())
     await asyncio.sleep(0.05)
@@ -184,7 +184,7 @@ async def test_an_entry_failing_for_a_local_reason_is_set_aside(tmp_path: Path, 
     client = TraktClient(fake_trakt.url, lambda: ("test-client-id", access))
     counters = Counters()
     lane = Lane("default", client, db, counters, lambda: Options(), lambda: None)
-    store.add(NewEntry("stop", MOVIE, 95, time.time()))
+    store.decide([NewEntry("stop", MOVIE, 95, time.time())], 0)[0]
     real = cwhook.trakt.delivery.tb.scrobble_body
 
     def broken(*args: Any) -> Any:
@@ -216,7 +216,7 @@ def test_counts_kept_in_memory_match_a_recount(tmp_path: Path) -> None:
             account = rng.choice(["default", "anna"])
             live += store.decide([NewEntry("stop", MOVIE, 95, step, account=account)], max(settled, default=0))
         elif op == "add":
-            live.append(store.add(NewEntry("start", replace(MOVIE, item_key=str(step % 7)), 5, step)))
+            live.append(store.decide([NewEntry("start", replace(MOVIE, item_key=str(step % 7)), 5, step)], 0)[0])
         elif op == "remove" and live:
             store.remove(live.pop(rng.randrange(len(live))),
                          NewEntry("watchlist_remove", MOVIE, 95, step) if rng.random() < 0.2 else None)
@@ -258,7 +258,7 @@ def test_heads_kept_in_memory_match_the_table(tmp_path: Path) -> None:
             live += store.decide([NewEntry("stop", replace(MOVIE, item_key=str(step % 5)), 95, step,
                                            account=account)], 0)
         elif op == "add":
-            live.append(store.add(NewEntry("start", replace(MOVIE, item_key=str(step % 7)), 5, step)))
+            live.append(store.decide([NewEntry("start", replace(MOVIE, item_key=str(step % 7)), 5, step)], 0)[0])
         elif op == "remove" and live:
             store.remove(live.pop(rng.randrange(len(live))),
                          NewEntry("watchlist_remove", MOVIE, 95, step) if rng.random() < 0.3 else None)

@@ -54,11 +54,6 @@ class Outbox(Connection):
         entry = entry_of(row)
         return dataclasses.replace(entry, born=self.born(entry.id, entry.created_at))
 
-    def add(self, entry: NewEntry) -> int:
-        """One entry, decided outside the worker (tests, tools): ``decide`` settling no event."""
-        with self._tx() as (db, delta):
-            return self._insert(db, delta, entry)
-
     @reads
     def heads(self, account: str, limit: int = 64) -> list[Entry]:
         """The first entry of each viewing session of an account, oldest first.
