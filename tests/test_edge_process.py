@@ -385,8 +385,9 @@ def test_urls_are_printed_only_on_a_terminal_and_only_at_first_run(tmp_path: Pat
     piped = subprocess.Popen([sys.executable, "-m", "cwhook", "run", "-c", str(cfg)], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: (tmp_path / "state").is_dir(), 15)  # made just before the banner
-        time.sleep(1)
+        # The banner is written and flushed before the daemon listens: once the port is taken,
+        # everything it will say at start is in the pipe.
+        wait_for(lambda: not _port_free(8787), 30)
         piped.send_signal(signal.SIGTERM)
         out, _ = piped.communicate(timeout=15)
     finally:
