@@ -85,11 +85,10 @@ def test_the_live_secrets_include_every_account_and_webhook() -> None:
     from pathlib import Path
 
     from cwhook.config.schema import parse_config
-    from cwhook.ingest.app import _secrets
 
     text = ("webhooks:\n  plex:\n    token: plextok-1234567890ab\ntrakt:\n  client_secret: csecret-1\n"
             "  access_token: main-access\n  accounts:\n    anna:\n      users: ['plex:anna']\n"
             "      access_token: anna-access\n      refresh_token: anna-refresh\n")
-    secrets = _secrets(parse_config(text, Path("c.yml")))
+    secrets = parse_config(text, Path("c.yml")).secrets
     for value in ("plextok-1234567890ab", "csecret-1", "main-access", "anna-access", "anna-refresh"):
         assert value in secrets

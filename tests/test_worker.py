@@ -244,3 +244,18 @@ async def test_the_one_hour_watched_registry_survives_a_restart(tmp_path: Path) 
     clock.now += 3600
     await worker.process(ingest(store, replace(stop, player_id="tv2", received_at=clock.now)))
     assert [v for v, _, _ in outbox(store)] == ["stop", "stop"]
+
+
+async def test_a_decision_wakes_only_the_lanes_of_its_accounts(tmp_path: Path) -> None:
+    """With many accounts, a webhook for one of them must not wake every sender (each would read
+    its outbox: docs/performance.md, many accounts)."""
+    woken: list[set[str]] = []
+    store = Store(tmp_path / "state")
+    worker = Worker(asyncio.Queue(), Rules(SETTINGS), AsyncStore(store), Counters(), woken.append, time.time)
+    items = ingest(store, replace(MOVIE, accounts=("anna", "dad")), replace(MOVIE, item_key="other",
+                                                                              ids=Ids(imdb="tt7"), accounts=("kid",)))
+    await worker.process(items)
+    assert woken == [{"anna", "dad", "kid"}]
+    [stop] = ingest(store, replace(STOP, accounts=("anna",)))
+    await worker.process([stop])
+    assert woken[-1] == {"anna"}

@@ -112,6 +112,14 @@ class Config:
     def webhook(self, server: str) -> WebhookConfig:
         return self.webhooks[server]
 
+    @functools.cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """What no log line may show: the webhook tokens, every Trakt account's tokens, the client
+        secret (gathered once per config: every log line asks for them)."""
+        trakt = self.trakt
+        tokens = [t for a in trakt.all_accounts().values() for t in (a.access_token, a.refresh_token)]
+        return (*(hook.token for hook in self.webhooks.values()), *tokens, trakt.client_secret)
+
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted key paths whose values differ (names only: values may be secrets)."""

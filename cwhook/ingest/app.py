@@ -283,25 +283,6 @@ async def access_log(
         structlog.contextvars.unbind_contextvars("request_id")
 
 
-def _secrets(config: Config) -> tuple[str, ...]:
-    """What no log line may show: webhook tokens, every Trakt account's tokens, the client secret."""
-    trakt = config.trakt
-    tokens = [t for a in trakt.all_accounts().values() for t in (a.access_token, a.refresh_token)]
-    return (*(config.webhook(server).token for server in SOURCES), *tokens, trakt.client_secret)
-
-
-def secrets_of(runtime: Runtime) -> Callable[[], tuple[str, ...]]:
-    """The current config's secrets, gathered once per config (every log line asks for them)."""
-    seen: list[tuple[Config, tuple[str, ...]]] = []
-
-    def current() -> tuple[str, ...]:
-        config = runtime.config
-        if not seen or seen[0][0] is not config:
-            seen[:] = [(config, _secrets(config))]
-        return seen[0][1]
-    return current
-
-
 def make_app(runtime: Runtime, limits: edge.Limits | None = None) -> web.Application:
     app = web.Application(middlewares=[access_log], client_max_size=1 << 30)
     app[RUNTIME] = runtime

@@ -19,23 +19,17 @@ def user_matches(event: Event, name: str) -> bool:
     Jellyfin and Emby: the user name, case ignored.
     """
     users = SOURCES[event.source].users
-    entry = name.strip()
-    if users.ids and entry.lower().startswith("id:"):
-        return event.user_id is not None and entry[3:].strip() == event.user_id
-    if users.uuids and entry.lower().startswith("uuid:"):
-        return bool(event.user_uuid) and entry[5:].strip().lower() == (event.user_uuid or "").lower()
-    folded = users.fold(entry)
-    return bool(folded) and folded == users.fold(event.user_name or "")
+    return not set(users.entry_keys(name)).isdisjoint(users.event_keys(event))
 
 
-def plex_user_allowed(event: Event, whitelist: tuple[str, ...]) -> bool:
+def user_allowed(event: Event, whitelist: tuple[str, ...]) -> bool:
     return not whitelist or any(user_matches(event, entry) for entry in whitelist)
 
 
 def check(event: Event, hook: WebhookConfig) -> Ignored | None:
     """Why an understood event is not for us, or None when it passes."""
     source = SOURCES[event.source]
-    if not plex_user_allowed(event, hook.username_whitelist):
+    if not user_allowed(event, hook.username_whitelist):
         return Ignored("user_not_allowed",
                        f"{source.user_noun} {event.user_name!r} is not in username_whitelist")
     if "server_uuid_whitelist" in source.settings:

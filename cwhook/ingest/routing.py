@@ -27,31 +27,6 @@ ANY = "*"
 _FAMILIES = tuple(dict.fromkeys(source.users for source in SOURCES.values()))
 
 
-def _name_keys(users: Users, name: str) -> list[tuple[str, str]]:
-    """The (kind, value) pairs a pattern's NAME matches for sources with these Users."""
-    entry = name.strip()
-    lower = entry.lower()
-    if users.ids and lower.startswith("id:"):
-        return [("id", entry[3:].strip())]
-    if users.uuids and lower.startswith("uuid:"):
-        return [("uuid", entry[5:].strip().lower())]
-    folded = users.fold(entry)
-    return [("name", folded)] if folded else []
-
-
-def _event_keys(event: Event, users: Users) -> list[tuple[str, str]]:
-    """The (kind, value) pairs an event's user is known by."""
-    keys: list[tuple[str, str]] = []
-    if users.ids and event.user_id is not None:
-        keys.append(("id", event.user_id))
-    if users.uuids and event.user_uuid:
-        keys.append(("uuid", event.user_uuid.lower()))
-    folded = users.fold(event.user_name or "")
-    if folded:  # (no pattern has an empty NAME key)
-        keys.append(("name", folded))
-    return keys
-
-
 class Router:
     """Every account's patterns, indexed: ``route(event)`` costs the same for 1 or 1,000 accounts."""
 
@@ -74,14 +49,14 @@ class Router:
             self._everyone.setdefault(server, set()).add(account)
             return
         for family in _FAMILIES:
-            for kind, value in _name_keys(family, name):
+            for kind, value in family.entry_keys(name):
                 self._index.setdefault((server, family, kind, value), set()).add(account)
 
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the accounts whose users match the event, in the accounts' order."""
         found: set[int] = set()
         family = SOURCES[event.source].users
-        keys = _event_keys(event, family)
+        keys = family.event_keys(event)
         for server in (ANY, event.source):
             found |= self._everyone.get(server, set())
             for kind, value in keys:

@@ -20,7 +20,7 @@ from cwhook import __version__
 from cwhook.config.file import ConfigFiles
 from cwhook.config.schema import Config, changed_keys
 from cwhook.ingest import edge
-from cwhook.ingest.app import Runtime, make_app, secrets_of
+from cwhook.ingest.app import Runtime, make_app
 from cwhook.kernel import clock as clocks
 from cwhook.kernel import items, logs
 from cwhook.scrobble import preview
@@ -77,11 +77,11 @@ class Daemon:
         self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run,
                                  observe=self.metrics.trakt_request, wiring=wiring)
         self.db.on_outside_change = self.accounts.wake  # `cwhook outbox retry|send|drop` ran
-        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake_some)
+        self.worker = Worker(self.queue, self.rules, self.db, self.counters, self.accounts.wake)
         self.admission = Admission(self.db, self.queue)
         self.runtime = Runtime(config, self.counters, self.health, self.admission.ingest, metrics=self.metrics,
                                preview=preview.answer, journal_ignored=self.admission.journal_ignored)
-        self.logging.scrubber.use(secrets_of(self.runtime))  # no line shows the live config's secrets
+        self.logging.scrubber.use(lambda: self.runtime.config.secrets)  # no line shows the live config's secrets
         self.watcher = ConfigWatcher(config, self.files, self._apply)
         self.refresh = RefreshLoop(self.accounts)
         self.edge_limits = edge.Limits.from_env(env.edge)

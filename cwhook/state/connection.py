@@ -125,8 +125,8 @@ class Connection:
         self._counts: dict[str, int] = {}
         self._aside = 0
         self._inbox = 0
-        self._data_version = 0
-        self._heads_version = 0
+        self._seen_version = 0  # PRAGMA data_version when the memory last read the file
+        self._outside_change = False  # read again for another program's commit, not yet told
         # Per account: each session's first entry not set aside, and a heap of (id, session) to
         # find the oldest of them without a scan (entries there no longer a head are skipped).
         self._heads: dict[str, dict[str, int]] = {}
@@ -170,7 +170,6 @@ class Connection:
         try:
             self._migrate_legacy(self._legacy)
             self.refresh_stats()
-            self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
         except BaseException:
             self._ready = False
             raise
@@ -291,15 +290,19 @@ class Connection:
 
     # --- what is kept in memory ----------------------------------------------------------
 
+    def _catch_up(self) -> None:
+        """Read the file again when another program (``cwhook outbox``) committed to it since the
+        memory last did: this connection's own commits leave PRAGMA data_version as it is."""
+        if int(self._db.execute("PRAGMA data_version").fetchone()[0]) != self._seen_version:
+            self.refresh_stats()
+            self._outside_change = True
+
     def notice_outside_changes(self) -> bool:
-        """Another program (``cwhook outbox``) committed to the file: count again; True if so."""
+        """Whether another program changed the file since the last call (the memory has caught up)."""
         if not self._ready:
             return False
-        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
-        changed = self._data_version != version
-        self._data_version = version
-        if changed:
-            self.refresh_stats()
+        self._catch_up()
+        changed, self._outside_change = self._outside_change, False
         return changed
 
     def refresh_stats(self) -> None:
@@ -314,7 +317,7 @@ class Connection:
         for account, session, first in db.execute(
                 "SELECT account, session, MIN(id) FROM outbox WHERE set_aside = 0 GROUP BY account, session"):
             self._set_head(str(account), str(session), int(first))
-        self._heads_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        self._seen_version = int(db.execute("PRAGMA data_version").fetchone()[0])
         self._publish()
 
     def _publish(self) -> None:
@@ -365,9 +368,7 @@ class Connection:
     def _first_heads(self, account: str, limit: int) -> list[int]:
         """The ids of the ``limit`` oldest session heads of an account, oldest first: from the
         heap, by its order, never a scan of the outbox (its cost does not grow with the backlog)."""
-        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
-        if version != self._heads_version:  # another program changed the file: read it again
-            self.refresh_stats()
+        self._catch_up()
         heads, heap = self._heads.get(account, {}), self._heap.get(account, [])
         taken: list[tuple[int, str]] = []
         while heap and len(taken) < limit:

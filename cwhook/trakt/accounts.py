@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from cwhook.config.file import ConfigFiles
@@ -118,14 +118,9 @@ class Accounts:
     def __iter__(self) -> Iterator[Account]:
         return iter(self.units.values())
 
-    def wake(self, name: str | None = None) -> None:
-        for unit in self.units.values():
-            if name is None or unit.name == name:
-                unit.lane.wake.set()
-
-    def wake_some(self, names: set[str]) -> None:
-        """Wake the lanes of these accounts only (new outbox entries): the others sleep on."""
-        for name in names:
+    def wake(self, names: Iterable[str] | None = None) -> None:
+        """Wake the lanes of these accounts (new outbox entries: the others sleep on), or all."""
+        for name in self.units if names is None else names:
             unit = self.units.get(name)
             if unit is not None:
                 unit.lane.wake.set()
