@@ -620,11 +620,12 @@ def test_a_passing_refresh_failure_never_locks_the_account_out(rig_factory: Call
     """The access token has expired; the refresh answers `status` (three times for 429, with
     Retry-After: 2, and 502, through the doubling back-off; once for the others, which take the same
     path): /healthz shows trakt_refresh_retrying, never needs_auth, and the outbox resumes once the
-    refresh succeeds."""
+    refresh succeeds. The back-off (5, 10, 20 s) runs at a tenth (three failures) or three tenths
+    (one: ~1.5 s of retrying to be seen) of its length (_CWHOOK_BACKOFF_SCALE); Retry-After in full."""
     fake.add_movies(1)
-    rig = rig_factory(lifetime=-10)
     headers = {"Retry-After": "2"} if status == 429 else {}
-    failures = 3 if status in (429, 502) else 1  # 5 + 10 + 20 s of back-off are waited only once
+    failures = 3 if status in (429, 502) else 1
+    rig = rig_factory(lifetime=-10, env={"_CWHOOK_BACKOFF_SCALE": "0.1" if failures == 3 else "0.3"})
     fake.faults = [Fault("/oauth/token", "status", count=failures, status=status, headers=headers)]
     d = rig.start()
     assert post(rig.port, plex_stop(0)) == 202

@@ -40,7 +40,7 @@ from cwhook.system.listen import listen_problem
 from cwhook.system.sdnotify import Notifier
 from cwhook.system.statedir import check_state_file
 from cwhook.trakt.accounts import Accounts, Wiring
-from cwhook.trakt.client import POST_INTERVAL
+from cwhook.trakt.client import CALL_TIMEOUT, POST_INTERVAL
 
 log = logs.get("cwhook.service.daemon")
 
@@ -73,7 +73,9 @@ class Daemon:
         self.store = self.db.store
         self.metrics = Metrics(self.counters, self.snapshot)
         wiring = Wiring(self.files, POST_INTERVAL if env.post_interval is None else env.post_interval,
-                        1.0 if env.retry_scale is None else env.retry_scale)
+                        1.0 if env.retry_scale is None else env.retry_scale,
+                        1.0 if env.backoff_scale is None else env.backoff_scale,
+                        env.trakt_timeout or CALL_TIMEOUT)
         self.accounts = Accounts(config, self.journal, self.db, self.counters, lambda: self.force_dry_run,
                                  observe=self.metrics.trakt_request, wiring=wiring)
         self.db.on_outside_change = self.accounts.wake  # `cwhook outbox retry|send|drop` ran

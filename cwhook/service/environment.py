@@ -8,6 +8,9 @@ each value to the constructor that needs it. The names:
 - ``JOURNAL_STREAM``: which stream systemd connected to the journal (syslog priorities on it).
 - Test and benchmark settings, never needed in use: ``CWHOOK_POST_INTERVAL`` (Trakt's pacing,
   against a fake Trakt only), ``_CWHOOK_DELIVERY_RETRY_SCALE`` (shorter outbox retries),
+  ``_CWHOOK_BACKOFF_SCALE`` (shorter back-offs of cwhook's own choosing between tries at Trakt:
+  the client's within one call and the token refresh's; a ``Retry-After`` is never scaled),
+  ``_CWHOOK_TRAKT_TIMEOUT`` (seconds a Trakt call may take, instead of 15),
   ``_CWHOOK_EDGE_*`` (the edge's limits, e.g. ``_CWHOOK_EDGE_IDLE_TIMEOUT=1``).
 
 Nothing here imports the rest of cwhook: every command may read it without loading the daemon.
@@ -41,6 +44,8 @@ class Environment:
     journal_stream: str = ""  # JOURNAL_STREAM
     post_interval: float | None = None  # CWHOOK_POST_INTERVAL; None: Trakt's pacing
     retry_scale: float | None = None  # _CWHOOK_DELIVERY_RETRY_SCALE; None: 1
+    backoff_scale: float | None = None  # _CWHOOK_BACKOFF_SCALE; None: 1
+    trakt_timeout: float | None = None  # _CWHOOK_TRAKT_TIMEOUT; None: the client's 15 s
     edge: Mapping[str, str] = field(default_factory=dict)  # the _CWHOOK_EDGE_* variables, as set
 
     @classmethod
@@ -54,5 +59,7 @@ class Environment:
             journal_stream=env.get("JOURNAL_STREAM", ""),
             post_interval=_number(env.get("CWHOOK_POST_INTERVAL")),
             retry_scale=_number(env.get("_CWHOOK_DELIVERY_RETRY_SCALE")),
+            backoff_scale=_number(env.get("_CWHOOK_BACKOFF_SCALE")),
+            trakt_timeout=_number(env.get("_CWHOOK_TRAKT_TIMEOUT")) or None,
             edge={k: v for k, v in env.items() if k.startswith(EDGE_PREFIX)},
         )

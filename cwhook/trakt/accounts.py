@@ -27,7 +27,7 @@ from cwhook.state.store import AsyncStore, Stats, StoreUnavailable
 from cwhook.state.tokenjournal import TokenJournal
 from cwhook.status.health import Counters
 from cwhook.trakt.auth import TraktAuth
-from cwhook.trakt.client import POST_INTERVAL, RequestObserver, TraktClient
+from cwhook.trakt.client import CALL_TIMEOUT, POST_INTERVAL, RequestObserver, RetryPolicy, TraktClient
 from cwhook.trakt.delivery import Lane, Options
 
 log = logs.get("cwhook.trakt.accounts")
@@ -40,6 +40,8 @@ class Wiring:
     files: ConfigFiles = field(default_factory=ConfigFiles)  # the daemon's one memory of its config file
     post_interval: float = POST_INTERVAL  # Trakt's 1 POST/s per user; 0 only against a fake Trakt
     retry_scale: float = 1.0  # below 1 only in tests: shorter waits before an outbox retry
+    backoff_scale: float = 1.0  # below 1 only in tests: shorter back-offs of the client and the refresh
+    timeout: float = CALL_TIMEOUT  # shorter only in tests: seconds one Trakt call may take
 
 
 class Account:
@@ -52,10 +54,11 @@ class Account:
         self.config = config
         self._force_dry_run = force_dry_run
         self.auth = TraktAuth(config.path, config.trakt, journal=journal, account=cfg.name,
-                              config_files=wiring.files)
+                              config_files=wiring.files, backoff_scale=wiring.backoff_scale)
         self.auth.observe = observe
         self.client = TraktClient(config.trakt.api_url, self.auth.tokens, self.auth.refresh,
-                                  account=cfg.name, observe=observe, post_interval=wiring.post_interval)
+                                  RetryPolicy().scaled(wiring.backoff_scale), wiring.timeout, account=cfg.name,
+                                  observe=observe, post_interval=wiring.post_interval)
         self.lane = Lane(cfg.name, self.client, db, counters, self.options, lambda: self.auth.needs_auth,
                          retry_scale=wiring.retry_scale)
         self.task: asyncio.Task[None] | None = None

@@ -97,8 +97,10 @@ class TraktAuth:
 
     def __init__(self, config_path: Path, trakt: TraktConfig,
                  clock: Callable[[], float] = time.time, journal: TokenJournal | None = None,
-                 account: str = DEFAULT_ACCOUNT, config_files: ConfigFiles | None = None) -> None:
+                 account: str = DEFAULT_ACCOUNT, config_files: ConfigFiles | None = None,
+                 backoff_scale: float = 1.0) -> None:
         self.config_path = config_path
+        self.backoff_scale = backoff_scale  # below 1 only in tests: a shorter back-off (never Retry-After)
         self.clock = clock
         self.account = account
         self.files = TokenFiles(config_path, account, journal, config_files)
@@ -277,7 +279,7 @@ class TraktAuth:
     def _retry_later(self, reason: str, retry_after: str | None) -> None:
         """A refresh failed for a passing reason: try again after Retry-After or the back-off."""
         self._failures += 1
-        delay = min(RETRY_MAX, RETRY_FIRST * 2.0 ** min(self._failures - 1, 10))
+        delay = min(RETRY_MAX, RETRY_FIRST * 2.0 ** min(self._failures - 1, 10)) * self.backoff_scale
         delay += random.uniform(0, delay / 5)
         if retry_after is not None:
             with contextlib.suppress(ValueError):

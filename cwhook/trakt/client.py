@@ -51,6 +51,7 @@ POST_INTERVAL = 1.05  # Trakt allows 1 POST per second per user; keep a small ma
 
 
 MAX_RETRY_AFTER = 600.0
+CALL_TIMEOUT = 15.0  # seconds one Trakt call may take, answer included
 MAX_ANSWER = 1 << 20  # bytes of a Trakt answer read at most (Trakt's answers are a few KB)
 NOT_IDEMPOTENT = ("/sync/history",)  # POSTs Trakt does not deduplicate: a repeat is a second play
 
@@ -139,6 +140,10 @@ class RetryPolicy:
     maximum: float = 30.0
     jitter: float = 1.0
 
+    def scaled(self, factor: float) -> RetryPolicy:
+        """The same tries with back-offs ``factor`` times as long (below 1 only in tests)."""
+        return RetryPolicy(self.attempts, self.initial * factor, self.maximum * factor, self.jitter * factor)
+
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     """tenacity wait: Retry-After for 429, else exponential back-off with jitter."""
@@ -174,7 +179,7 @@ class TraktClient:
         tokens: TokenGetter,
         refresh: Refresher | None = None,
         policy: RetryPolicy | None = None,
-        timeout: float = 15.0,
+        timeout: float = CALL_TIMEOUT,
         account: str = "default",
         observe: RequestObserver | None = None,
         post_interval: float = POST_INTERVAL,
