@@ -117,9 +117,10 @@ def rig_factory(tmp_path: Path, fake: FakeTrakt) -> Iterator[Callable[..., Rig]]
         r.cleanup()
 
 
-def burst(port: int, items: range, threads: int = 4) -> dict[int, int]:
-    """Post one stop per item from several threads at once; the status each got."""
-    statuses: dict[int, int] = {}
+def burst(port: int, items: range, threads: int = 4, statuses: dict[int, int] | None = None) -> dict[int, int]:
+    """Post one stop per item from several threads at once; the status each got (filled in
+    ``statuses`` as they come, when given)."""
+    statuses = {} if statuses is None else statuses
     todo = list(items)
     lock = threading.Lock()
 
@@ -224,7 +225,9 @@ def test_sigkill_during_token_refresh_never_locks_the_user_out(
     (what docs/durability.md promises from then on), at once or up to 40 ms later, while the
     config file is being rewritten. The moment between Trakt's answer and the journal's
     append (well under a millisecond of the daemon's own work) is the window the docs name;
-    a kill there cannot be aimed at from outside and is not what this test counts."""
+    a kill there cannot be aimed at from outside and is not what this test counts. Six starts by
+    default (each a refresh and a kill: a process start is most of a round's second);
+    CWHOOK_KILL_ROUNDS=N makes it 3N."""
     rng = random.Random(5)
     fake.token_lifetime = 1800  # under the refresh margin: due at once
     rig = rig_factory(lifetime=1800)
@@ -238,7 +241,7 @@ def test_sigkill_during_token_refresh_never_locks_the_user_out(
             return False
         return any(token in line and line.endswith("\n") for line in lines)
 
-    rounds = max(ROUNDS * 3, 10)
+    rounds = ROUNDS * 3 if "CWHOOK_KILL_ROUNDS" in os.environ else 6
     for _ in range(rounds):
         done = len(fake.refreshed_at)
         d = rig.start(wait=False)
@@ -322,25 +325,27 @@ def test_full_disk_answers_503_and_loses_nothing(rig_factory: Callable[..., Rig]
 
 
 LOCKER = """
-import sqlite3, sys, time
+import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
 db.execute("BEGIN EXCLUSIVE")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # held until the test says so (or its end closes the pipe)
 db.execute("COMMIT")
 """
 
 
 def test_database_locked_by_another_program(rig_factory: Callable[..., Rig], fake: FakeTrakt) -> None:
+    """Another program holds the database: /healthz answers without waiting, webhooks get 202 or
+    503 (never a hang); the lock is held until a 503 was answered and /healthz sampled 20 times."""
     fake.add_movies(30)
     rig = rig_factory()
     d = rig.start()
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(rig.state / "cwhook.sqlite3"), "6"],
-                              stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(rig.state / "cwhook.sqlite3")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    result: dict[int, int] = {}
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
-        result: dict[int, int] = {}
-        poster = threading.Thread(target=lambda: result.update(burst(rig.port, range(0, 30), threads=3)))
+        poster = threading.Thread(target=burst, args=(rig.port, range(0, 30), 3, result))
         poster.start()
         slowest = 0.0
         for _ in range(20):  # /healthz never waits on the database
@@ -351,10 +356,13 @@ def test_database_locked_by_another_program(rig_factory: Callable[..., Rig], fak
         # A /healthz that waited on the database would wait out the store's LOCK_WAIT (2 s); well
         # under it is an answer that did not wait (not a speed test: a loaded machine is slow).
         assert slowest < 1.0, f"/healthz took {slowest * 1000:.0f} ms while the database was locked"
-        poster.join(30)
-        assert 503 in result.values() and set(result.values()) <= {202, 503}
+        wait_for(lambda: 503 in result.values(), timeout=20)  # a post waited LOCK_WAIT, then 503
     finally:
+        assert locker.stdin is not None
+        locker.stdin.close()  # released
         locker.wait(20)
+    poster.join(30)
+    assert 503 in result.values() and set(result.values()) <= {202, 503}
     acked = {i for i, s in result.items() if s == 202}
     retried = {i for i, s in result.items() if s == 503}
     for i in retried:  # what the media server does with a 503: send it again
@@ -427,16 +435,19 @@ def test_answers_that_are_not_trakts_are_never_counted_sent(rig_factory: Callabl
                                                             fake: FakeTrakt) -> None:
     """A captive portal's page, broken JSON, a redirect (same host or not), a proxy's HTML 400/418,
     an endless body: each is retried, then set aside and shown, never journaled `sent`;
-    `cwhook outbox retry` then delivers it once. Nothing follows a redirect."""
+    `cwhook outbox retry` then delivers each once. Nothing follows a redirect. The faults come one
+    after the other (each entry meets its own three times); `cwhook recent`, `cwhook outbox` and
+    one `cwhook outbox retry --all` are asked once all seven are set aside (a command is half a
+    second of start-up), and the outbox's retries run at 1/200 of their length (0.15 s, 0.3 s)."""
     fake.add_movies(len(NOT_TRAKT) + 1)
-    rig = rig_factory(env=QUICK_RETRY)
+    rig = rig_factory(env={"_CWHOOK_DELIVERY_RETRY_SCALE": "0.005", "_CWHOOK_BACKOFF_SCALE": "0.1"})
     d = rig.start()
     assert d.proc is not None
     for i, fault in enumerate(NOT_TRAKT):
         fake.faults = [fault]
         assert post(rig.port, plex_stop(i)) == 202
         try:
-            wait_for(lambda: d.health()["outbox"]["set_aside"] == 1, timeout=30)
+            wait_for(lambda i=i: d.health()["outbox"]["set_aside"] == i + 1, timeout=30)
         except AssertionError:
             raise AssertionError(f"{fault.kind} {fault.status}: not set aside; counted "
                                  f"{count(fake, {i})}: {rig.events()[-3000:]}") from None
@@ -446,15 +457,18 @@ def test_answers_that_are_not_trakts_are_never_counted_sent(rig_factory: Callabl
         assert {"outbox_set_aside", "trakt_answer_not_trakt"} <= set(health["problems"]), health
         if fault.kind.startswith("redirect"):  # the Location is shown
             assert "/moved" in health["trakt"]["last_error"], health["trakt"]
-        recent = rig.cli("recent", "-n", "1")
-        assert "set aside" in recent.stdout and "not Trakt's" in recent.stdout, recent
-        listed = rig.cli("outbox")
-        assert listed.returncode == 0 and f"Counted Movie {i}" in listed.stdout, listed
-        out = rig.cli("outbox", "retry", "--all")
-        assert out.returncode == 0, out
-        wait_for(lambda i=i: count(fake, {i}) == ([], []) and d.health()["outbox"]["pending"] == 0,
-                 timeout=20)
-        assert d.health()["status"] == "ok", d.health()
+    fake.faults = []
+    recent = rig.cli("recent", "-n", str(len(NOT_TRAKT))).stdout.splitlines()
+    assert len(recent) == len(NOT_TRAKT), recent
+    assert all("set aside" in line and "not Trakt's" in line for line in recent), recent
+    listed = rig.cli("outbox")
+    assert listed.returncode == 0, listed
+    assert all(f"Counted Movie {i}" in listed.stdout for i in range(len(NOT_TRAKT))), listed
+    out = rig.cli("outbox", "retry", "--all")
+    assert out.returncode == 0, out
+    acked = set(range(len(NOT_TRAKT)))
+    wait_for(lambda: count(fake, acked) == ([], []) and d.health()["outbox"]["pending"] == 0, timeout=20)
+    assert d.health()["status"] == "ok", d.health()
     assert not [c for c in fake.calls if c.path == "/moved"], "a redirect was followed"
     # an endless answer is cut at the cap: a few MB at most reached the socket, not 15 s of it
     assert fake.endless_sent < 3 * 8 * 2**20, fake.endless_sent
@@ -508,10 +522,11 @@ def _late_stops(rig: Rig, items: range, at: float) -> None:
 def test_ambiguous_history_failure_is_never_posted_twice(rig_factory: Callable[..., Rig], fake: FakeTrakt,
                                                          kind: str) -> None:
     """/sync/history does not deduplicate: after a 502, a cut answer or no answer (Trakt acted
-    each time), the next attempt asks the history before any second POST."""
+    each time), the next attempt asks the history before any second POST. A call gives up after
+    3 s instead of 15 (_CWHOOK_TRAKT_TIMEOUT): the hang is cut the same way, sooner."""
     items = 3
     fake.add_movies(items)
-    rig = rig_factory(env=QUICK_RETRY)
+    rig = rig_factory(env={**QUICK_RETRY, "_CWHOOK_TRAKT_TIMEOUT": "3"})
     _late_stops(rig, range(items), time.time() - 1800)
     fake.faults = [Fault("/sync/history", kind, count=items, status=502, act=True, seconds=20)]
     d = rig.start()
