@@ -60,7 +60,7 @@ class SteppedDaemon:
         assert LIBFAKETIME is not None
         self.env = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(self.rc),
                     "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-                    "CWHOOK_POST_INTERVAL": "0"}
+                    "CWHOOK_POST_INTERVAL": "0", "_CWHOOK_BACKOFF_SCALE": "0.05"}
         self.daemon = Daemon(path, port, env=self.env)
 
     def step(self, seconds: int) -> None:
@@ -111,7 +111,8 @@ def stepped(tmp_path: Path) -> Iterator[SteppedDaemon]:
 
 
 def defer_next_delivery(fake: FakeTrakt) -> None:
-    """The next delivery fails with 503 through all of the client's tries: deferred 5 s."""
+    """The next delivery fails with 503 through all of the client's tries (their back-off at 1/20,
+    under a second: _CWHOOK_BACKOFF_SCALE): deferred 5 s, the retry delay the steps must not move."""
     fake.script = [503] * 5
 
 

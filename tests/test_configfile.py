@@ -282,6 +282,17 @@ with open(path, "r+b") as fh:  # in place, as sudoedit, nano or `cat >` do
 """
 
 
+# `cwhook rotate-tokens plex -c PATH` in a fresh process, started ahead and told when to run (its
+# start-up, half a second and more on a loaded machine, would otherwise decide when it reads).
+ROTATE = r"""
+import sys
+from cwhook.cli.main import main
+print("ready", flush=True)
+sys.stdin.readline()
+sys.exit(main(["rotate-tokens", "plex", "-c", sys.argv[1]]))
+"""
+
+
 def _cuts(text: str) -> list[int]:
     """Where an editor's pause leaves a file that may still parse: at line ends, after `key: `,
     and inside a value or a comment (a file cut there still parses, with a shorter value)."""
@@ -297,43 +308,49 @@ def _cuts(text: str) -> list[int]:
     return [c for c in out if 0 < c < len(text.encode())]
 
 
-@pytest.mark.slow
-def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(tmp_path: Path) -> None:
-    """An editor rewrites the file in place and pauses 1.2 s half-way (longer than the second a
-    rewrite waits for a file to settle) while `cwhook rotate-tokens` runs, in a fresh process that
-    never saw the whole file. Each round: the file ends whole, with the editor's change."""
+def _rotate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "plex", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _editor_rounds(directory: Path, round_numbers: range, seed: int) -> list[tuple[str, Any]]:
+    """Rounds of an editor pausing mid-save while `cwhook rotate-tokens` runs, on this directory's
+    own file; what went wrong in each (the file cut short, or the command refusing)."""
     import random
 
     from cwhook.config.file import key_paths
     from tests.conftest import config_text
 
-    rng = random.Random(4)
-    rounds = int(os.environ.get("CWHOOK_EDITOR_ROUNDS", "30"))
-    path = tmp_path / "cwhook.yml"
-    path.write_text(config_text(8999, tmp_path / "state"))
+    rng = random.Random(seed)
+    directory.mkdir()
+    path = directory / "cwhook.yml"
+    path.write_text(config_text(8999, directory / "state"))
     os.utime(path, (time.time() - 10, time.time() - 10))
-    first = subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "plex", "-c", str(path)],
-                           capture_output=True, text=True, timeout=60)
+    first = _rotate(path)
     assert first.returncode == 0, first.stderr  # a rewrite records the keys of the whole file
     whole = key_paths(yaml.compose(path.read_text()))
-    truncated, refused = [], []
+    wrong: list[tuple[str, Any]] = []
+
     def but_tokens(text: str) -> list[str]:  # the rotation changes a token line, nothing else
         return [line for line in text.splitlines() if not line.strip().startswith("token:")]
 
-    for round_no in range(rounds):
+    for round_no in round_numbers:
         before = path.read_text()
         new_level = "level: info" if "level: debug" in before else "level: debug"
         intended = before.replace("level: debug", "@").replace("level: info", "@").replace("@", new_level)
-        cuts = _cuts(before)
-        # every other round inside the last lines: a file cut there has all its keys
-        cut = rng.choice(cuts if round_no % 2 else cuts[-5:])
+        cuts = _cuts(intended)  # in the editor's bytes (its level is a byte shorter or longer)
+        # every other round inside the last lines, taking their five cuts in turn from the end
+        cut = rng.choice(cuts) if round_no % 2 else cuts[-1 - round_no // 2 % 5]
+        rotate = subprocess.Popen([sys.executable, "-c", ROTATE, str(path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert rotate.stdout is not None and rotate.stdout.readline() == "ready\n"
         editor = subprocess.Popen([sys.executable, "-c", EDITOR, str(path), str(cut), "1.2"],
                                   stdout=subprocess.PIPE, text=True)
         assert editor.stdout is not None
         level = editor.stdout.readline().strip()
-        time.sleep(rng.uniform(0.0, 0.5))
-        out = subprocess.run([sys.executable, "-m", "cwhook", "rotate-tokens", "plex", "-c", str(path)],
-                             capture_output=True, text=True, timeout=60)
+        time.sleep(rng.uniform(0.0, 0.9))  # a moment in the pause: before the second it waits for, or in it
+        stdout, stderr = rotate.communicate("go\n", timeout=60)
+        out = subprocess.CompletedProcess(rotate.args, rotate.returncode, stdout, stderr)
         assert editor.wait(30) == 0
         text = path.read_text()
         try:
@@ -341,10 +358,37 @@ def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(
         except yaml.YAMLError:
             keys = frozenset()
         if not keys >= whole or level not in text or but_tokens(text) != but_tokens(intended):
-            truncated.append((round_no, cut, text[-60:]))
+            wrong.append(("truncated", (round_no, cut, text[-60:])))
         if out.returncode != 0:
-            refused.append((round_no, out.stderr))
+            wrong.append(("refused", (round_no, out.stderr)))
         assert "Traceback" not in out.stderr
+    return wrong
+
+
+EDITOR_LANES = 3
+
+
+@pytest.mark.slow
+def test_rotate_tokens_while_an_editor_pauses_mid_save_never_truncates_the_file(tmp_path: Path) -> None:
+    """An editor rewrites the file in place and pauses 1.2 s half-way (longer than the second a
+    rewrite waits for a file to settle) while `cwhook rotate-tokens` runs, in a fresh process that
+    never saw the whole file. Each round: the file ends whole, with the editor's change.
+
+    A round is the editor's pause and the second after it, mostly waiting: six rounds run as three
+    lanes side by side, each on its own file, the command started ahead and told to run at a
+    moment of the pause. Three rounds cut the last lines, their cuts taken in turn from the end:
+    inside the last value, right after its key, at the end of the line before (a file that parses
+    and lacks only the last key: the record of keys alone holds it back); three cut anywhere.
+    CWHOOK_EDITOR_ROUNDS=N runs N rounds (a soak: 30 or more)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rounds = int(os.environ.get("CWHOOK_EDITOR_ROUNDS", "6"))
+    lanes = min(EDITOR_LANES, rounds)
+    with ThreadPoolExecutor(lanes) as pool:
+        wrong = [w for ws in pool.map(lambda k: _editor_rounds(tmp_path / f"lane{k}", range(k, rounds, lanes), 4 + k),
+                                      range(lanes)) for w in ws]
+    truncated = [what for kind, what in wrong if kind == "truncated"]
+    refused = [what for kind, what in wrong if kind == "refused"]
     assert truncated == [], f"{len(truncated)} of {rounds} rounds left the file cut short: {truncated}"
     assert refused == []  # the editor finished well within the 10 s a rewrite waits
 
