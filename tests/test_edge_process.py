@@ -29,7 +29,7 @@ from urllib.parse import quote
 import pytest
 
 from tests import fuzzkit
-from tests.builders import FAST_ENV, authorized, count, plex_stop
+from tests.builders import FAST_ENV, authorized, count, eventually, plex_stop
 from tests.conftest import ROOT, TOKENS, Daemon, fixture_bytes, wait_for
 
 pytestmark = pytest.mark.slow
@@ -405,11 +405,22 @@ def test_unit_sets_limit_nofile() -> None:
 # --- trickled bodies -----------------------------------------------------------------------------------
 
 TRICKLERS = int(os.environ.get("CWHOOK_TRICKLERS", "800"))
-TRICKLE_SECONDS = float(os.environ.get("CWHOOK_TRICKLE_SECONDS", "16"))
+# Seconds webhooks are sent for once the storm has made the edge drop a body (a soak: 60).
+TRICKLE_SECONDS = float(os.environ.get("CWHOOK_TRICKLE_SECONDS", "3"))
 
 
 async def _trickler(port: int, stop: asyncio.Event, answers: list[int | str]) -> None:
-    """Posts 1 MiB JSON bodies at 60 KB every 2 s, never stalling; starts over when answered."""
+    """Posts 1 MiB JSON bodies at 60 KB every 2 s, never stalling; starts over when answered,
+    ends when ``stop`` is set."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await _trickle(port, stop, stopped, answers)
+    finally:
+        stopped.cancel()
+
+
+async def _trickle(port: int, stop: asyncio.Event, stopped: asyncio.Future[Any],
+                   answers: list[int | str]) -> None:
     plex = f"/webhook/plextrakt?{TOKENS['plex']}"
     head = f"POST {plex} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {MiB}\r\n\r\n"
     while not stop.is_set():
@@ -423,7 +434,9 @@ async def _trickler(port: int, stop: asyncio.Event, answers: list[int | str]) ->
             writer.write(head.encode() + b"[")
             sent = 1
             while sent < MiB and not answer.done() and not stop.is_set():
-                await asyncio.wait([answer], timeout=2)
+                await asyncio.wait([answer, stopped], timeout=2, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    break
                 piece = min(60_000, MiB - sent)
                 writer.write(b" " * piece)
                 sent += piece
@@ -455,7 +468,9 @@ def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory
     """Issue 18.5: many connections trickling 1 MiB bodies (60 KB every 2 s, never stalling
     long enough to be cut) once took RSS past a gigabyte. The edge counts aiohttp's buffers in
     the body budget and drops the slowest bodies: RSS stays bounded, and webhooks sent
-    meanwhile are all acknowledged and all reach Trakt."""
+    meanwhile are all acknowledged and all reach Trakt. The webhooks start once the storm has made
+    the edge drop a body, and are spread over TRICKLE_SECONDS (3: one or two more rounds of 60 KB
+    from every trickle, 48 MB each, beside the budget's 8 MB)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard < TRICKLERS + 300:
         pytest.skip(f"this test needs {TRICKLERS + 300} descriptors, the hard limit is {hard}")
@@ -471,9 +486,10 @@ def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory
         stop = asyncio.Event()
         answers: list[int | str] = []
         tricklers = []
-        for _ in range(TRICKLERS):
+        for i in range(TRICKLERS):
             tricklers.append(asyncio.ensure_future(_trickler(d.port, stop, answers)))
-            await asyncio.sleep(0.002)
+            if i % 10 == 9:
+                await asyncio.sleep(0.01)
         peak = 0.0
 
         async def sample() -> None:
@@ -483,11 +499,12 @@ def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory
                 await asyncio.sleep(0.2)
 
         sampler = asyncio.ensure_future(sample())
-        await asyncio.sleep(3)  # the trickles are established
+        await eventually(lambda: 503 in answers, timeout=30)  # the storm is on: bodies are dropped
         statuses: list[int | str] = []
-        for i in range(legit):
+        began = time.monotonic()
+        for i in range(legit):  # one every TRICKLE_SECONDS / legit, however long each takes
+            await asyncio.sleep(max(0.0, began + i * TRICKLE_SECONDS / legit - time.monotonic()))
             statuses.append(await _legit(d.port, plex_stop(i)))
-            await asyncio.sleep((TRICKLE_SECONDS - 3) / legit)
         stop.set()
         await asyncio.gather(*tricklers)
         sampler.cancel()
@@ -498,7 +515,7 @@ def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory
     wait_for(lambda: len(fake_trakt.history_counts()) >= legit, 30)
     lost, doubled = count(fake_trakt, set(range(legit)))
     tally = Counter(answers)
-    print(f"\n{TRICKLERS} trickling connections for {TRICKLE_SECONDS:.0f}s: RSS {before:.0f} MB before, "
+    print(f"\n{TRICKLERS} trickling connections, webhooks for {TRICKLE_SECONDS:.0f}s: RSS {before:.0f} MB before, "
           f"peak {max(peak, high):.0f} MB; trickles answered {dict(tally)}; webhooks {Counter(statuses)}; "
           f"lost {len(lost)}, doubled {len(doubled)}")
     assert high < 150
