@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,12 @@ def actions(row: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.mark.slow
 def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Callable[..., Daemon],
                                                          fake_trakt: FakeTrakt) -> None:
+    """Start, pause, resume, a trailer and a stop that Trakt refuses first, read back with
+    `cwhook recent`. The stop's retry comes after 2.5 s instead of 5 (_CWHOOK_DELIVERY_RETRY_SCALE):
+    `cwhook recent` is asked for it from the moment Trakt's 503 is answered."""
     access, refresh, expires = fake_trakt.issue_tokens()
-    d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token=refresh, expires_at=expires)
+    d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token=refresh, expires_at=expires,
+                       env={"_CWHOOK_DELIVERY_RETRY_SCALE": "0.5"})
     duration = 5940000
     assert d.post("plex", plex("media.play", 60000))[0] == 202  # start: sent
     wait_for(lambda: fake_trakt.scrobbles())
@@ -264,7 +269,8 @@ def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Calla
         rows = recent_json(d.config_path, "-n", "1")
         return [a for a in actions(rows[-1]) if a["state"] == "retrying"] if rows and "decisions" in rows[-1] else []
 
-    [waiting] = wait_for(retrying, timeout=30, interval=0.3)
+    wait_for(lambda: fake_trakt.scrobbles(503), timeout=30)  # the client gave up: the outbox waits
+    [waiting] = wait_for(retrying, timeout=10, interval=0.05)
     assert waiting["detail"] == "503: Trakt server error" and waiting["attempts"] == 1
     wait_for(lambda: fake_trakt.watched_stops(), timeout=30)
     wait_for(lambda: d.health()["outbox"]["pending"] == 0)
@@ -286,8 +292,12 @@ def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Calla
     assert sent["detail"] == "earlier: 503: Trakt server error" and sent["progress"] == 97.0
     assert [r["at"] for r in rows] == sorted(r["at"] for r in rows)  # newest last
 
-    # The readable lines, and the filters.
-    out = cwhook_recent(d.config_path)
+    # The readable lines, and the filters (each a command of its own, run side by side).
+    with ThreadPoolExecutor(4) as pool:
+        asked = [pool.submit(recent_json, d.config_path, *args) for args in [
+            ("-n", "2"), ("--item", "trailer"), ("--user", "plex:anna"), ("--user", "Ben"), ("--account", "default")]]
+        out = cwhook_recent(d.config_path)
+        last_two, trailers, annas, bens, defaults = [f.result() for f in asked]
     lines = out.stdout.splitlines()
     assert len(lines) == 5 and out.returncode == 0
     assert lines[1].endswith("pause 10.1%  -> default: debounced") and lines[2].endswith("-> default: pause_cancelled")
@@ -295,11 +305,11 @@ def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Calla
                              "(Plex item type 'clip' (trailer) is not scrobbled to Trakt)")
     assert lines[4].endswith("stop 97%  -> default: stop 97% sent (201) after 2 attempts: "
                              "earlier: 503: Trakt server error")
-    assert [r["action"] for r in recent_json(d.config_path, "-n", "2")] == [None, "stop"]
-    assert len(recent_json(d.config_path, "--item", "trailer")) == 1
-    assert len(recent_json(d.config_path, "--user", "plex:anna")) == 5
-    assert recent_json(d.config_path, "--user", "Ben") == []
-    assert len(recent_json(d.config_path, "--account", "default")) == 4  # the trailer was decided for nobody
+    assert [r["action"] for r in last_two] == [None, "stop"]
+    assert len(trailers) == 1
+    assert len(annas) == 5
+    assert bens == []
+    assert len(defaults) == 4  # the trailer was decided for nobody
     text = d.config_path.read_text()
     for secret in (access, refresh, "test-secret"):
         assert secret in text and secret not in out.stdout
