@@ -64,8 +64,11 @@ def test_jellyfin_and_emby_samples(daemon_factory: Callable[..., Daemon], fake_t
 
 def test_watched_scrobble_survives_outage_and_429_storm(daemon_factory: Callable[..., Daemon],
                                                         fake_trakt: FakeTrakt) -> None:
-    d = daemon_factory(**authorized(fake_trakt))
-    fake_trakt.outage_until = time.time() + 4
+    """Trakt down (503) for 1.5 s, across the client's first tries within one call (its back-off
+    at half length: 0.5-1 s, then 1-1.5 s), then three 429s (Retry-After: 1, in full): each stop
+    reaches Trakt once, the outbox empties."""
+    d = daemon_factory(**authorized(fake_trakt), env={"_CWHOOK_BACKOFF_SCALE": "0.5"})
+    fake_trakt.outage_until = time.time() + 1.5
     assert d.post("plex", plex_body("media.scrobble", None))[0] == 202
     wait_for(lambda: fake_trakt.watched_stops(), timeout=40)
     assert [c.status for c in fake_trakt.scrobbles()][-1] == 201
@@ -117,7 +120,10 @@ def test_burst_is_paced_at_one_post_per_second(daemon_factory: Callable[..., Dae
 
 def test_sigterm_drains_queue_and_held_pause_into_outbox(daemon_factory: Callable[..., Daemon],
                                                          fake_trakt: FakeTrakt) -> None:
-    d = daemon_factory(**authorized(fake_trakt), start=False)
+    """SIGTERM while a start is in the client's back-off (Trakt down) and a pause is held: the
+    call in flight is cut at the end of the grace (1 s here, _CWHOOK_SHUTDOWN_GRACE, instead of
+    5) and both wait in the outbox for the next start."""
+    d = daemon_factory(**authorized(fake_trakt), start=False, env={"_CWHOOK_SHUTDOWN_GRACE": "1"})
     text = d.config_path.read_text()
     assert "pause_debounce_seconds: 1\n" in text
     d.config_path.write_text(text.replace("pause_debounce_seconds: 1\n", "pause_debounce_seconds: 30\n"))

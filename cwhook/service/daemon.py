@@ -87,6 +87,7 @@ class Daemon:
         self.watcher = ConfigWatcher(config, self.files, self._apply)
         self.refresh = RefreshLoop(self.accounts)
         self.edge_limits = edge.Limits.from_env(env.edge)
+        self.shutdown_grace = SHUTDOWN_GRACE if env.shutdown_grace is None else env.shutdown_grace
 
     @property
     def config(self) -> Config:
@@ -182,7 +183,7 @@ class Daemon:
         await self.site.stop()
         await self.supervisor.cancel_tasks()
         await self.worker.drain()
-        await self.accounts.stop(SHUTDOWN_GRACE)
+        await self.accounts.stop(self.shutdown_grace)
         await self.runner.cleanup()
         left = self.store.stats.pending
         self.db.close()

@@ -11,6 +11,7 @@ each value to the constructor that needs it. The names:
   ``_CWHOOK_BACKOFF_SCALE`` (shorter back-offs of cwhook's own choosing between tries at Trakt:
   the client's within one call and the token refresh's; a ``Retry-After`` is never scaled),
   ``_CWHOOK_TRAKT_TIMEOUT`` (seconds a Trakt call may take, instead of 15),
+  ``_CWHOOK_SHUTDOWN_GRACE`` (seconds a stop gives Trakt calls in flight, instead of 5),
   ``_CWHOOK_EDGE_*`` (the edge's limits, e.g. ``_CWHOOK_EDGE_IDLE_TIMEOUT=1``).
 
 Nothing here imports the rest of cwhook: every command may read it without loading the daemon.
@@ -46,6 +47,7 @@ class Environment:
     retry_scale: float | None = None  # _CWHOOK_DELIVERY_RETRY_SCALE; None: 1
     backoff_scale: float | None = None  # _CWHOOK_BACKOFF_SCALE; None: 1
     trakt_timeout: float | None = None  # _CWHOOK_TRAKT_TIMEOUT; None: the client's 15 s
+    shutdown_grace: float | None = None  # _CWHOOK_SHUTDOWN_GRACE; None: the daemon's 5 s
     edge: Mapping[str, str] = field(default_factory=dict)  # the _CWHOOK_EDGE_* variables, as set
 
     @classmethod
@@ -61,5 +63,6 @@ class Environment:
             retry_scale=_number(env.get("_CWHOOK_DELIVERY_RETRY_SCALE")),
             backoff_scale=_number(env.get("_CWHOOK_BACKOFF_SCALE")),
             trakt_timeout=_number(env.get("_CWHOOK_TRAKT_TIMEOUT")) or None,
+            shutdown_grace=_number(env.get("_CWHOOK_SHUTDOWN_GRACE")),
             edge={k: v for k, v in env.items() if k.startswith(EDGE_PREFIX)},
         )
