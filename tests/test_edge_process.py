@@ -414,13 +414,13 @@ async def _trickler(port: int, stop: asyncio.Event, answers: list[int | str]) ->
     ends when ``stop`` is set."""
     stopped = asyncio.ensure_future(stop.wait())
     try:
-        await _trickle(port, stop, stopped, answers)
+        await _trickle_until(port, stop, stopped, answers)
     finally:
         stopped.cancel()
 
 
-async def _trickle(port: int, stop: asyncio.Event, stopped: asyncio.Future[Any],
-                   answers: list[int | str]) -> None:
+async def _trickle_until(port: int, stop: asyncio.Event, stopped: asyncio.Future[Any],
+                         answers: list[int | str]) -> None:
     plex = f"/webhook/plextrakt?{TOKENS['plex']}"
     head = f"POST {plex} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {MiB}\r\n\r\n"
     while not stop.is_set():
