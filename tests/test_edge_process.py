@@ -463,6 +463,16 @@ async def _legit(port: int, body: bytes) -> int | str:
         return type(exc).__name__
 
 
+async def _webhooks(port: int, n: int, seconds: float) -> list[int | str]:
+    """Stops of movies 0..n-1, one every ``seconds / n`` however long each takes; their statuses."""
+    statuses: list[int | str] = []
+    began = time.monotonic()
+    for i in range(n):
+        await asyncio.sleep(max(0.0, began + i * seconds / n - time.monotonic()))
+        statuses.append(await _legit(port, plex_stop(i)))
+    return statuses
+
+
 def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory: Callable[..., Daemon],
                                                                   fake_trakt: Any) -> None:
     """Issue 18.5: many connections trickling 1 MiB bodies (60 KB every 2 s, never stalling
@@ -500,11 +510,7 @@ def test_trickled_bodies_keep_memory_bounded_and_webhooks_flowing(daemon_factory
 
         sampler = asyncio.ensure_future(sample())
         await eventually(lambda: 503 in answers, timeout=30)  # the storm is on: bodies are dropped
-        statuses: list[int | str] = []
-        began = time.monotonic()
-        for i in range(legit):  # one every TRICKLE_SECONDS / legit, however long each takes
-            await asyncio.sleep(max(0.0, began + i * TRICKLE_SECONDS / legit - time.monotonic()))
-            statuses.append(await _legit(d.port, plex_stop(i)))
+        statuses = await _webhooks(d.port, legit, TRICKLE_SECONDS)
         stop.set()
         await asyncio.gather(*tricklers)
         sampler.cancel()

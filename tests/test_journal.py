@@ -241,6 +241,13 @@ def recent_json(config: Path, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
+def read_back(config: Path, *filters: tuple[str, ...]) -> tuple[subprocess.CompletedProcess[str], list[Any]]:
+    """`cwhook recent` as text, and as JSON with each of ``filters``: commands run side by side."""
+    with ThreadPoolExecutor(4) as pool:
+        asked = [pool.submit(recent_json, config, *args) for args in filters]
+        return cwhook_recent(config), [f.result() for f in asked]
+
+
 def actions(row: dict[str, Any]) -> list[dict[str, Any]]:
     return list(row["decisions"]["default"]["actions"])
 
@@ -248,12 +255,9 @@ def actions(row: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.mark.slow
 def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Callable[..., Daemon],
                                                          fake_trakt: FakeTrakt) -> None:
-    """Start, pause, resume, a trailer and a stop that Trakt refuses first, read back with
-    `cwhook recent`. The stop's retry comes after 2.5 s instead of 5 (_CWHOOK_DELIVERY_RETRY_SCALE):
-    `cwhook recent` is asked for it from the moment Trakt's 503 is answered."""
     access, refresh, expires = fake_trakt.issue_tokens()
     d = daemon_factory(trakt_url=fake_trakt.url, access_token=access, refresh_token=refresh, expires_at=expires,
-                       env={"_CWHOOK_DELIVERY_RETRY_SCALE": "0.5"})
+                       env={"_CWHOOK_DELIVERY_RETRY_SCALE": "0.5"})  # the outbox retries after 2.5 s, not 5
     duration = 5940000
     assert d.post("plex", plex("media.play", 60000))[0] == 202  # start: sent
     wait_for(lambda: fake_trakt.scrobbles())
@@ -292,12 +296,8 @@ def test_a_real_sequence_read_back_with_the_daemon_stopped(daemon_factory: Calla
     assert sent["detail"] == "earlier: 503: Trakt server error" and sent["progress"] == 97.0
     assert [r["at"] for r in rows] == sorted(r["at"] for r in rows)  # newest last
 
-    # The readable lines, and the filters (each a command of its own, run side by side).
-    with ThreadPoolExecutor(4) as pool:
-        asked = [pool.submit(recent_json, d.config_path, *args) for args in [
-            ("-n", "2"), ("--item", "trailer"), ("--user", "plex:anna"), ("--user", "Ben"), ("--account", "default")]]
-        out = cwhook_recent(d.config_path)
-        last_two, trailers, annas, bens, defaults = [f.result() for f in asked]
+    out, (last_two, trailers, annas, bens, defaults) = read_back(d.config_path, ("-n", "2"), ("--item", "trailer"),
+        ("--user", "plex:anna"), ("--user", "Ben"), ("--account", "default"))
     lines = out.stdout.splitlines()
     assert len(lines) == 5 and out.returncode == 0
     assert lines[1].endswith("pause 10.1%  -> default: debounced") and lines[2].endswith("-> default: pause_cancelled")
