@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sqlite3
 import sys
@@ -208,6 +207,8 @@ def _who_logs_in(config: Config, account: str) -> str:
 
 
 def cmd_auth(files: ConfigFiles, path: Path, account: str = DEFAULT_ACCOUNT) -> int:
+    import asyncio  # only `run` and `auth` need an event loop: the other commands start without it
+
     from cwhook.trakt.auth import DeviceFlowError, device_login
 
     if account != DEFAULT_ACCOUNT and not ACCOUNT_NAME.fullmatch(account):

@@ -22,10 +22,12 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import structlog
-
 from cwhook.kernel import redact
 from cwhook.kernel.termtext import visible
+
+# structlog is imported where a line is configured or written, not here: importing it pulls in
+# `rich` when that is installed (structlog.dev), which the CLI commands that log nothing need not
+# pay for at every start.
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -85,6 +87,8 @@ _REPRESENTED = frozenset(" \t=\r\n\"'")
 
 
 def _pre_chain(scrubber: redact.Scrubber) -> list[Processor]:
+    import structlog
+
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -94,17 +98,22 @@ def _pre_chain(scrubber: redact.Scrubber) -> list[Processor]:
     ]
 
 
-class _StdlibFormatter(structlog.stdlib.ProcessorFormatter):
-    """Standard library records rendered like ours (same fields, same prefix)."""
+class _StdlibFormatter(logging.Formatter):
+    """Standard library records rendered like ours (same fields, same prefix), by structlog's
+    ProcessorFormatter (held, not inherited: a subclass would need structlog at import)."""
 
     def __init__(self, renderer: Processor, journal: bool, use_json: bool, scrubber: redact.Scrubber) -> None:
-        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                                     *([] if use_json else [_visible_values]), renderer],
-                         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain(scrubber)])
+        import structlog
+
+        super().__init__()
+        self._inner = structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        *([] if use_json else [_visible_values]), renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_pre_chain(scrubber)])
         self._journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = self._inner.format(record)
         if self._journal:
             return f"<{PRIORITY.get(record.levelname.lower(), 6)}>{line}"
         return line
@@ -114,6 +123,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
               scrubber: redact.Scrubber | None = None, journal_stream: str = "") -> None:
     """(Re)configure logging; safe to call again on reload. Without a ``scrubber``, lines lose
     no known secret (there are none), only what text from outside cwhook may quote."""
+    import structlog
+
     global _generation
     scrubber = scrubber if scrubber is not None else redact.Scrubber()
     _generation += 1
@@ -174,6 +185,8 @@ class _Logger:
 
     def __getattr__(self, attr: str) -> Any:
         if self._generation != _generation:
+            import structlog
+
             self._bound = structlog.get_logger(self._name).bind()
             self._generation = _generation
         return getattr(self._bound, attr)
