@@ -8,7 +8,6 @@ and the event put on the worker's queue. Nothing here waits on Trakt.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import hmac
 import itertools
 import time
@@ -89,7 +88,7 @@ REQUEST_IDS: web.AppKey[Iterator[int]] = web.AppKey("request_ids")
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers)
+    return errors.json_answer(status, body, headers)
 
 
 def presented_token(raw_query: str) -> str:
@@ -111,7 +110,7 @@ def _routed(event: Event, router: routing.Router) -> Event | Ignored:
     if not accounts:
         return Ignored("no_account", f"{event.source} user {event.user_name!r} matches no Trakt "
                        "account's users (trakt.users, trakt.accounts.NAME.users)")
-    return dataclasses.replace(event, accounts=accounts)
+    return event.sent_to(accounts)
 
 
 def _outcome(notes: dict[str, Any], outcome: Outcome, **more: Any) -> None:

@@ -9,9 +9,11 @@ it, so a 405 keeps its ``Allow`` header whichever of them catches it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 
+from cwhook.kernel import jsontext
 from cwhook.kernel.vocab import ErrorCode
 
 # aiohttp's headers an answer must keep: the methods a 405 allows, when to come back.
@@ -22,7 +24,13 @@ def answer(status: int, code: ErrorCode, detail: str | None = None,
            headers: Mapping[str, str] | None = None) -> web.Response:
     """``{"error": code}`` (and ``detail`` when given) with ``status``."""
     body = {"error": code} if detail is None else {"error": code, "detail": detail}
-    return web.json_response(body, status=status, headers=headers)
+    return json_answer(status, body, headers)
+
+
+def json_answer(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+    """Any JSON answer of cwhook's (what ``web.json_response`` gives, written by orjson)."""
+    return web.Response(body=jsontext.dumps_bytes(body), status=status, headers=headers,
+                        content_type="application/json", charset="utf-8")
 
 
 def code_of(exc: web.HTTPException) -> str:
@@ -33,4 +41,4 @@ def code_of(exc: web.HTTPException) -> str:
 def http_exception_answer(exc: web.HTTPException) -> web.Response:
     """aiohttp's own answer in JSON, keeping the headers that matter (``KEPT_HEADERS``)."""
     keep = {k: v for k, v in exc.headers.items() if k.lower() in KEPT_HEADERS}
-    return web.json_response({"error": code_of(exc)}, status=exc.status, headers=keep)
+    return json_answer(exc.status, {"error": code_of(exc)}, keep)

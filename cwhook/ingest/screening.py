@@ -7,19 +7,21 @@ reads before the app sees the request.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import http_exceptions, web
 
+from cwhook.ingest import errors
+from cwhook.kernel import jsontext
+
 _REASON = re.compile(r"[A-Za-z][A-Za-z '\-,.]{0,79}")
 
 
 def raw_response(status: int, reason: str, body: dict[str, Any], extra: str = "") -> bytes:
     """A complete HTTP/1.1 response that closes the connection (for when aiohttp has no request)."""
-    data = json.dumps(body).encode()
+    data = jsontext.dumps_bytes(body)
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n{extra}\r\n")
     return head.encode("latin-1") + data
@@ -58,7 +60,7 @@ def protocol_error(status: int, exc: BaseException | None) -> tuple[int, dict[st
 
 
 def json_error(status: int, body: dict[str, str], headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers)
+    return errors.json_answer(status, body, headers)
 
 
 # The request headers aiohttp or cwhook interprets. Each must appear at most once, hold only

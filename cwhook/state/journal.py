@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cwhook.kernel import jsontext
 from cwhook.kernel.event import Event
 from cwhook.sources.payload import safe_text
 from cwhook.state.journalread import Action, Entry, JournalUnreadable, open_read_only, read
@@ -221,7 +222,7 @@ class Writer:
             if not sends and all(d["reason"] == FOLDED for d in decisions.values()):
                 event_id = self._fold(db, a, _only_folded)
             if event_id is None:
-                event_id = self._insert(db, a, first.inbox_id, None, None, json.dumps(decisions))
+                event_id = self._insert(db, a, first.inbox_id, None, None, jsontext.dumps(decisions))
                 written = True
             for i in sends:
                 account, verb, progress = verbs[i]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cwhook.config.schema import DEFAULT_ACCOUNT
+from cwhook.kernel import jsontext
 from cwhook.kernel.event import Event
 
 FILE_NAME = "cwhook.sqlite3"
@@ -149,8 +150,8 @@ def describe(exc: sqlite3.Error) -> str:
 
 
 def dump(data: Any) -> str:
-    # json.dumps escapes lone surrogates as \\udXXX, so the row itself is always valid UTF-8.
-    return json.dumps(data)
+    # A lone surrogate goes through json.dumps, escaped as \\udXXX: the row is always valid UTF-8.
+    return jsontext.dumps(data)
 
 
 def entry_of(row: tuple[Any, ...]) -> Entry:
