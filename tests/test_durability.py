@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -60,6 +61,8 @@ def fake() -> Iterator[FakeTrakt]:
     finally:
         fake.stop()
 
+REQUEST_LINE = re.compile(r'"event": ?"request"')
+
 
 class Rig:
     """One config and state dir; daemons started and killed on it in turn."""
@@ -96,7 +99,7 @@ class Rig:
 
     def events(self) -> str:
         """The log without the request lines (the tests poll /healthz)."""
-        return "\n".join(line for line in self.logs().splitlines() if '"event": "request"' not in line)
+        return "\n".join(line for line in self.logs().splitlines() if not REQUEST_LINE.search(line))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cwhook", *args, "-c", str(self.path)],
