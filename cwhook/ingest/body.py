@@ -88,30 +88,36 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
         raise TooLarge()
     lease = edge.Lease(request)
     try:
+        if request.content.is_eof():  # the whole body is here already: nothing to wait for
+            return await _read(request, ctype, field, cap, limits, lease)
         async with asyncio.timeout(limits.body_deadline):
-            if not multipart:
-                parts: list[bytes] = []
-                size = 0
-                body = _Body(request, cap)
-                while chunk := await body.read():
-                    size += len(chunk)
-                    parts.append(chunk)
-                    lease.hold(size)
-                return ctype, b"".join(parts)
-            scanner = PartScanner(ctype, field)
-            body = _Body(request, cap)
-            while chunk := await body.read():
-                found = scanner.feed(chunk)
-                if found is not None:
-                    if len(found) > limits.max_raw_body:
-                        raise TooLarge()
-                    # The rest of the body (Plex's thumbnail) is never read into memory.
-                    return "application/json", found
-                if scanner.held > limits.max_raw_body:
-                    raise TooLarge()
-                lease.hold(scanner.held)
-            return "application/json", scanner.finish()
+            return await _read(request, ctype, field, cap, limits, lease)
     except TimeoutError:
         raise BodyTimeout() from None
     finally:
         lease.release()
+
+
+async def _read(request: web.Request, ctype: str, field: str, cap: int, limits: edge.Limits,
+                lease: edge.Lease) -> tuple[str, bytes]:
+    body = _Body(request, cap)
+    if not ctype.lower().startswith("multipart/"):
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await body.read():
+            size += len(chunk)
+            parts.append(chunk)
+            lease.hold(size)
+        return ctype, b"".join(parts)
+    scanner = PartScanner(ctype, field)
+    while chunk := await body.read():
+        found = scanner.feed(chunk)
+        if found is not None:
+            if len(found) > limits.max_raw_body:
+                raise TooLarge()
+            # The rest of the body (Plex's thumbnail) is never read into memory.
+            return "application/json", found
+        if scanner.held > limits.max_raw_body:
+            raise TooLarge()
+        lease.hold(scanner.held)
+    return "application/json", scanner.finish()

@@ -17,6 +17,7 @@ current secrets come from (the live config's).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
@@ -55,6 +56,7 @@ def redact_text(text: str, secrets: list[str]) -> str:
     return _TOKENISH.sub(REDACTED, text)
 
 
+@functools.lru_cache(maxsize=256)  # a daemon sees a handful of paths (hostile ones only churn it)
 def safe_path(raw_path: str) -> str:
     """A raw request path for the access log: no query, no encoded query, no token-like segment."""
     out: list[str] = []

@@ -229,12 +229,9 @@ class Caseless(dict[str, Any]):
         try:
             return self._folded
         except AttributeError:
-            folded: dict[str, Any] = {}
-            for k, v in self.items():
-                if isinstance(k, str):
-                    folded.setdefault(k.lower(), v)
-            self._folded = folded
-            return folded
+            # In reverse, so that the first spelling is written last and wins.
+            self._folded = {k.lower(): v for k, v in reversed(self.items())}
+            return self._folded
 
 
 def get_ci(data: dict[str, Any], key: str) -> Any:
