@@ -177,12 +177,16 @@ class Metrics:
         self.ack_seconds = Histogram("cwhook_webhook_ack_seconds",
                                      "Time from a webhook request's start to its answer, by server.",
                                      ["server"], buckets=ACK_BUCKETS, registry=self.registry)
+        self._ack_by_server: dict[str, Histogram] = {}
         self.trakt_seconds = Histogram("cwhook_trakt_request_seconds",
                                        "Time of each HTTP request to Trakt, by endpoint template.",
                                        ["endpoint"], buckets=TRAKT_BUCKETS, registry=self.registry)
 
     def webhook_answered(self, server: str, seconds: float) -> None:
-        self.ack_seconds.labels(server).observe(seconds)
+        child = self._ack_by_server.get(server)
+        if child is None:  # labels() takes a lock and builds a key: once per server, not per request
+            child = self._ack_by_server[server] = self.ack_seconds.labels(server)
+        child.observe(seconds)
 
     def trakt_request(self, account: str, path: str, status: str, seconds: float) -> None:
         """A TraktClient/TraktAuth observer: counts the request and times it."""
