@@ -9,6 +9,7 @@ takes ``id:<n>``, and Plex, which also sends the account's uuid, ``uuid:<u>``
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from cwhook.kernel.event import Event
 Key = tuple[str, str]  # (kind, value): ("name", folded name), ("id", account id), ("uuid", lowered uuid)
 
 
+@functools.lru_cache(maxsize=1024)  # a household has a few names: folded once each, not per webhook
 def same_user(name: str) -> str:
     """A user name as compared: Unicode-normalized (a composed and a decomposed "Zoë" are one
     name) and case-folded."""
     return unicodedata.normalize("NFC", name).strip().casefold()
 
 
+@functools.lru_cache(maxsize=1024)
 def fold_plex(name: str) -> str:
     """Plex account titles compare with case and punctuation ignored."""
     return "".join(c for c in same_user(name) if c.isalnum())
