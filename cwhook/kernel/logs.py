@@ -13,7 +13,6 @@ journal stream systemd named): the CLI makes it, the daemon reconfigures through
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import io
 import json
@@ -63,8 +62,11 @@ class _Stderr:
 
     def write(self, text: str) -> None:
         if not self._pending:
+            aio = sys.modules.get("asyncio")  # not imported: no loop runs (a CLI command's start skips it)
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                if aio is None:
+                    raise RuntimeError
+                aio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no loop: write it now
                 sys.stderr.write(text)
                 return
