@@ -214,3 +214,7 @@ def test_the_environment_is_read_in_one_place() -> None:
         "/etc/cwhook/cwhook.yml", "@sd", "2000000", None, "8:9")
     assert (env.post_interval, env.retry_scale, dict(env.edge)) == (0.0, None, {"_CWHOOK_EDGE_IDLE_TIMEOUT": "1.5"})
     assert Environment.read({}) == Environment()
+    # the test settings that shorten the product's waits (tests/test_durability.py, test_clock.py)
+    waits = Environment.read({"_CWHOOK_BACKOFF_SCALE": "0.1", "_CWHOOK_TRAKT_TIMEOUT": "3",
+                              "_CWHOOK_SHUTDOWN_GRACE": "1"})
+    assert (waits.backoff_scale, waits.trakt_timeout, waits.shutdown_grace) == (0.1, 3.0, 1.0)
