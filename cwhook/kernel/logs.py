@@ -13,7 +13,6 @@ journal stream systemd named): the CLI makes it, the daemon reconfigures through
 
 from __future__ import annotations
 
-import atexit
 import io
 import json
 import logging
@@ -44,50 +43,16 @@ Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
 
 
 class _Stderr:
-    """Writes lines to whatever sys.stderr is at that moment (tests swap it).
-
-    Inside the event loop, the lines of one turn of the loop go out together at its end: one
-    system call for a burst's decisions instead of one per line (docs/performance.md). Outside
-    a loop, and at exit, a line is written at once. The standard library's records go through
-    the same object, so the order of lines is kept.
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[str] = []
+    """Writes each line to whatever sys.stderr is at that moment (tests swap it)."""
 
     def msg(self, message: str) -> None:
-        self.write(message + "\n")
+        sys.stderr.write(message + "\n")  # stderr is line-buffered: one write, one line
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
-    def write(self, text: str) -> None:
-        if not self._pending:
-            aio = sys.modules.get("asyncio")  # not imported: no loop runs (a CLI command's start skips it)
-            try:
-                if aio is None:
-                    raise RuntimeError
-                aio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: write it now
-                sys.stderr.write(text)
-                return
-        self._pending.append(text)
-
-    def flush(self) -> None:
-        if self._pending:
-            text = "".join(self._pending)
-            self._pending.clear()
-            sys.stderr.write(text)
-        sys.stderr.flush()
-
-
-# The process's stderr, one per process like structlog's configuration: a shared buffer keeps
-# the lines of all loggers in the order they were logged.
-_STDERR = _Stderr()
-atexit.register(_STDERR.flush)
-
 
 def _stderr_factory(*_: Any) -> _Stderr:
-    return _STDERR
+    return _Stderr()
 
 
 def under_journald(out: TextIO, value: str) -> bool:
@@ -216,7 +181,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
     # aiohttp and asyncio log through the standard library: send their warnings
     # and errors the same way, never their access lines (those carry tokens).
-    handler = logging.StreamHandler(out if stream is not None else _STDERR)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(_StdlibFormatter(renderer, journal, use_json, scrubber))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").disabled = True
