@@ -636,6 +636,13 @@ class FakeTrakt:
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())
+            # handlers the shutdown timeout gave up on (a hang, a held answer) are cancelled and
+            # awaited here: left pending in a closed loop, the garbage collector would log "Task was
+            # destroyed but it is pending!" later, into whatever test's log sink is then configured
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=serve, daemon=True)
