@@ -199,7 +199,8 @@ def load(url: str, seconds: float, connections: int, size: str, user: str | None
 # --- the runs --------------------------------------------------------------------------------------
 
 
-def throughput(seconds: float, connections: int, rounds: int, tmp: Path) -> dict[str, Any]:
+def throughput(seconds: float, connections: int, rounds: int, tmp: Path,
+               payloads: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     ports = {"bare": free_port(), "floor": free_port(), "daemon": free_port()}
     cfg = tmp / "bench.yml"
@@ -217,7 +218,7 @@ def throughput(seconds: float, connections: int, rounds: int, tmp: Path) -> dict
             wait_up(port)
         time.sleep(1)
         results["idle_rss_mb"] = {name: rss_mb(proc.pid) for name, proc in procs.items()}
-        for size in PAYLOADS:
+        for size in payloads:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in procs}
             for i in range(rounds):
                 order = list(procs) if i % 2 == 0 else list(reversed(procs))
@@ -301,19 +302,24 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each receiver per payload")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp client even if wrk is installed")
+    parser.add_argument("--payloads", default=",".join(PAYLOADS),
+                        help=f"comma-separated, of {', '.join(PAYLOADS)} (default: all)")
     args = parser.parse_args()
+    payloads = args.payloads.split(",")
+    if unknown := [p for p in payloads if p not in PAYLOADS]:
+        parser.error(f"--payloads: unknown {', '.join(unknown)} (known: {', '.join(PAYLOADS)})")
     global USE_WRK
     USE_WRK = not args.no_wrk
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cwhook-bench-") as tmp:
-        t = throughput(args.seconds, args.connections, args.rounds, Path(tmp))
+        t = throughput(args.seconds, args.connections, args.rounds, Path(tmp), payloads)
         lat = scrobble_latency(args.events, Path(tmp))
     print(f"machine: {os.cpu_count()} cores, {sys.version.split()[0]}, load generator "
-          f"{t['large']['bare']['tool']}, {args.connections} connections, {args.seconds:g} s per run, "
+          f"{t[payloads[0]]['bare']['tool']}, {args.connections} connections, {args.seconds:g} s per run, "
           f"{args.rounds} interleaved rounds (median shown)")
     labels = {"large": "Plex multipart, 15 KB payload + 20 KB thumbnail",
               "small": "Plex multipart, 1.7 KB payload + 20 KB thumbnail", "jellyfin": "Jellyfin JSON, 4 KB"}
-    for size in PAYLOADS:
+    for size in payloads:
         r = t[size]
         figures = ", ".join(f"{name} {r[name]['rps']:.0f} req/s (p99 {r[name]['p99_ms']:.1f} ms)"
                             for name in ("floor", "bare", "daemon"))

@@ -24,6 +24,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests go first (a stable sort: the order is otherwise kept): the workers then fill
+    the rest of the run with short tests, and no test of several seconds starts last and becomes
+    the run's tail. Every worker sorts alike, so their collections still agree."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 

@@ -301,6 +301,7 @@ KEYS = ["event", "Event", "NotificationType", "Metadata", "Item", "type", "ItemT
         "PlaybackInfo", "Guid", "guid", "ProviderIds", "RunTimeTicks", "viewOffset", "duration"]
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(server=st.sampled_from(list(PATHS)),
        doc=st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), json_values, max_size=8),

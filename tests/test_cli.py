@@ -19,6 +19,8 @@ from cwhook.state.store import FILE_NAME
 from tests.conftest import AS_NOBODY, NOBODY, ROOT, TOKENS, config_text, free_port, needs_nobody
 from tests.faketrakt import FakeTrakt
 
+pytestmark = pytest.mark.slow  # every test runs the real CLI in its own process
+
 
 def cwhook(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
            timeout: float = 60, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,13 @@ import json
 import os
 import time
 
+import pytest
+
 from cwhook.ingest import edge
 from cwhook.kernel import logs
 from tests import fuzzkit
+
+pytestmark = pytest.mark.slow  # thousands of requests per endpoint
 
 PER_ENDPOINT = int(os.environ.get("CWHOOK_FUZZ_PER_ENDPOINT", "3000"))
 SEED = int(os.environ.get("CWHOOK_FUZZ_SEED", "20261127"))
