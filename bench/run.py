@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -161,7 +162,7 @@ async def _client_load(url: str, seconds: float, connections: int, size: str,
         await asyncio.gather(*[worker(session) for _ in range(connections)])
         elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"rps": len(latencies) / elapsed, "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    return {"rps": len(latencies) / elapsed, "p99_ms": latencies[math.ceil(len(latencies) * 0.99) - 1] * 1000,
             "requests": len(latencies), "statuses": statuses, "tool": "aiohttp-client"}
 
 
@@ -288,7 +289,7 @@ def scrobble_latency(events: int, tmp: Path) -> dict[str, Any]:
         daemon.wait(20)
         fake.stop()
     return {"events": events, "delivered": len(samples), "median_ms": statistics.median(samples),
-            "p90_ms": sorted(samples)[int(len(samples) * 0.9) - 1]}
+            "p90_ms": sorted(samples)[math.ceil(len(samples) * 0.9) - 1]}  # nearest rank
 
 
 def main() -> None:
