@@ -117,8 +117,10 @@ async def test_too_large(aiohttp_client: Any) -> None:
     rt = runtime(max_body=4096)
     client = await aiohttp_client(make_app(rt))
     url = f"/webhook/jellyfintrakt?{TOKENS['jellyfin']}"
+    # The answer names the limit and the key that raises it (docs/troubleshooting.md).
     resp = await client.post(url, data=b"{" + b" " * 5000 + b"}")
-    assert resp.status == 413 and await resp.json() == {"error": "too_large"}
+    assert resp.status == 413 and await resp.json() == {
+        "error": "too_large", "detail": "the body may be at most 4096 bytes (server.max_body_bytes)"}
 
     async def chunks() -> Any:  # no Content-Length: counted while streaming
         for _ in range(10):
@@ -131,7 +133,8 @@ async def test_too_large(aiohttp_client: Any) -> None:
                              ("payload", fixture_bytes("plex_media.scrobble_movie.json"), None)])
     resp = await client.post(f"/webhook/plextrakt?{TOKENS['plex']}", data=body,
                              headers={"Content-Type": ctype})
-    assert resp.status == 413
+    assert resp.status == 413 and await resp.json() == {
+        "error": "too_large", "detail": "a multipart body may be at most 4096 bytes (server.max_body_bytes)"}
 
 
 @pytest.mark.parametrize(("server", "body", "ctype", "detail"), [

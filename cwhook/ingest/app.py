@@ -124,9 +124,9 @@ async def _parsed(request: web.Request, source: Source, limit: int,
     try:
         ctype, body = await read_payload(request, source.part, limit)
         return source.parse(ctype, body, time.time())
-    except TooLarge:
-        _outcome(notes, "too_large")
-        return errors.answer(413, "too_large")
+    except TooLarge as exc:
+        _outcome(notes, "too_large", detail=str(exc))
+        return errors.answer(413, "too_large", str(exc))
     except ClientGone as exc:
         _outcome(notes, "client_gone", detail=str(exc))
         return errors.answer(400, "bad_payload", "the request body was cut off")

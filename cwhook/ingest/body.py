@@ -22,7 +22,20 @@ CHUNK = 65536
 
 
 class TooLarge(Exception):
-    pass
+    """The body is over a limit; the message names it (and the key that raises it, if any)."""
+
+
+def _too_large(multipart: bool, cap: int, limits: edge.Limits) -> TooLarge:
+    if multipart:
+        return TooLarge(f"a multipart body may be at most {cap} bytes (server.max_body_bytes)")
+    if cap < limits.max_raw_body:
+        return TooLarge(f"the body may be at most {cap} bytes (server.max_body_bytes)")
+    return TooLarge(f"a JSON or form body may be at most {cap} bytes (a fixed limit)")
+
+
+def _part_too_large(limits: edge.Limits) -> TooLarge:
+    return TooLarge(f"the payload part of a multipart body may be at most {limits.max_raw_body} bytes "
+                    "(a fixed limit)")
 
 
 class ClientGone(Exception):
@@ -38,9 +51,11 @@ class _Body:
     the next chunk, ``b""`` at its end. A plain awaited read, not an async generator: a generator
     left behind once the JSON part is found costs the loop a task per request to close it."""
 
-    def __init__(self, request: web.Request, limit: int) -> None:
+    def __init__(self, request: web.Request, limit: int, multipart: bool, limits: edge.Limits) -> None:
         self.request = request
         self.limit = limit
+        self.multipart = multipart
+        self.limits = limits
         self.total = 0
 
     async def read(self) -> bytes:
@@ -66,7 +81,7 @@ class _Body:
             return b""
         self.total += len(chunk)
         if self.total > self.limit:
-            raise TooLarge()
+            raise _too_large(self.multipart, self.limit, self.limits)
         return chunk
 
 
@@ -85,7 +100,7 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
     multipart = ctype.lower().startswith("multipart/")
     cap = limit if multipart else min(limit, limits.max_raw_body)
     if request.content_length is not None and request.content_length > cap:
-        raise TooLarge()
+        raise _too_large(multipart, cap, limits)
     lease = edge.Lease(request)
     try:
         if request.content.is_eof():  # the whole body is here already: nothing to wait for
@@ -100,8 +115,9 @@ async def read_payload(request: web.Request, field: str, limit: int) -> tuple[st
 
 async def _read(request: web.Request, ctype: str, field: str, cap: int, limits: edge.Limits,
                 lease: edge.Lease) -> tuple[str, bytes]:
-    body = _Body(request, cap)
-    if not ctype.lower().startswith("multipart/"):
+    multipart = ctype.lower().startswith("multipart/")
+    body = _Body(request, cap, multipart, limits)
+    if not multipart:
         parts: list[bytes] = []
         size = 0
         while chunk := await body.read():
@@ -114,10 +130,10 @@ async def _read(request: web.Request, ctype: str, field: str, cap: int, limits: 
         found = scanner.feed(chunk)
         if found is not None:
             if len(found) > limits.max_raw_body:
-                raise TooLarge()
+                raise _part_too_large(limits)
             # The rest of the body (Plex's thumbnail) is never read into memory.
             return "application/json", found
         if scanner.held > limits.max_raw_body:
-            raise TooLarge()
+            raise _part_too_large(limits)
         lease.hold(scanner.held)
     return "application/json", scanner.finish()
