@@ -256,7 +256,8 @@ def test_status_exit_codes(daemon_factory: Callable[..., Daemon], fake_trakt: Fa
     out = cwhook_status(d.config_path)
     assert out.returncode == 1, out
     assert out.stdout.startswith("cwhook ") and ": DEGRADED (up " in out.stdout.splitlines()[0]
-    assert ("  trakt_not_authorized: nothing is sent to Trakt until you log in: "
+    assert ("  trakt_not_authorized: nothing is sent to Trakt until you log in: with your Trakt app's "
+            "client_id and client_secret under `trakt:` in the config file, "
             f"run `cwhook auth -c {d.config_path}`") in out.stdout
     assert "  default: not authorized, dry-run (nothing is sent); outbox 0" in out.stdout
     assert "counts: received 0, queued 0, ignored 0, sent 0, suppressed 0, failed 0" in out.stdout

@@ -33,7 +33,8 @@ from cwhook.status.health import Counters, problems
 FIXES: dict[Problem, str] = {
     "config_refused": "the config file on disk is refused and the daemon runs on its previous settings; "
                       "fix the file (`cwhook check-config` lists the problems)",
-    "trakt_not_authorized": "nothing is sent to Trakt until you log in: run `cwhook auth` "
+    "trakt_not_authorized": "nothing is sent to Trakt until you log in: with your Trakt app's client_id "
+                            "and client_secret under `trakt:` in the config file, run `cwhook auth` "
                             "(as the service user)",
     "trakt_needs_auth": "Trakt refused the refresh token; the outbox is kept: run `cwhook auth` "
                         "(as the service user)",
