@@ -158,7 +158,8 @@ def test_the_troubleshooting_table_lists_every_answer() -> None:
     for answer in ('202 {"status": "queued"', '200 {"status": "ignored"', '200 {"status": "test"',
                    '400 {"error": "bad_payload"', '400 {"error": "bad_request"', '401 {"error": "invalid_token"}',
                    '404 {"error": "disabled"}', '404 {"error": "not_found"}', '405 {"error": "method_not_allowed"}',
-                   '408 {"error": "timeout"', '413 {"error": "too_large", "detail"', '417 {"error": "expectation_failed"}',
+                   '408 {"error": "timeout"', '413 {"error": "too_large", "detail"',
+                   '417 {"error": "expectation_failed"}',
                    '503 {"error": "busy"}', '503 {"error": "unavailable"'):
         assert f"`{answer}" in table, answer
 
