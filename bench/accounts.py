@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import TOKEN, free_port, load, rss_mb, wait_up
+from run import JELLYFIN_TOKEN, OTHER_TOKENS, TOKEN, free_port, load, rss_mb, wait_up
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -43,7 +43,9 @@ def config(port: int, state: Path, accounts: int) -> str:
 webhooks:
   plex:
     token: {TOKEN}
-trakt:
+  jellyfin:
+    token: {JELLYFIN_TOKEN}
+{OTHER_TOKENS}trakt:
   client_id: bench-client-id
   client_secret: bench-secret
 """]

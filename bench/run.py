@@ -56,6 +56,14 @@ PAYLOADS = {
     "jellyfin": "jellyfin_PlaybackStop_movie.json",  # 4 KB of JSON, sent as the whole body
 }
 JELLYFIN_TOKEN = "bench-jellyfin-token-0123456789ab"
+# Every server gets a token: a file without one is rewritten by `cwhook run`, and a rewrite waits
+# a second for a file written just now to settle (an editor may be saving it), which a start
+# figure would then measure.
+OTHER_TOKENS = """  emby:
+    token: bench-emby-token-0123456789abcdef
+  tautulli:
+    token: bench-tautulli-token-0123456789ab
+"""
 
 
 def path_for(size: str) -> str:
@@ -100,7 +108,7 @@ webhooks:
     token: {TOKEN}
   jellyfin:
     token: {JELLYFIN_TOKEN}
-scrobble:
+{OTHER_TOKENS}scrobble:
   pause_debounce_seconds: {debounce}
 trakt:
   api_url: {trakt_url}

@@ -453,3 +453,34 @@ def test_a_file_cut_inside_its_last_value_is_not_rewritten_until_it_settles(tmp_
     fresh(tmp_path, FULL.rstrip("\n"), age=settle.UNTERMINATED_SETTLED + 1)  # a file without a
     files.update_file(path, {("webhooks", "plex", "token"): "newer"}, wait=0.3)  # final newline, long still
     assert "newer" in path.read_text()
+
+
+def test_the_record_is_of_the_file_on_disk_even_when_it_changed_since_the_read(tmp_path: Path) -> None:
+    """``remember`` takes the key paths a config carries from its own read only while the file
+    still holds that text: a file changed in between is parsed again."""
+    from cwhook.config.keyrecord import keys_of_text, read_record
+
+    path = fresh(tmp_path)
+    config = load_config(path)
+    assert config.keys == keys_of_text(path.read_text()) and config.source == path.read_text()
+    ConfigFiles().remember(config, deliberate=True, create=True)
+    assert read_record(path) == config.keys
+    shorter = FULL[:FULL.index("client_secret")]  # written after the read, before remember
+    fresh(tmp_path, shorter)
+    ConfigFiles().remember(config, deliberate=True, create=True)
+    assert read_record(path) == keys_of_text(shorter) != config.keys
+
+
+def test_merge_keys_read_as_before(tmp_path: Path) -> None:
+    """The data is made from the one composed node after every reader of the node (making it
+    flattens ``<<`` merge keys in the node itself): the key paths keep the ``<<`` the file has,
+    and the values are what yaml.safe_load gives."""
+    from cwhook.config.load import _data_of
+    from cwhook.config.yamlerrors import key_paths
+
+    text = FULL.replace('  access_token: ""\n', '  access_token: ""\n  accounts:\n    anna: &a\n'
+                        '      users: ["plex:anna"]\n    bob:\n      <<: *a\n')
+    config = load_config(fresh(tmp_path, text))
+    assert config.keys == key_paths(yaml.compose(text)) and ("trakt", "accounts", "bob", "<<") in config.keys
+    assert config.trakt.accounts["bob"].users == config.trakt.accounts["anna"].users
+    assert _data_of(yaml.compose(text)) == yaml.safe_load(text)

@@ -34,12 +34,12 @@ from cwhook.config.atomic import (
     write_atomic,
     write_failure,
 )
-from cwhook.config.keyrecord import KeyPath, key_paths
+from cwhook.config.keyrecord import KeyPath
 from cwhook.config.schema import SERVERS, Config, ConfigError, load_config, unreadable
 from cwhook.config.settle import Stamp
 from cwhook.config.urls import example_config_text, new_token
 from cwhook.config.yamledit import Scalar, edit_yaml
-from cwhook.config.yamlerrors import duplicate_keys, explain_yaml_error
+from cwhook.config.yamlerrors import duplicate_keys, explain_yaml_error, key_paths
 
 __all__ = ["ConfigFiles", "ConfigWriteError", "check_writable", "fsync_dir", "key_paths", "locked",
            "write_atomic", "write_failure"]
@@ -85,7 +85,8 @@ class ConfigFiles:
         """
         path = Path(os.path.realpath(config.path))
         try:
-            keys = keyrecord.keys_of_text(path.read_bytes().decode("utf-8-sig"))
+            text = path.read_bytes().decode("utf-8-sig")
+            keys = config.keys if config.source and text == config.source else keyrecord.keys_of_text(text)
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return []  # changed or gone since: the next good read records it
         record = keyrecord.read_record(path)

@@ -15,22 +15,11 @@ from pathlib import Path
 import yaml
 
 from cwhook.config import atomic
+from cwhook.config.yamlerrors import key_paths
 
 KeyPath = tuple[str, ...]
 
 RECORD_SUFFIX = ".keys"
-
-
-def key_paths(node: yaml.Node | None, prefix: KeyPath = ()) -> frozenset[KeyPath]:
-    """Every key path of the YAML mappings in ``node`` (list items are values, not keys)."""
-    out: set[KeyPath] = set()
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                path = (*prefix, str(key_node.value))
-                out.add(path)
-                out |= key_paths(value_node, path)
-    return frozenset(out)
 
 
 def keys_of_text(text: str) -> frozenset[KeyPath]:

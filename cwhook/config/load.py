@@ -27,7 +27,7 @@ from cwhook.config.model import (
     WebhookConfig,
 )
 from cwhook.config.owners import unreadable
-from cwhook.config.yamlerrors import duplicate_keys, explain, safe_name, sections
+from cwhook.config.yamlerrors import duplicate_keys, explain, key_paths, safe_name, sections
 
 _LINE = re.compile(r"\(lines? (\d+)")
 
@@ -159,15 +159,19 @@ def parse_config(text: str, path: Path) -> Config:
     """Validate YAML text; raise ConfigError with every problem found."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # Every reader of the node before the data is made from it: making it flattens merge
+        # keys (``<<``) in the node itself.
+        lines: dict[tuple[str, ...], int] = {}
+        _key_lines(node, (), lines)
+        duplicates = duplicate_keys(node)
+        found_sections, keys = sections(node), key_paths(node)
+        data = _data_of(node)
     except yaml.YAMLError as exc:
         line, explanation, code = explain(exc, text)
         where = f" (line {line})" if line else ""
         raise ConfigError([Problem(f"{path.name}{where}: not valid YAML: {explanation}", code, line)]) from None
-    lines: dict[tuple[str, ...], int] = {}
-    _key_lines(node, (), lines)
     problems: list[str] = []
-    for key_path, line, first in duplicate_keys(node):
+    for key_path, line, first in duplicates:
         problems.append(Problem(f"{'.'.join(map(safe_name, key_path))} (line {line}): duplicate key (already "
                                 f"on line {first}); keep only one of them", "duplicate_key", line))
     values = _check_section(data, SCHEMA, (), lines, problems)
@@ -192,8 +196,22 @@ def parse_config(text: str, path: Path) -> Config:
         trakt=TraktConfig(**{**values["trakt"], "accounts": accounts}),
         state_dir=state_dir,
         logging=LoggingConfig(**values["logging"]),
-        sections=sections(node),
+        sections=found_sections,
+        source=text,
+        keys=keys,
     )
+
+
+def _data_of(node: yaml.Node | None) -> Any:
+    """What ``yaml.safe_load`` gives for the document ``node`` was composed from, without
+    parsing the text again."""
+    if node is None:
+        return None
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def lost_sections(before: Config, after: Config) -> list[str]:

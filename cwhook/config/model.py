@@ -108,6 +108,11 @@ class Config:
     # Key paths of the sections (non-empty mappings) the file had: a later read
     # that lacks one of them is probably a file caught half-written.
     sections: frozenset[tuple[str, ...]] = frozenset()
+    # The text this config was parsed from and its key paths: the key record
+    # (cwhook/config/keyrecord.py) reuses them when the file still holds that text, instead of
+    # parsing it again (a start read the file three times; 1,000 accounts made that a third of it).
+    source: str = field(default="", compare=False, repr=False)
+    keys: frozenset[tuple[str, ...]] = field(default=frozenset(), compare=False, repr=False)
 
     def webhook(self, server: str) -> WebhookConfig:
         return self.webhooks[server]
@@ -136,6 +141,6 @@ def changed_keys(old: Config, new: Config) -> list[str]:
             out.append(".".join(prefix))
 
     for f in fields(Config):
-        if f.name not in ("path", "sections"):
+        if f.compare and f.name not in ("path", "sections"):  # not the text read, nor its key paths
             walk(getattr(old, f.name), getattr(new, f.name), ("state", "dir") if f.name == "state_dir" else (f.name,))
     return out

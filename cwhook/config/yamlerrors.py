@@ -121,6 +121,18 @@ def sections(node: yaml.Node | None, prefix: KeyPath = ()) -> frozenset[KeyPath]
     return frozenset(out)
 
 
+def key_paths(node: yaml.Node | None, prefix: KeyPath = ()) -> frozenset[KeyPath]:
+    """Every key path of the YAML mappings in ``node`` (list items are values, not keys)."""
+    out: set[KeyPath] = set()
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                path = (*prefix, str(key_node.value))
+                out.add(path)
+                out |= key_paths(value_node, path)
+    return frozenset(out)
+
+
 # --- syntax errors ------------------------------------------------------------------
 
 
