@@ -16,7 +16,6 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-import structlog
 from aiohttp import web
 
 from cwhook.config.schema import Config, ScrobbleConfig
@@ -246,16 +245,19 @@ def _count(rt: Runtime, notes: dict[str, Any], seconds: float) -> None:
         rt.metrics.webhook_answered(server, seconds)
 
 
+def _logged_path(request: web.Request) -> str:
+    """The path as the access log shows it: never the query (the token), nor a token-like segment."""
+    return redact.safe_path(request.rel_url.raw_path) + ("?<redacted>" if request.rel_url.raw_query_string else "")
+
+
 @web.middleware
 async def access_log(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """One line per request; the query (the token) is never logged."""
     started = time.monotonic()
-    path = redact.safe_path(request.rel_url.raw_path) + (
-        "?<redacted>" if request.rel_url.raw_query_string else "")
     ids = request.app[REQUEST_IDS]
-    structlog.contextvars.bind_contextvars(request_id=next(ids))
+    request_id = logs.REQUEST_ID.set(next(ids))
     notes: dict[str, Any] = {}
     _request_notes.set(notes)
     try:
@@ -264,7 +266,7 @@ async def access_log(
         except web.HTTPException as exc:
             response = errors.http_exception_answer(exc)
         except Exception as exc:
-            log.exception("request_error", path=path, error=repr(exc))
+            log.exception("request_error", path=_logged_path(request), error=repr(exc))
             response = errors.answer(500, "internal")
         seconds = time.monotonic() - started
         _count(request.app[RUNTIME], notes, seconds)
@@ -274,12 +276,13 @@ async def access_log(
         # one line per accepted event at info; its request line is at debug.
         quiet = (request.path in ("/healthz", "/metrics") or notes.get("detail") == DROPPED
                  or notes.get("outcome") == "queued")
-        level = log.debug if quiet else log.info
-        level("request", method=request.method, path=path, status=response.status,
-              ms=round(seconds * 1000, 1), remote=request.remote, **notes)
+        if not quiet or logs.enabled("debug"):
+            (log.debug if quiet else log.info)(
+                "request", method=request.method, path=_logged_path(request), status=response.status,
+                ms=round(seconds * 1000, 1), remote=request.remote, **notes)
         return response
     finally:
-        structlog.contextvars.unbind_contextvars("request_id")
+        logs.REQUEST_ID.reset(request_id)
 
 
 def make_app(runtime: Runtime, limits: edge.Limits | None = None) -> web.Application:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from cwhook.kernel.records import quick_init
+
 Source = Literal["plex", "jellyfin", "emby", "tautulli"]
 Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress",
                  "mark_watched", "mark_unwatched"]
@@ -27,6 +29,7 @@ class BadPayload(Exception):
         super().__init__(_short(detail))
 
 
+@quick_init
 @dataclass(frozen=True)
 class Ignored:
     """Understood, but nothing for us to do (answered 200 with the reason code)."""
@@ -41,6 +44,7 @@ class Ignored:
         object.__setattr__(self, "detail", _short(self.detail))
 
 
+@quick_init
 @dataclass(frozen=True)
 class Ids:
     imdb: str | None = None
@@ -64,12 +68,18 @@ class Ids:
         return bool(self.as_dict())
 
 
+_IMDB = re.compile(r"(?:tt)?0*(\d{1,10})")
+
+
+NO_IDS = Ids()
+
+
 def normalize_imdb(value: Any) -> str | None:
     if not isinstance(value, (str, int)) or isinstance(value, bool) or (
             isinstance(value, int) and not 0 < value <= MAX_ID):
         return None
     text = str(value).strip().lower()
-    m = re.fullmatch(r"(?:tt)?0*(\d{1,10})", text)
+    m = _IMDB.fullmatch(text)
     if not m:
         return None
     digits = m.group(1)
@@ -93,6 +103,8 @@ def normalize_numeric_id(value: Any) -> int | None:
 
 
 def make_ids(imdb: Any = None, tmdb: Any = None, tvdb: Any = None, trakt: Any = None) -> Ids:
+    if imdb is None and tmdb is None and tvdb is None and trakt is None:
+        return NO_IDS  # most lookups find nothing: one shared empty Ids (frozen)
     return Ids(
         imdb=normalize_imdb(imdb),
         tmdb=normalize_numeric_id(tmdb),
@@ -101,6 +113,7 @@ def make_ids(imdb: Any = None, tmdb: Any = None, tvdb: Any = None, trakt: Any = 
     )
 
 
+@quick_init
 @dataclass(frozen=True)
 class Event:
     source: Source

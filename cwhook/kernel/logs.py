@@ -13,6 +13,7 @@ journal stream systemd named): the CLI makes it, the daemon reconfigures through
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -120,11 +121,24 @@ class _Stamp:
         return event
 
 
+# The number of the request a line is written for (``request_id``), set by the app's access log
+# for the time its handler runs. One variable read per line: structlog's merge_contextvars copies
+# and walks the whole context for it, a seventh of a line's cost.
+REQUEST_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("cwhook_request_id", default=None)
+
+
+def _request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
 def _pre_chain(scrubber: redact.Scrubber) -> list[Processor]:
     import structlog
 
     return [
-        structlog.contextvars.merge_contextvars,
+        _request_id,
         structlog.processors.add_log_level,
         _Stamp(),
         structlog.processors.format_exc_info,
@@ -159,9 +173,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     no known secret (there are none), only what text from outside cwhook may quote."""
     import structlog
 
-    global _generation
+    global _generation, _level
     scrubber = scrubber if scrubber is not None else redact.Scrubber()
     _generation += 1
+    _level = LEVELS.get(level, logging.INFO)
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -203,6 +218,12 @@ class Logging:
 # mirrors structlog's own configuration, which is one per process (structlog.configure), and
 # the loggers that read it are made at import time, before any object of the process exists.
 _generation = 0
+_level = logging.INFO  # the level configure() set: what enabled() answers from
+
+
+def enabled(level: str) -> bool:
+    """Lines of ``level`` are written (a caller may skip making a line nobody would see)."""
+    return LEVELS[level] >= _level
 
 
 class _Logger:

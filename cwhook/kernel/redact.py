@@ -87,17 +87,34 @@ class Scrubber:
 
     def __init__(self, provider: Callable[[], Iterable[str]] = tuple) -> None:
         self._provider = provider
+        self._given: object = None  # what the provider gave last, and its secrets as ``current`` gives them
+        self._current: list[str] = []
 
     def use(self, provider: Callable[[], Iterable[str]]) -> None:
         """Where the current secrets come from (called on every log line: keep it cheap)."""
         self._provider = provider
+        self._given = None
 
     def current(self) -> list[str]:
-        return [s for s in self._provider() if s and len(s) >= MIN_SECRET]
+        given = self._provider()
+        if given is not self._given or not isinstance(given, tuple):  # a config's are a tuple: kept
+            self._current = [s for s in given if s and len(s) >= MIN_SECRET]
+            self._given = given
+        return self._current
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         secrets = self.current()
         foreign = "_record" in event
+        if not foreign and "exception" not in event:
+            if not secrets:
+                return event
+            # Most lines hold no secret: one look at all their text (a secret across the separator
+            # would only send the line through the scrub below, which finds it is not there).
+            texts = [v for v in event.values() if isinstance(v, str)]
+            text = "\x00".join(texts)
+            # (A str subclass goes the long way, which hands the renderer a plain str for it.)
+            if "%" not in text and not any(s in text for s in secrets) and all(type(v) is str for v in texts):
+                return event
         for key, value in event.items():
             if not isinstance(value, str):
                 continue

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cwhook.kernel.event import Event
+from cwhook.kernel.records import quick_init
 from cwhook.kernel.vocab import SUPPRESSED, Reason, Verb
 
 
+@quick_init
 @dataclass(frozen=True)
 class Send:
     """One call to make to Trakt."""
@@ -17,6 +19,7 @@ class Send:
     progress: float
 
 
+@quick_init
 @dataclass(frozen=True)
 class Decision:
     event: Event

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cwhook.kernel.event import Action, Event, Ids, Ignored, ParseResult, Source, make_ids
+from cwhook.kernel.records import quick_init
 from cwhook.sources.payload import Caseless, as_dict, as_float, get_ci, percent
 
 TICKS_PER_SECOND = 10_000_000
 MAX_EPISODES_PER_FILE = 10  # a larger IndexNumberEnd is taken for bad metadata and ignored
+_HEX = "0123456789abcdef"
 KINDS = {"movie": "movie", "episode": "episode", "series": "show", "season": "season"}
 
 
@@ -21,7 +23,7 @@ def normalize_guid(value: str | None) -> str | None:
     if value is None:
         return None
     compact = value.replace("-", "").lower()
-    if len(compact) == 32 and all(c in "0123456789abcdef" for c in compact):
+    if len(compact) == 32 and not compact.strip(_HEX):  # hex digits alone, stripped at C speed
         return compact
     return value
 
@@ -39,6 +41,7 @@ def provider_ids(source: dict[str, Any], flat_prefix: str | None = None) -> Ids:
     return make_ids(imdb=pick("imdb"), tmdb=pick("tmdb"), tvdb=pick("tvdb"), trakt=pick("trakt"))
 
 
+@quick_init
 @dataclass(frozen=True)
 class MediaBrowserItem:
     source: Source

@@ -221,25 +221,40 @@ class Caseless(dict[str, Any]):
     """A JSON object whose keys ``get_ci`` folds once, not on every lookup (a Jellyfin payload
     has a hundred keys and its parser asks for thirty, most of them absent)."""
 
-    __slots__ = ("_folded",)
-    _folded: dict[str, Any]
+    __slots__ = ("_spelling",)
+    _spelling: dict[str, str]
 
-    def folded(self) -> dict[str, Any]:
-        """Lowered key -> value, the first key of each spelling winning (as the scan below)."""
+    def spelling(self) -> dict[str, str]:
+        """Lowered key -> the key as written, the first key of each spelling winning (as the scan
+        below). One server sends the same keys in the same order every time: the map is made once
+        per such layout (``_SPELLINGS``), not once per payload."""
         try:
-            return self._folded
+            return self._spelling
         except AttributeError:
-            # In reverse, so that the first spelling is written last and wins.
-            self._folded = {k.lower(): v for k, v in reversed(self.items())}
-            return self._folded
+            layout = tuple(self)
+            spelling = _SPELLINGS.get(layout)
+            if spelling is None:
+                if len(_SPELLINGS) >= MAX_LAYOUTS:
+                    _SPELLINGS.clear()
+                # In reverse, so that the first spelling is written last and wins.
+                spelling = _SPELLINGS[layout] = {k.lower(): k for k in reversed(layout)}
+            self._spelling = spelling
+            return spelling
+
+
+_ABSENT = object()
+MAX_LAYOUTS = 256  # key layouts whose spelling map is kept (a few per media server)
+_SPELLINGS: dict[tuple[str, ...], dict[str, str]] = {}
 
 
 def get_ci(data: dict[str, Any], key: str) -> Any:
     """``data[key]`` with the key's letter case ignored."""
-    if key in data:
-        return data[key]
+    value = data.get(key, _ABSENT)
+    if value is not _ABSENT:
+        return value
     if isinstance(data, Caseless):
-        return data.folded().get(key.lower())
+        written = data.spelling().get(key.lower())
+        return None if written is None else data[written]
     lowered = key.lower()
     for k, v in data.items():
         if isinstance(k, str) and k.lower() == lowered:

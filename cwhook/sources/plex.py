@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cwhook.kernel.event import Event, Ids, Ignored, ParseResult, make_ids
+from cwhook.kernel.records import quick_init
 from cwhook.sources.payload import (
     as_dict,
     as_float,
@@ -85,6 +86,7 @@ def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | Non
     return ids, _NO_IDS, None, None
 
 
+@quick_init
 @dataclass(frozen=True)
 class HamaGuid:
     """A guid of the HAMA agent (used with the Absolute Series Scanner for anime).

@@ -33,6 +33,7 @@ from typing import Any
 
 from cwhook.kernel import jsontext
 from cwhook.kernel.event import Event
+from cwhook.kernel.records import quick_init
 from cwhook.sources.payload import safe_text
 from cwhook.state.journalread import Action, Entry, JournalUnreadable, open_read_only, read
 
@@ -106,6 +107,7 @@ def _text(value: str | None) -> str | None:
     return None if value is None else safe_text(value)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Arrived:
     """What the journal keeps of an event as it arrived."""
@@ -124,6 +126,7 @@ class Arrived:
                    action=event.action, progress=event.progress, session=event.session_key)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Noted:
     """One decision of the rules, for one account, as the worker hands it to ``Store.decide``."""
@@ -137,6 +140,7 @@ class Noted:
     sends: tuple[int, ...] = ()  # indexes into the outbox entries of the same ``decide`` call
 
 
+@quick_init
 @dataclass(frozen=True)
 class IgnoredRow:
     """An event answered 200 ignored at ingest (``arrived`` holds what was understood of it)."""

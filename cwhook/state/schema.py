@@ -31,6 +31,7 @@ from typing import Any
 from cwhook.config.schema import DEFAULT_ACCOUNT
 from cwhook.kernel import jsontext
 from cwhook.kernel.event import Event
+from cwhook.kernel.records import quick_init
 
 FILE_NAME = "cwhook.sqlite3"
 LEGACY_OUTBOX = "outbox.sqlite3"
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS matches (
 """
 
 
+@quick_init
 @dataclass(frozen=True)
 class NewEntry:
     """An outbox row to add."""
