@@ -322,6 +322,28 @@ settings_st = st.builds(
 ).filter(lambda c: c.force_stop_at >= c.stop_pause_threshold)
 
 
+@settings(max_examples=200, deadline=None)
+@given(cfg=settings_st, steps=st.lists(step, max_size=40))
+def test_a_tick_the_worker_skips_as_not_due_would_have_done_nothing(
+        cfg: ScrobbleConfig, steps: list[tuple[str, float | None, float, str, bool]]) -> None:
+    """The worker ticks an account's rules before an event only when ``due`` (one look per account,
+    not a tick): a tick that is not due decides nothing and changes no session."""
+    rules = Rules(cfg)
+    now = 0.0
+    skipped = 0
+    for action, progress, gap, player, paused in steps:
+        now += gap
+        if not rules.due(now):
+            before = (rules.next_deadline(), rules.session_count, rules.held_events())
+            assert rules.tick(now) == [] and (rules.next_deadline(), rules.session_count,
+                                              rules.held_events()) == before
+            skipped += 1
+        else:
+            rules.tick(now)
+        rules.handle(ev(action, progress, player_id=player, paused=paused), now)
+    assert rules.due(now) or rules.next_deadline() is None
+
+
 @settings(max_examples=400, deadline=None)
 @given(cfg=settings_st, steps=st.lists(step, max_size=40))
 def test_invariants(cfg: ScrobbleConfig, steps: list[tuple[str, float | None, float, str, bool]]) -> None:

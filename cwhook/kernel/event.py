@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -156,7 +157,10 @@ class Event:
     def user_key(self) -> str:
         return f"{self.source}|{self.user_id or (self.user_name or '').casefold()}"
 
-    @property
+    # identity, session_key and the label are asked for several times per event (the answer, the
+    # rules, the decision line, the journal): made once each. The fields they read never change
+    # (frozen); ``sent_to`` changes the accounts alone, which none of them reads.
+    @functools.cached_property
     def identity(self) -> str:
         """What the item is, independent of who plays it where."""
         if self.kind == "episode" and not self.ids and self.show_title is not None:
@@ -170,12 +174,16 @@ class Event:
             return f"{self.kind}|" + ",".join(f"{k}={ids[k]}" for k in sorted(ids))
         return f"{self.kind}|{(self.title or '').casefold()}|{self.year}|{self.item_key}"
 
-    @property
+    @functools.cached_property
     def session_key(self) -> str:
         """One viewing session: source + user + player + item."""
         return f"{self.user_key}|{self.player_id or '-'}|{self.item_key or self.identity}"
 
     def label(self) -> str:
+        return self._label
+
+    @functools.cached_property
+    def _label(self) -> str:
         if self.kind == "episode":
             show = self.show_title or "?"
             if self.number is None and self.number_abs is not None:

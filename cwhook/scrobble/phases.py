@@ -155,6 +155,10 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._by_key)
 
+    def may_hold(self) -> bool:
+        """Some session may hold a pause (False: none does)."""
+        return bool(self._holding)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_key)
 

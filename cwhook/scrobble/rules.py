@@ -174,6 +174,10 @@ class Rules:
     def next_deadline(self) -> float | None:
         return min((held.deadline for _, _, held in self._sessions.held()), default=None)
 
+    def due(self, now: float) -> bool:
+        """``tick(now)`` may have something to do (False: it would return [] and change nothing)."""
+        return now >= self._next_sweep or self._sessions.may_hold()
+
     def tick(self, now: float) -> list[Decision]:
         """Send held pauses whose window ended; forget idle sessions."""
         out: list[Decision] = []
