@@ -68,6 +68,7 @@ def json_error(status: int, body: dict[str, str], headers: Mapping[str, str] | N
 # Any other header is never read, so anything goes there.
 READ_HEADERS = ("Host", "Expect", "Connection", "Upgrade", "Content-Type", "Content-Length",
                 "Content-Encoding", "Transfer-Encoding", "Accept", "X-Cwhook-Dry-Run")  # the last: preview
+_READ = {name.lower(): name for name in READ_HEADERS}
 MAX_READ_HEADER = 1024
 _PRINTABLE = re.compile(r"[\t\x20-\x7e]*")
 
@@ -79,8 +80,13 @@ def header_problem(request: web.BaseRequest) -> tuple[int, dict[str, str]] | Non
     answers it, but in JSON (aiohttp's own answer quotes the value and fails on non-ASCII).
     """
     headers = request.headers
+    found: dict[str, list[str]] = {}  # one pass over what came (a handful), not a lookup per name
+    for name, value in headers.items():
+        read = _READ.get(name.lower())
+        if read is not None:
+            found.setdefault(read, []).append(value)
     for name in READ_HEADERS:
-        values = headers.getall(name, ())
+        values = found.get(name)
         if not values:
             continue
         if len(values) > 1:

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -173,9 +174,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     no known secret (there are none), only what text from outside cwhook may quote."""
     import structlog
 
-    global _generation, _level
+    global _level
     scrubber = scrubber if scrubber is not None else redact.Scrubber()
-    _generation += 1
     _level = LEVELS.get(level, logging.INFO)
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -194,6 +194,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory,
         cache_logger_on_first_use=False,
     )
+    for logger in list(_LOGGERS):  # each binds again, to the new chain and level, at its next line
+        logger.forget()
     # aiohttp and asyncio log through the standard library: send their warnings
     # and errors the same way, never their access lines (those carry tokens).
     handler = logging.StreamHandler(out)
@@ -214,11 +216,10 @@ class Logging:
         configure(level, fmt, stream, self.scrubber, self.journal_stream)
 
 
-# Bumped by every configure(): loggers re-bind once after it. Module-level on purpose: it
-# mirrors structlog's own configuration, which is one per process (structlog.configure), and
-# the loggers that read it are made at import time, before any object of the process exists.
-_generation = 0
-_level = logging.INFO  # the level configure() set: what enabled() answers from
+# The level configure() set: what enabled() answers from. Module-level on purpose, as the loggers
+# (_LOGGERS): it mirrors structlog's own configuration, which is one per process
+# (structlog.configure), and the loggers are made at import time, before any object of the process.
+_level = logging.INFO
 
 
 def enabled(level: str) -> bool:
@@ -230,21 +231,34 @@ class _Logger:
     """A module-level logger that binds once per configuration, not once per call.
 
     structlog's lazy proxy binds on every call unless loggers are cached for good,
-    and cached loggers would keep an old level after a reload.
+    and cached loggers would keep an old level after a reload. A level's method, once bound,
+    is kept on the instance (found without ``__getattr__`` and its failed lookup, a seventh of a
+    line's cost) until the next ``configure`` makes every logger ``forget`` it.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._generation = -1
         self._bound: Any = None
+        _LOGGERS.add(self)
 
     def __getattr__(self, attr: str) -> Any:
-        if self._generation != _generation:
+        if attr.startswith("__"):  # copy, pickle and friends probing: not a logging method
+            raise AttributeError(attr)
+        if self._bound is None:
             import structlog
 
             self._bound = structlog.get_logger(self._name).bind()
-            self._generation = _generation
-        return getattr(self._bound, attr)
+        value = getattr(self._bound, attr)
+        if attr in PRIORITY:  # a level's method (debug, info, ...): kept until the next configure
+            self.__dict__[attr] = value
+        return value
+
+    def forget(self) -> None:
+        """The configuration changed: bind again at the next line."""
+        self.__dict__ = {"_name": self._name, "_bound": None}
+
+
+_LOGGERS: weakref.WeakSet[_Logger] = weakref.WeakSet()
 
 
 def get(name: str) -> Any:
