@@ -61,7 +61,7 @@ class Limits:
     body_budget: int = 8 << 20  # bytes of all bodies in memory at once (aiohttp's buffers included)
     slow_body_rate: int = 32 << 10  # bytes/s: a body slower than this (after the grace) is a trickle
     slow_body_grace: float = 1.0  # seconds a body gets before its pace is judged
-    read_size: int = 16 << 10  # bytes read from a socket at once; aiohttp buffers twice this per body
+    read_size: int = 64 << 10  # bytes read from a socket at once; aiohttp buffers twice this per body
     max_connections: int = 4096  # lowered further to fit the open-file limit
     reserved_fds: int = 256  # descriptors kept for accept batches, SQLite, Trakt, logs
 
