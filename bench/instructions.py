@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import PAYLOADS, config, free_port, path_for, request_body  # noqa: E402
+from bench.run import PAYLOADS, config, free_port, path_for, request_body, wait_up  # noqa: E402
 
 CONNECTIONS = 32
 
@@ -54,21 +54,6 @@ async def _send(url: str, size: str, count: int) -> None:
         await asyncio.gather(*[one_connection(session) for _ in range(CONNECTIONS)])
 
 
-def _up(port: int, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the receiver exited with {proc.returncode} before answering")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing answered on port {port}")
-
-
 def count(size: str, requests: int, floor: bool, tmp: Path) -> int:
     """Instructions of one whole run of the receiver that answers ``requests`` webhooks."""
     port = free_port()
@@ -83,7 +68,7 @@ def count(size: str, requests: int, floor: bool, tmp: Path) -> int:
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
                                 stdout=out, stderr=out, cwd=work)
         try:
-            _up(port, proc)
+            wait_up(port, 300, proc)  # a Python start under valgrind takes seconds
             time.sleep(1)
             asyncio.run(_send(f"http://127.0.0.1:{port}{path_for(size)}", size, requests))
             time.sleep(1)

@@ -126,9 +126,12 @@ logging:
 """
 
 
-def wait_up(port: int, timeout: float = 15) -> None:
+def wait_up(port: int, timeout: float = 15, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until /healthz answers on ``port`` (or ``proc``, the server, has exited)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server on port {port} exited with {proc.returncode}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
             return
