@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cwhook.kernel.event import BadPayload
+from cwhook.sources import payload
 from cwhook.sources.payload import Caseless, get_ci, loads_object, loads_object_stdlib
 from tests import fuzzkit
 from tests.conftest import FIXTURES
@@ -88,3 +89,22 @@ def test_real_payloads_and_fuzz_corpus_decode_the_same() -> None:
 def test_a_caseless_object_answers_as_the_scan_does(pairs: list[tuple[str, int]], key: str) -> None:
     data = dict(pairs)
     assert get_ci(Caseless(data), key) == get_ci(data, key)
+    assert get_ci(Caseless(data), key) == get_ci(data, key)  # the layout's map, now kept, answers the same
+
+
+def test_the_key_layouts_kept_are_bounded_in_number_and_size() -> None:
+    """A server sends one layout again and again: its map is kept. A hostile body's keys are not
+    kept (a megabyte of them), and at most MAX_LAYOUTS layouts are."""
+    payload._SPELLINGS.clear()
+    huge = Caseless({f"Key{i}": i for i in range(payload.MAX_LAYOUT_KEYS + 1)})
+    assert get_ci(huge, "key7") == 7 and payload._SPELLINGS == {}
+    long = Caseless({"K" * (payload.MAX_LAYOUT_TEXT + 1): 1, "Name": 2})
+    assert get_ci(long, "name") == 2 and get_ci(long, "k" * (payload.MAX_LAYOUT_TEXT + 1)) == 1
+    assert payload._SPELLINGS == {}
+    for i in range(payload.MAX_LAYOUTS + 10):
+        assert get_ci(Caseless({f"Name{i}": i, "Year": 1}), f"name{i}") == i
+        assert len(payload._SPELLINGS) <= payload.MAX_LAYOUTS
+    same = Caseless({"Name0": 0, "Year": 1})
+    get_ci(same, "year")
+    again = Caseless({"Name0": 5, "Year": 6})
+    assert get_ci(again, "year") == 6 and again.spelling() is same.spelling()
