@@ -237,7 +237,7 @@ class Caseless(dict[str, Any]):
                 # In reverse, so that the first spelling is written last and wins.
                 spelling = {k.lower(): k for k in reversed(layout)}
                 # Kept only for a layout of a media server's size: a hostile body of a megabyte
-                # of keys must not stay in memory, 256 times over.
+                # of keys must not stay in memory, MAX_LAYOUTS times over.
                 if len(layout) <= MAX_LAYOUT_KEYS and sum(map(len, layout)) <= MAX_LAYOUT_TEXT:
                     if len(_SPELLINGS) >= MAX_LAYOUTS:
                         _SPELLINGS.clear()
@@ -247,7 +247,7 @@ class Caseless(dict[str, Any]):
 
 
 _ABSENT = object()
-MAX_LAYOUTS = 256  # key layouts whose spelling map is kept (a few per media server)
+MAX_LAYOUTS = 64  # key layouts whose spelling map is kept (one per stream count of a server's items)
 MAX_LAYOUT_KEYS = 400  # a Jellyfin payload has about 80 keys, 120 with every stream listed
 MAX_LAYOUT_TEXT = 16384  # characters of all the keys of a layout kept
 _SPELLINGS: dict[tuple[str, ...], dict[str, str]] = {}
