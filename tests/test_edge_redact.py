@@ -68,6 +68,27 @@ def test_structlog_lines_never_carry_a_known_secret() -> None:
     assert json.loads(text.splitlines()[0])["detail"] == "value <redacted> end"
 
 
+class _Text(str):
+    """A str subclass, as some messages are (a config problem)."""
+
+
+def test_the_scrub_follows_the_live_secrets_and_writes_text_subclasses_as_text() -> None:
+    """A line whose text holds no secret skips the per-value scrub; the secrets are read again
+    when the provider gives another tuple (a reload); a str subclass is still written as text."""
+    out = io.StringIO()
+    secrets: list[tuple[str, ...]] = [(TOKEN,)]
+    logs.configure("info", "json", out, scrubber=redact.Scrubber(lambda: secrets[0]))
+    log = logs.get("t")
+    log.info("plain", detail="nothing secret here", n=3)
+    log.info("problem", problem=_Text("logging: this section is missing"))
+    secrets[0] = (TOKEN, "NewSecret-0123456789")
+    log.info("after_reload", detail="NewSecret-0123456789 and " + TOKEN)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0]["detail"] == "nothing secret here" and lines[0]["n"] == 3
+    assert lines[1]["problem"] == "logging: this section is missing"
+    assert lines[2]["detail"] == "<redacted> and <redacted>"
+
+
 def test_standard_library_records_are_redacted_tracebacks_included() -> None:
     out = io.StringIO()
     logs.configure("debug", "json", out)
