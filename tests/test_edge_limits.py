@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gzip
 import io
 import json
 import resource
@@ -423,6 +424,32 @@ async def test_every_header_cwhook_reads_refuses_hostile_values_in_json(sink: io
     assert not [e for e in events(sink) if e["level"] in ("error", "critical")]
     expect = {status for name, cls, status in seen if name == "Expect" and cls == "non_ascii"}
     assert expect == {400}
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"gzip", b"identity"])
+async def test_a_transfer_coding_other_than_chunked_is_refused_in_words(coding: bytes, sink: io.StringIO) -> None:
+    """aiohttp takes ``gzip, chunked`` as chunked and passes the gzipped bytes on: the body was
+    then refused as "not UTF-8". Only ``chunked`` is taken; compression is Content-Encoding's."""
+    payload = gzip.compress(SAMPLE)
+    chunked = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
+    async with fuzzkit.served(FAST) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(fuzzkit.serialize(f"POST {PLEX} HTTP/1.1", [("Host", b"t"), ("Transfer-Encoding", coding),
+                                       ("Content-Type", b"application/json")], chunked))
+        answer = await asyncio.wait_for(fuzzkit.read_answer(reader), 5)
+        writer.close()
+        assert answer.is_json and answer.status == 400, answer
+        said = json.loads(answer.body)
+        # Without chunked last, aiohttp's parser refuses the request itself (a malformed request).
+        wanted = "unsupported Transfer-Encoding" if coding.endswith(b"chunked") else "malformed request"
+        assert said["error"] == "bad_request" and wanted in said["detail"], said
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # chunked alone still goes through
+        plain = f"{len(SAMPLE):x}\r\n".encode() + SAMPLE + b"\r\n0\r\n\r\n"
+        writer.write(fuzzkit.serialize(f"POST {PLEX} HTTP/1.1", [("Host", b"t"), ("Transfer-Encoding", b"Chunked"),
+                                       ("Content-Type", b"application/json")], plain))
+        answer = await asyncio.wait_for(fuzzkit.read_answer(reader), 5)
+        writer.close()
+        assert answer.status in (200, 202), answer
 
 
 def test_the_test_request_header_is_screened_like_the_others() -> None:

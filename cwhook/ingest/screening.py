@@ -100,4 +100,9 @@ def header_problem(request: web.BaseRequest) -> tuple[int, dict[str, str]] | Non
     expect = headers.get("Expect")
     if expect is not None and expect.strip().lower() != "100-continue":
         return 417, {"error": "expectation_failed", "detail": "only Expect: 100-continue is supported"}
+    coding = headers.get("Transfer-Encoding")
+    if coding is not None and [c.strip().lower() for c in coding.split(",")] != ["chunked"]:
+        # aiohttp would undo the chunking and pass the rest on as it is: a gzipped body read as JSON.
+        return 400, {"error": "bad_request", "detail": "unsupported Transfer-Encoding (chunked is accepted; "
+                                                       "a compressed body goes with Content-Encoding: gzip)"}
     return None
