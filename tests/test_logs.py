@@ -32,6 +32,21 @@ def test_json_lines_when_not_a_tty() -> None:
     assert line["timestamp"].endswith("Z")
 
 
+class _Problem(str):
+    """A str subclass, as a config problem is."""
+
+
+def test_text_subclasses_are_written_as_text_as_json_dumps_writes_them() -> None:
+    """Whatever the scrubber does (no secret configured here): a str subclass is text in the line,
+    an int subclass a number, not their repr."""
+    out = io.StringIO()
+    logs.configure("info", "json", out)
+    logs.get("t").info("config_refused", problem=_Problem("logging: this section is missing"),
+                       status=type("Status", (int,), {})(404))
+    line = json.loads(out.getvalue())
+    assert (line["problem"], line["status"]) == ("logging: this section is missing", 404)
+
+
 def test_console_on_a_tty() -> None:
     out = Tty()
     logs.configure("info", "auto", out)

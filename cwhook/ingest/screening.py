@@ -79,9 +79,8 @@ def header_problem(request: web.BaseRequest) -> tuple[int, dict[str, str]] | Non
     Never quotes the value. ``Expect`` other than ``100-continue`` is 417, as aiohttp
     answers it, but in JSON (aiohttp's own answer quotes the value and fails on non-ASCII).
     """
-    headers = request.headers
     found: dict[str, list[str]] = {}  # one pass over what came (a handful), not a lookup per name
-    for name, value in headers.items():
+    for name, value in request.headers.items():
         read = _READ.get(name.lower())
         if read is not None:
             found.setdefault(read, []).append(value)
@@ -97,10 +96,11 @@ def header_problem(request: web.BaseRequest) -> tuple[int, dict[str, str]] | Non
         if not _PRINTABLE.fullmatch(value):
             return 400, {"error": "bad_request",
                          "detail": f"malformed {name} header (a byte that is not printable ASCII)"}
-    expect = headers.get("Expect")
+    # Each read header is now known to come once, printable and short.
+    expect = found.get("Expect", [None])[0]
     if expect is not None and expect.strip().lower() != "100-continue":
         return 417, {"error": "expectation_failed", "detail": "only Expect: 100-continue is supported"}
-    coding = headers.get("Transfer-Encoding")
+    coding = found.get("Transfer-Encoding", [None])[0]
     if coding is not None and [c.strip().lower() for c in coding.split(",")] != ["chunked"]:
         # aiohttp would undo the chunking and pass the rest on as it is: a gzipped body read as JSON.
         return 400, {"error": "bad_request", "detail": "unsupported Transfer-Encoding (chunked is accepted; "

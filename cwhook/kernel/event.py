@@ -72,7 +72,7 @@ class Ids:
 _IMDB = re.compile(r"(?:tt)?0*(\d{1,10})")
 
 
-NO_IDS = Ids()
+NO_IDS = Ids()  # frozen: one shared "no ids", not a new one per lookup that finds none
 
 
 def normalize_imdb(value: Any) -> str | None:
@@ -105,7 +105,7 @@ def normalize_numeric_id(value: Any) -> int | None:
 
 def make_ids(imdb: Any = None, tmdb: Any = None, tvdb: Any = None, trakt: Any = None) -> Ids:
     if imdb is None and tmdb is None and tvdb is None and trakt is None:
-        return NO_IDS  # most lookups find nothing: one shared empty Ids (frozen)
+        return NO_IDS  # most lookups find nothing
     return Ids(
         imdb=normalize_imdb(imdb),
         tmdb=normalize_numeric_id(tmdb),

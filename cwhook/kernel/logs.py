@@ -91,8 +91,10 @@ def _visible_values(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
 _REPRESENTED = frozenset(" \t=\r\n\"'")
 
 
-# Values orjson would write its own way go to ``default`` (``repr``), as with json.dumps.
-_OWN_WAY = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+# Values orjson would write its own way go to ``default`` (``repr``), as with json.dumps. Subclasses
+# of str, int, dict and list are written as their base type, as json.dumps writes them (a config
+# problem is a str subclass: it must read as text, not as its repr).
+_OWN_WAY = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _json_line(_: Any, __: str, event: MutableMapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cwhook.kernel.event import Event, Ids, Ignored, ParseResult, make_ids
+from cwhook.kernel.event import NO_IDS, Event, Ids, Ignored, ParseResult, make_ids
 from cwhook.kernel.records import quick_init
 from cwhook.sources.payload import (
     as_dict,
@@ -46,8 +46,7 @@ VOD_PROVIDER = "tv.plex.provider.vod"
 _LEGACY_KEYS = {"imdb": "imdb", "themoviedb": "tmdb", "thetvdb": "tvdb", "tvdb": "tvdb", "tmdb": "tmdb"}
 _HAMA_KEYS = {"tvdb": "tvdb", "tmdb": "tmdb", "tsdb": "tmdb", "imdb": "imdb"}
 _AVATAR = re.compile(r"/users/([0-9A-Za-z]+)/avatar")
-_NO_IDS = Ids()  # frozen: one shared "no ids" rather than a new one per guid looked at
-_NO_GUID = (_NO_IDS, _NO_IDS, None, None)
+_NO_GUID = (NO_IDS, NO_IDS, None, None)
 
 
 def _guid_list_ids(metadata: Mapping[str, Any]) -> Ids:
@@ -75,15 +74,15 @@ def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | Non
     if not m:
         modern = _MODERN.match(guid)
         if modern:
-            return make_ids(**{modern.group("agent"): modern.group("id")}), _NO_IDS, None, None
+            return make_ids(**{modern.group("agent"): modern.group("id")}), NO_IDS, None, None
         return _NO_GUID
     agent, parts = m.group("agent"), m.group("rest").split("/")
     if agent not in _LEGACY_KEYS:
         return _NO_GUID
     ids = make_ids(**{_LEGACY_KEYS[agent]: parts[0]})
     if len(parts) >= 3:
-        return _NO_IDS, ids, as_int(parts[1]), as_int(parts[2])
-    return ids, _NO_IDS, None, None
+        return NO_IDS, ids, as_int(parts[1]), as_int(parts[2])
+    return ids, NO_IDS, None, None
 
 
 @quick_init
@@ -129,7 +128,7 @@ def parse_hama_guid(guid: str | None) -> HamaGuid | None:
         return None
     source, value = m.group("source").lower(), m.group("id")
     key = _HAMA_KEYS.get(source)
-    ids = make_ids(**{key: value}) if key else _NO_IDS
+    ids = make_ids(**{key: value}) if key else NO_IDS
     return HamaGuid(source, m.group("mode"), ids, as_int(m.group("season")),
                     as_int(m.group("episode")))
 
@@ -216,7 +215,7 @@ def _placement(kind: str, metadata: dict[str, Any], guid: str | None) -> dict[st
         if not (show_ids or show_title):
             return Ignored("no_ids", "season has no show ids and no show title")
         return {"ids": ids, "show_title": show_title, "show_ids": show_ids, "season": as_int(metadata.get("index"))}
-    ids = ids or (hama.ids if hama is not None else _NO_IDS)
+    ids = ids or (hama.ids if hama is not None else NO_IDS)
     if not ids and not as_str(metadata.get("title")):
         return Ignored("no_ids", f"{kind} has no ids and no title")
     return {"ids": ids}
@@ -232,7 +231,7 @@ def _episode(metadata: dict[str, Any], ids: Ids, legacy: tuple[Ids, Ids, int | N
     grandparent = as_str(metadata.get("grandparentGuid"))
     show_hama = parse_hama_guid(grandparent)
     show_ids = (legacy_show_ids or parse_legacy_guid(grandparent)[0]
-                or (hama.ids if hama else _NO_IDS) or (show_hama.ids if show_hama else _NO_IDS))
+                or (hama.ids if hama else NO_IDS) or (show_hama.ids if show_hama else NO_IDS))
     if hama is not None:
         legacy_season, legacy_number = hama.season, hama.episode
     season = season if season is not None else legacy_season
