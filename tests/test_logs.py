@@ -136,3 +136,41 @@ def test_console_lines_escape_control_characters_from_outside() -> None:
     own_colours = re.sub("\x1b\\[[0-9;]*m", "", text)  # the renderer's own SGR sequences
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", own_colours), text
     assert text.count("\n") == 1 and "\x1b[" in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_our_level_methods_write_what_structlog_writes(fmt: str) -> None:
+    """The module loggers run the configured chain themselves (cwhook/kernel/logs.py, ``_direct``):
+    the same fields in the same order as structlog's own bound logger gives, at every level."""
+    import structlog
+
+    out = io.StringIO()
+    logs.configure("debug", fmt, out)
+    ours, theirs = logs.get("t"), structlog.get_logger("t")
+    for level in ("debug", "info", "warning", "error"):
+        getattr(ours, level)("decision %s", "made", reason="sent", progress=12.5, item="Futurama S02E15")
+        getattr(theirs, level)("decision %s", "made", reason="sent", progress=12.5, item="Futurama S02E15")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 8
+    for mine, reference in zip(lines[::2], lines[1::2], strict=True):
+        if fmt == "json":
+            a, b = json.loads(mine), json.loads(reference)
+            assert list(a) == list(b) and a["event"] == "decision made"
+            assert {k: v for k, v in a.items() if k != "timestamp"} == {
+                k: v for k, v in b.items() if k != "timestamp"}
+        else:
+            assert mine.split(" ", 1)[1] == reference.split(" ", 1)[1]  # all but the time
+
+
+def test_a_logger_in_use_follows_the_next_configure() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", out)
+    log = logs.get("t")
+    log.info("first")
+    log.debug("hidden")
+    logs.configure("warning", "json", out)
+    log.info("hidden too")
+    log.warning("second")
+    logs.configure("debug", "json", out)
+    log.debug("third")
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["first", "second", "third"]

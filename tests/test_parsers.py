@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cwhook.kernel.event import BadPayload, Event, Ids, Ignored
 from cwhook.sources import emby, jellyfin, plex
@@ -496,3 +498,33 @@ def test_manual_marks() -> None:
     emby_data["Item"]["Type"] = "Series"
     result = emby.parse("application/json", json.dumps(emby_data).encode())
     assert isinstance(result, Ignored) and result.reason == "media_type_not_supported"
+
+
+def test_guids_are_worked_out_once_and_kept_within_bounds() -> None:
+    """A guid's meaning is kept (one server sends the same guids again and again), for guids of a
+    guid's size and a bounded number of them (cwhook/sources/plex.py, ``_kept``)."""
+    guid = "com.plexapp.agents.thetvdb://73871/2/15?lang=en"
+    for parse in (parse_legacy_guid, parse_hama_guid):
+        parse.cache_clear()  # type: ignore[attr-defined]
+    first = parse_legacy_guid(guid)
+    assert parse_legacy_guid(guid) is first and first == parse_legacy_guid.__wrapped__(guid)  # type: ignore[attr-defined]
+    assert parse_legacy_guid.cache_info().currsize == 1  # type: ignore[attr-defined]
+    long = "com.plexapp.agents.imdb://tt0072684?" + "x" * plex.MAX_GUID_TEXT
+    assert parse_legacy_guid(long) == (Ids(imdb="tt0072684"), Ids(), None, None)
+    assert parse_hama_guid("hama://tvdb4-81797/25/1000?" + "x" * plex.MAX_GUID_TEXT) is not None
+    assert parse_legacy_guid.cache_info().currsize == 1  # type: ignore[attr-defined]
+    assert parse_hama_guid.cache_info().currsize == 0  # type: ignore[attr-defined]
+    for n in range(plex.GUIDS_KEPT + 50):
+        assert parse_legacy_guid(f"tmdb://{n + 1}") == (Ids(tmdb=n + 1), Ids(), None, None)
+    assert parse_legacy_guid.cache_info().currsize == plex.GUIDS_KEPT  # type: ignore[attr-defined]
+
+
+_GUID_PIECES = st.sampled_from(["com.plexapp.agents.", "hama://", "tvdb", "thetvdb", "themoviedb", "imdb",
+                                "tmdb", "anidb", "4", "2", "-", "://", "/", "?lang=en", "tt0072684",
+                                "81797", "25", "0", "HAMA", "plex://episode/"])
+
+
+@given(st.lists(_GUID_PIECES | st.text(max_size=3), max_size=12).map("".join))
+def test_a_kept_guid_means_what_the_parse_says(guid: str) -> None:
+    for parse in (parse_legacy_guid, parse_hama_guid):
+        assert parse(guid) == parse.__wrapped__(guid) == parse(guid)  # type: ignore[attr-defined]

@@ -125,3 +125,23 @@ def test_decisions_and_noted_rows_keep_their_defaults() -> None:
     item = MediaBrowserItem("jellyfin", "start", "Movie", "N", None, None, Ids(), None, None, None, None,
                             None, None, None, None, None, None, None, None)
     assert item.episode_end is None
+
+
+def test_an_event_is_stored_as_its_fields_say_even_after_routing() -> None:
+    """``Event.stored`` (the inbox's and the outbox's text of an event) is made once per event:
+    a routed copy (``sent_to``) and a replaced one are stored with their own accounts and values."""
+    import json
+
+    event = Event("plex", "start", "episode", title="T", ids=Ids(tvdb=5), show_title="S", season=1, number=2,
+                  progress=12.5, received_at=3.0)
+    assert json.loads(event.stored) == {f.name: getattr(event, f.name) if f.name not in ("ids", "show_ids")
+                                        else getattr(event, f.name).as_dict() for f in dataclasses.fields(Event)
+                                        } | {"accounts": []}
+    assert Event.from_dict(json.loads(event.stored)) == event
+    routed = event.sent_to(("alice", "bob"))
+    assert json.loads(routed.stored)["accounts"] == ["alice", "bob"]
+    assert json.loads(event.stored)["accounts"] == []  # the original keeps its own
+    again = routed.sent_to(("carol",))
+    assert Event.from_dict(json.loads(again.stored)) == again and again.accounts == ("carol",)
+    changed = dataclasses.replace(again, progress=50.0)
+    assert json.loads(changed.stored)["progress"] == 50.0

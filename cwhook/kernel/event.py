@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from cwhook.kernel import jsontext
 from cwhook.kernel.records import quick_init
 
 Source = Literal["plex", "jellyfin", "emby", "tautulli"]
@@ -150,6 +151,7 @@ class Event:
         ``__init__`` (a tenth of its cost; every field is already valid)."""
         twin = object.__new__(Event)
         twin.__dict__.update(self.__dict__)
+        twin.__dict__.pop("stored", None)  # the only one of the kept values that shows the accounts
         object.__setattr__(twin, "accounts", accounts)
         return twin
 
@@ -226,10 +228,17 @@ class Event:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in _FIELDS}  # asdict's deep copy is slow
+        mine = self.__dict__  # every field is there (frozen records: cwhook/kernel/records.py)
+        data = {name: mine[name] for name in _NAMES}  # asdict's deep copy is slow
         data["ids"] = self.ids.as_dict()
         data["show_ids"] = self.show_ids.as_dict()
         return data
+
+    @functools.cached_property
+    def stored(self) -> str:
+        """The event as the store writes it (``to_dict`` as JSON): the inbox row and the outbox
+        row of one event are the same text, made once."""
+        return jsontext.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -242,4 +251,5 @@ class Event:
 
 
 _FIELDS = fields(Event)
+_NAMES = tuple(f.name for f in _FIELDS)
 ParseResult = Event | Ignored

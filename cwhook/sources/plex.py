@@ -6,10 +6,11 @@ shell extracts it); urlencoded ``payload=`` and raw JSON are accepted too.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cwhook.kernel.event import NO_IDS, Event, Ids, Ignored, ParseResult, make_ids
 from cwhook.kernel.records import quick_init
@@ -60,6 +61,31 @@ def _guid_list_ids(metadata: Mapping[str, Any]) -> Ids:
     return make_ids(imdb=found.get("imdb"), tmdb=found.get("tmdb"), tvdb=found.get("tvdb"))
 
 
+# A server sends the same few guids again and again (one item's play, pauses and stop; its
+# show's guid on every episode): what a guid means is worked out once and kept, for guids of a
+# guid's size. Results are frozen records, shared safely. Bounded in number by the cache, in size
+# by MAX_GUID_TEXT: a hostile guid of a megabyte is parsed every time, never kept.
+GUIDS_KEPT = 1024
+MAX_GUID_TEXT = 256
+
+_T = TypeVar("_T")
+
+
+def _kept(parse: Callable[[str | None], _T]) -> Callable[[str | None], _T]:
+    cached = functools.lru_cache(maxsize=GUIDS_KEPT)(parse)
+
+    @functools.wraps(parse)
+    def lookup(guid: str | None) -> _T:
+        if guid is None or len(guid) > MAX_GUID_TEXT:
+            return parse(guid)
+        return cached(guid)
+
+    lookup.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    lookup.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return lookup
+
+
+@_kept
 def parse_legacy_guid(guid: str | None) -> tuple[Ids, Ids, int | None, int | None]:
     """Ids from an old-agent guid: (item ids, show ids, season, episode).
 
@@ -122,6 +148,7 @@ class HamaGuid:
         return "season"
 
 
+@_kept
 def parse_hama_guid(guid: str | None) -> HamaGuid | None:
     m = _HAMA.match(guid or "")
     if not m:

@@ -14,7 +14,7 @@ from cwhook.sources.payload import safe_text
 from cwhook.state import journal
 from cwhook.state.connection import reads
 from cwhook.state.outbox import Outbox
-from cwhook.state.schema import NewEntry, dump
+from cwhook.state.schema import NewEntry
 
 WATCHED_VERBS = ("stop", "history_add")
 WATCHED_KEPT = 3600.0  # the rules' one-hour window
@@ -28,7 +28,7 @@ class Inbox(Outbox):
         with self._tx() as (db, delta):
             for event in events:
                 cur = db.execute("INSERT INTO inbox (received_at, event) VALUES (?, ?)",
-                                 (event.received_at, dump(event.to_dict())))
+                                 (event.received_at, event.stored))
                 ids.append(int(cur.lastrowid or 0))
             delta.inbox += len(ids)
             self.journal.ignored(db, list(ignored), time.time())

@@ -28,7 +28,7 @@ class Outbox(Connection):
         cur = db.execute(
             "INSERT INTO outbox (account, session, created_at, verb, progress, event, extra)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.account, session, e.created_at, e.verb, e.progress, dump(e.event.to_dict()), dump(e.extra or {})))
+            (e.account, session, e.created_at, e.verb, e.progress, e.event.stored, dump(e.extra or {})))
         entry_id = int(cur.lastrowid or 0)
         delta.add(e.account, 1)
         if self._head(delta, e.account, session) is None:  # ids only grow: the first of its session
