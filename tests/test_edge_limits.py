@@ -88,6 +88,23 @@ async def test_headers_that_do_not_arrive_in_time_get_408_and_a_close(sink: io.S
     assert [(e["closed"], e["level"]) for e in events(sink) if e["event"] == "silent_connections"] == [(1, "info")]
 
 
+async def test_the_next_request_on_a_kept_alive_connection_has_its_headers_timed_too() -> None:
+    """A request that arrives whole sets no header timer; the next one on the same connection,
+    begun and not finished, is timed from its first bytes (408), well before the idle timeout."""
+    async with fuzzkit.served(replace(FAST, idle_timeout=10)) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(SAMPLE))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 202"), head
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(0.7)  # longer than header_timeout: only the next request's bytes count
+        writer.write(b"POST " + PLEX.encode() + b" HTTP/1.1\r\nHost: t\r\n")
+        data, took = await until_closed(reader)
+        assert 0.4 < took < 2.0
+        assert answer_of(data) == (408, {"error": "timeout", "detail": "the request headers took too long"})
+
+
 async def test_silent_connections_are_summed_up_not_logged_one_by_one(sink: io.StringIO) -> None:
     async with fuzzkit.served(FAST) as (port, rt):
         conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(60)]

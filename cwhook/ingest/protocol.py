@@ -124,12 +124,14 @@ class EdgeProtocol(RequestHandler):
         if data:
             self.heard = True
             self.last_active = self.loop.time()
-            if self.header_timer is None and self.between_requests():
-                self.start_header_timer()  # the first byte of the next request
         before = aio.requests_parsed(self)
         super().data_received(data)
         if aio.requests_parsed(self) != before:
             self.headers_complete()
+        elif data and self.header_timer is None and self.between_requests():
+            # The next request has begun and its headers are not complete: timed from this first
+            # read. (Most requests arrive whole in one read: no timer to set and cancel for them.)
+            self.start_header_timer()
         if self.body is not None or self.counted:
             self.edge.flow.account(self)
 

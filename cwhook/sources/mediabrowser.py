@@ -30,10 +30,11 @@ def normalize_guid(value: str | None) -> str | None:
 
 def provider_ids(source: dict[str, Any], flat_prefix: str | None = None) -> Ids:
     """Ids from a ``ProviderIds`` object or flat ``Provider_imdb`` keys, any letter case."""
-    nested = Caseless(as_dict(get_ci(source, "ProviderIds")))
+    found = as_dict(get_ci(source, "ProviderIds"))
+    nested = Caseless(found) if found else None  # Jellyfin's flat body has none: nothing to look up
 
     def pick(name: str) -> Any:
-        value = get_ci(nested, name)
+        value = None if nested is None else get_ci(nested, name)
         if value is None and flat_prefix is not None:
             value = get_ci(source, f"{flat_prefix}{name}")
         return value
