@@ -454,3 +454,23 @@ def test_an_old_single_account_outbox_is_migrated_to_the_default_lane(tmp_path: 
     [(account, count, born)] = store.stats.by_account
     assert (account, count) == ("default", 1) and born == pytest.approx(1.0, abs=1.0)
 
+
+
+WHOLE_SERVERS = st.sampled_from(["*", " * ", "*:*", "plex:*", "PLEX: *", "jellyfin:*", "emby:*", "tautulli:*",
+                                 "kodi:*"])  # patterns that take all of a server's users: no index
+
+
+@given(accounts=st.lists(st.lists(PATTERNS, max_size=4), max_size=6)
+       | st.lists(st.lists(WHOLE_SERVERS, min_size=1, max_size=3), min_size=1, max_size=4),
+       events=st.lists(st.tuples(SOURCES_, st.one_of(st.none(), NAMES)), min_size=1, max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_one_router_routes_event_after_event_as_the_patterns_say(accounts: list[list[str]],
+                                                                 events: list[tuple[str, str | None]]) -> None:
+    """A router is built once per config and routes every webhook after: what it keeps between two
+    events (the accounts of a server whose patterns all take everyone) never answers for another."""
+    table = {f"acc{i}": tuple(patterns) for i, patterns in enumerate(accounts)}
+    router = Router(table)
+    for source, name in [*events, *events]:
+        event = ev(source, name)
+        assert router.route(event) == tuple(
+            n for n, patterns in table.items() if any(one_by_one(p, event) for p in patterns))

@@ -145,3 +145,27 @@ def test_an_event_is_stored_as_its_fields_say_even_after_routing() -> None:
     assert Event.from_dict(json.loads(again.stored)) == again and again.accounts == ("carol",)
     changed = dataclasses.replace(again, progress=50.0)
     assert json.loads(changed.stored)["progress"] == 50.0
+
+
+def test_once_works_a_value_out_at_its_first_read_and_keeps_it() -> None:
+    from cwhook.kernel.records import once
+
+    calls: list[int] = []
+
+    @dataclass(frozen=True)
+    class Thing:
+        n: int
+
+        @once
+        def doubled(self) -> int:
+            """Twice n."""
+            calls.append(self.n)
+            return self.n * 2
+
+    a, b = Thing(1), Thing(2)
+    assert (a.doubled, a.doubled, b.doubled, a.doubled) == (2, 2, 4, 2)
+    assert calls == [1, 2]  # once per object
+    assert a.__dict__["doubled"] == 2 and Thing.doubled.__doc__ == "Twice n."
+    assert dataclasses.replace(a, n=5).doubled == 10  # a new object works its own out
+    event = Event("plex", "start", "movie", title="T", year=2000)
+    assert event.identity == event.__dict__["identity"] == "movie|t|2000|"

@@ -34,6 +34,7 @@ class Router:
         self.names = tuple(accounts)
         self._everyone: dict[str, set[int]] = {}  # server or "*" -> the accounts taking all its users
         self._index: dict[tuple[str, Users, str, str], set[int]] = {}  # (server, family, kind, value)
+        self._whole: dict[str, tuple[str, ...]] = {}  # without an index: server -> its accounts, once
         for i, patterns in enumerate(accounts.values()):
             for pattern in patterns:
                 self._add(i, pattern)
@@ -54,6 +55,12 @@ class Router:
 
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the accounts whose users match the event, in the accounts' order."""
+        if not self._index:  # every pattern takes all of a server's users (the usual one account)
+            kept = self._whole.get(event.source)
+            if kept is None:
+                found_all = self._everyone.get(ANY, set()) | self._everyone.get(event.source, set())
+                kept = self._whole[event.source] = tuple(self.names[i] for i in sorted(found_all))
+            return kept
         found: set[int] = set()
         family = SOURCES[event.source].users
         keys = family.event_keys(event)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from cwhook.kernel import jsontext
-from cwhook.kernel.records import quick_init
+from cwhook.kernel.records import once, quick_init
 
 Source = Literal["plex", "jellyfin", "emby", "tautulli"]
 Action = Literal["start", "pause", "stop", "scrobble", "rate", "progress",
@@ -162,7 +161,7 @@ class Event:
     # identity, session_key and the label are asked for several times per event (the answer, the
     # rules, the decision line, the journal): made once each. The fields they read never change
     # (frozen); ``sent_to`` changes the accounts alone, which none of them reads.
-    @functools.cached_property
+    @once
     def identity(self) -> str:
         """What the item is, independent of who plays it where."""
         if self.kind == "episode" and not self.ids and self.show_title is not None:
@@ -176,7 +175,7 @@ class Event:
             return f"{self.kind}|" + ",".join(f"{k}={ids[k]}" for k in sorted(ids))
         return f"{self.kind}|{(self.title or '').casefold()}|{self.year}|{self.item_key}"
 
-    @functools.cached_property
+    @once
     def session_key(self) -> str:
         """One viewing session: source + user + player + item."""
         return f"{self.user_key}|{self.player_id or '-'}|{self.item_key or self.identity}"
@@ -184,7 +183,7 @@ class Event:
     def label(self) -> str:
         return self._label
 
-    @functools.cached_property
+    @once
     def _label(self) -> str:
         if self.kind == "episode":
             show = self.show_title or "?"
@@ -234,7 +233,7 @@ class Event:
         data["show_ids"] = self.show_ids.as_dict()
         return data
 
-    @functools.cached_property
+    @once
     def stored(self) -> str:
         """The event as the store writes it (``to_dict`` as JSON): the inbox row and the outbox
         row of one event are the same text, made once."""

@@ -13,7 +13,8 @@ frozen dataclass: assignments after ``__init__`` still raise, equality, hashing,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -65,3 +66,34 @@ def quick_init(cls: type[T]) -> type[T]:
     init.__doc__ = cls.__init__.__doc__
     type.__setattr__(cls, "__init__", init)
     return cls
+
+
+class once(Generic[T]):
+    """``functools.cached_property`` without its lock: a value worked out at its first read and kept
+    in the instance's ``__dict__`` (later reads find it there, past this descriptor).
+
+    On Python 3.11 ``cached_property`` takes a lock on every first read: twice the cost of the
+    read itself. The records here are made and read on the event loop's one thread; an ``Event``
+    has four such values (its identity, session key, label and stored text). Two threads reading
+    one at once would each work it out, and both get the same value.
+    """
+
+    def __init__(self, make: Callable[[Any], T]) -> None:
+        self.make = make
+        self.name = make.__name__
+        self.__doc__ = make.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> once[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | once[T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.make(obj)
+        return value
