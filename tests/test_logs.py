@@ -174,3 +174,22 @@ def test_a_logger_in_use_follows_the_next_configure() -> None:
     logs.configure("debug", "json", out)
     log.debug("third")
     assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["first", "second", "third"]
+
+
+def test_gathered_lines_leave_together_in_order_even_when_the_block_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    writes: list[str] = []
+    monkeypatch.setattr(sys, "stderr", type("W", (), {"write": lambda self, t: writes.append(t) or len(t),
+                                                      "isatty": lambda self: False})())
+    logs.configure("info", "json")
+    log = logs.get("t")
+    with pytest.raises(RuntimeError), logs.gathered():
+        log.info("one")
+        with logs.gathered():  # inside another: leaves with the outer one
+            log.warning("two")
+        assert writes == []
+        raise RuntimeError("the block failed")
+    log.info("three")
+    assert [[json.loads(x)["event"] for x in w.splitlines()] for w in writes] == [["one", "two"], ["three"]]

@@ -259,3 +259,45 @@ async def test_a_decision_wakes_only_the_lanes_of_its_accounts(tmp_path: Path) -
     [stop] = ingest(store, replace(STOP, accounts=("anna",)))
     await worker.process([stop])
     assert woken[-1] == {"anna"}
+
+
+class _Writes:
+    """A stderr that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+async def test_a_batch_writes_its_decision_lines_in_one_write(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line per decision, every one of them, in the order decided: in one system call per batch
+    (cwhook/kernel/logs.py, ``gathered``)."""
+    import json
+    import sys
+
+    from cwhook.kernel import logs
+
+    out = _Writes()
+    monkeypatch.setattr(sys, "stderr", out)
+    logs.configure("info", "json")
+    try:
+        worker, store = make(tmp_path)
+        items = ingest(store, *[replace(MOVIE, item_key=str(i)) for i in range(30)])
+        await worker.process(items)
+    finally:
+        logs.configure("info", "json")
+    decided = [w for w in out.writes if '"decision"' in w]
+    assert len(decided) == 1
+    lines = [json.loads(line) for line in decided[0].splitlines()]
+    assert [(line["event"], line["session"].rsplit("|", 1)[1]) for line in lines] == [
+        ("decision", str(i)) for i in range(30)]

@@ -192,12 +192,13 @@ class Worker:
         noted: list[Noted] = []
         items: list[Item | None] = [*batch] or [None]
         self._track(batch)
-        for i, item in enumerate(items):
-            if times is None or item is None:
-                t, stamp = self.clock(), self.wall()
-            else:
-                t, stamp = self.steady_of(times[i]), times[i]
-            entries += self.entries(self.step(item, t), stamp, noted, len(entries))
+        with logs.gathered():  # the batch's decision lines leave in one write
+            for i, item in enumerate(items):
+                if times is None or item is None:
+                    t, stamp = self.clock(), self.wall()
+                else:
+                    t, stamp = self.steady_of(times[i]), times[i]
+                entries += self.entries(self.step(item, t), stamp, noted, len(entries))
         self._unsaved = (entries, noted)
         done = await self.commit(entries, self.settle(batch), once, noted)
         if done:
