@@ -105,6 +105,27 @@ async def test_the_next_request_on_a_kept_alive_connection_has_its_headers_timed
         assert answer_of(data) == (408, {"error": "timeout", "detail": "the request headers took too long"})
 
 
+async def test_a_body_that_ends_in_a_later_read_starts_no_header_timer(sink: io.StringIO) -> None:
+    """The read that completes a body leaves the connection between requests, but begins none: no
+    408 follows the answer (found by the outsider test: a Plex thumbnail larger than one read)."""
+    async with fuzzkit.served(replace(FAST, idle_timeout=3)) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = post(SAMPLE)
+        writer.write(request[:-20])
+        await asyncio.sleep(0.3)
+        writer.write(request[-20:])
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 202"), head
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        with pytest.raises(TimeoutError):  # header_timeout (0.5 s) passes three times over: nothing comes
+            await asyncio.wait_for(reader.read(1), 1.5)
+        writer.write(post(SAMPLE))  # and the connection still takes the next request
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 202")
+        writer.close()
+    assert [e for e in events(sink) if e.get("status") == 408] == []
+
+
 async def test_silent_connections_are_summed_up_not_logged_one_by_one(sink: io.StringIO) -> None:
     async with fuzzkit.served(FAST) as (port, rt):
         conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(60)]

@@ -121,16 +121,19 @@ class EdgeProtocol(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self.body_evicted:
             return  # the connection closes after its 503; nothing more is kept
+        begins = False  # this read starts the next request
         if data:
             self.heard = True
             self.last_active = self.loop.time()
+            begins = self.header_timer is None and self.between_requests()
         before = aio.requests_parsed(self)
         super().data_received(data)
         if aio.requests_parsed(self) != before:
             self.headers_complete()
-        elif data and self.header_timer is None and self.between_requests():
+        elif begins:
             # The next request has begun and its headers are not complete: timed from this first
-            # read. (Most requests arrive whole in one read: no timer to set and cancel for them.)
+            # read. (Most requests arrive whole in one read: no timer to set and cancel for them.
+            # A read that ends a body begins nothing, though the connection is between requests after it.)
             self.start_header_timer()
         if self.body is not None or self.counted:
             self.edge.flow.account(self)
