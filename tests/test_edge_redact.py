@@ -113,3 +113,21 @@ def test_the_live_secrets_include_every_account_and_webhook() -> None:
     secrets = parse_config(text, Path("c.yml")).secrets
     for value in ("plextok-1234567890ab", "csecret-1", "main-access", "anna-access", "anna-refresh"):
         assert value in secrets
+
+
+def test_a_secret_inside_a_nested_value_or_case_folded_is_scrubbed_too() -> None:
+    """Found by the outsider test: a body to send (dry-run's ``trakt_would_send``) holds values within
+    values, and a session key holds a user's name case-folded."""
+    out = io.StringIO()
+    logs.configure("info", "json", out, scrubber=redact.Scrubber(lambda: (TOKEN,)))
+    log = logs.get("t")
+    log.info("trakt_would_send", body={"movie": {"title": f"a {TOKEN} b", "ids": {"imdb": "tt1"}},
+                                       "list": [TOKEN, ("x", quote(TOKEN, safe=""))], "n": 3})
+    log.info("decision", session=f"jellyfin|{TOKEN.casefold()}|p|1")
+    text = out.getvalue()
+    for form in (*encodings(TOKEN), TOKEN.casefold()):
+        assert form not in text
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert first["body"] == {"movie": {"title": "a <redacted> b", "ids": {"imdb": "tt1"}},
+                             "list": ["<redacted>", ["x", "<redacted>"]], "n": 3}
+    assert second["session"] == "jellyfin|<redacted>|p|1"

@@ -96,9 +96,12 @@ class Scrubber:
         self._given = None
 
     def current(self) -> list[str]:
+        """The secrets, and each one case-folded too: a value made from a user's name (a session
+        key) holds it folded."""
         given = self._provider()
         if given is not self._given or not isinstance(given, tuple):  # a config's are a tuple: kept
-            self._current = [s for s in given if s and len(s) >= MIN_SECRET]
+            kept = [s for s in given if s and len(s) >= MIN_SECRET]
+            self._current = list(dict.fromkeys([*kept, *(s.casefold() for s in kept)]))
             self._given = given
         return self._current
 
@@ -109,15 +112,34 @@ class Scrubber:
             if not secrets:
                 return event
             # Most lines hold no secret: one look at all their text (a secret across the separator
-            # would only send the line through the scrub below, which finds it is not there).
-            text = "\x00".join([v for v in event.values() if isinstance(v, str)])
-            if "%" not in text and not any(s in text for s in secrets):
-                return event
+            # would only send the line through the scrub below, which finds it is not there). A
+            # line with a value holding others (a body to send) always goes through the scrub.
+            values = event.values()
+            if set(map(type, values)) <= _PLAIN:
+                text = "\x00".join([v for v in values if type(v) is str])
+                if "%" not in text and not any(s in text for s in secrets):
+                    return event
         for key, value in event.items():
-            if not isinstance(value, str):
-                continue
-            if foreign or key == "exception":
-                event[key] = redact_text(value, secrets)
-            elif secrets:
-                event[key] = scrub_secrets(value, secrets)
+            if isinstance(value, str):
+                if foreign or key == "exception":
+                    event[key] = redact_text(value, secrets)
+                elif secrets:
+                    event[key] = scrub_secrets(value, secrets)
+            elif isinstance(value, _NESTED) and secrets:
+                event[key] = _scrub_within(value, secrets)
         return event
+
+
+_NESTED = (dict, list, tuple)
+_PLAIN = frozenset((str, int, float, bool, type(None)))  # a line of only these values: one look at its text
+
+
+def _scrub_within(value: Any, secrets: list[str]) -> Any:
+    """A copy of ``value`` (dicts, lists and tuples within each other) with its text scrubbed."""
+    if isinstance(value, str):
+        return scrub_secrets(value, secrets)
+    if isinstance(value, dict):
+        return {_scrub_within(k, secrets): _scrub_within(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub_within(v, secrets) for v in value]
+    return value
