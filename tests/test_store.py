@@ -497,3 +497,42 @@ async def test_the_wal_stays_bounded_under_a_steady_stream_of_commits(tmp_path: 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         db.close()
+
+
+async def test_a_locked_database_is_tried_again_soon_then_less_often(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's own checkpoint holds writers back for milliseconds: the first retry comes after
+    1 ms, not 20 (the slowest answers under load waited it out, docs/performance.md); the waits
+    double up to 20 ms, and after LOCK_WAIT the call gives up as before."""
+    from cwhook.state import asyncstore
+
+    db = AsyncStore(Store(tmp_path))
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncstore.asyncio, "sleep", sleep)
+    busy = [7]
+
+    def locked_seven_times() -> str:
+        if busy[0]:
+            busy[0] -= 1
+            raise StoreBusy("database is locked")
+        return "done"
+
+    try:
+        assert await db.call(locked_seven_times) == "done"
+        assert waits == [0.001, 0.002, 0.004, 0.008, 0.016, 0.02, 0.02]
+        assert await db.call(lambda: "at once") == "at once" and len(waits) == 7  # no lock, no wait
+        monkeypatch.setattr(asyncstore, "LOCK_WAIT", 0.0)
+
+        def always_locked() -> None:
+            raise StoreBusy("database is locked")
+
+        with pytest.raises(StoreUnavailable):
+            await db.call(always_locked)
+    finally:
+        db.close()
