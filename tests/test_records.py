@@ -169,3 +169,14 @@ def test_once_works_a_value_out_at_its_first_read_and_keeps_it() -> None:
     assert dataclasses.replace(a, n=5).doubled == 10  # a new object works its own out
     event = Event("plex", "start", "movie", title="T", year=2000)
     assert event.identity == event.__dict__["identity"] == "movie|t|2000|"
+
+
+@given(st.builds(Ids, imdb=st.none() | st.just("tt0000001"), tmdb=st.none() | st.integers(1, 9),
+                 tvdb=st.none() | st.integers(1, 9), trakt=st.none() | st.integers(1, 9)))
+def test_ids_known_once_are_handed_out_as_copies(ids: Ids) -> None:
+    expected = {k: v for k, v in dataclasses.asdict(ids).items() if v is not None}
+    assert bool(ids) is bool(expected)
+    first = ids.as_dict()
+    assert first == expected
+    first["imdb"] = "changed"  # a caller's own dict: the next one is as before
+    assert ids.as_dict() == expected and ids == Ids(**expected) and hash(ids) == hash(Ids(**expected))

@@ -54,6 +54,13 @@ class Ids:
     trakt: int | None = None
 
     def as_dict(self) -> dict[str, str | int]:
+        """The ids that are known, by name (a new dict: the caller may change it)."""
+        return self._known.copy()
+
+    @once
+    def _known(self) -> dict[str, str | int]:
+        # Asked for five times or more per event (its identity, the answer, the stored text, the
+        # bodies): worked out once. Never handed out itself: ``as_dict`` gives a copy.
         out: dict[str, str | int] = {}
         if self.imdb is not None:
             out["imdb"] = self.imdb
@@ -66,7 +73,7 @@ class Ids:
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.as_dict())
+        return self.imdb is not None or self.tmdb is not None or self.tvdb is not None or self.trakt is not None
 
 
 _IMDB = re.compile(r"(?:tt)?0*(\d{1,10})")
