@@ -536,3 +536,34 @@ async def test_a_locked_database_is_tried_again_soon_then_less_often(tmp_path: P
             await db.call(always_locked)
     finally:
         db.close()
+
+
+async def test_a_webhook_waits_for_a_locked_database_lock_wait_in_all_not_behind_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the outsider test: an event arriving while an earlier commit was retrying waited
+    that out, then LOCK_WAIT of its own (4 s, where docs/durability.md says 2). Each waits
+    LOCK_WAIT from its arrival."""
+    from cwhook.state import asyncstore
+
+    monkeypatch.setattr(asyncstore, "LOCK_WAIT", 1.0)
+    db = AsyncStore(Store(tmp_path))
+
+    def locked(*_: Any) -> list[int]:
+        raise StoreBusy("database is locked")
+
+    monkeypatch.setattr(db.store, "ingest", locked)
+    loop = asyncio.get_running_loop()
+
+    async def answered_after(delay: float) -> float:
+        await asyncio.sleep(delay)
+        started = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await db.ingest(replace(MOVIE, item_key=str(delay)), lambda seq, event: None)
+        return loop.time() - started
+
+    try:
+        first, second = await asyncio.gather(answered_after(0.0), answered_after(0.5))
+        assert 0.95 <= first < 1.3
+        assert 0.45 <= second < 1.3  # behind the first commit it would be about 1.5
+    finally:
+        db.close()

@@ -58,18 +58,22 @@ class AsyncStore:
         self.store = store
         store.on_the_loop()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cwhook-checkpoint")
-        self._batch: list[tuple[Event, asyncio.Future[int], Callable[[int, Event], None]]] = []
+        # each event with its future, its callback and when it arrived (loop time)
+        self._batch: list[tuple[Event, asyncio.Future[int], Callable[[int, Event], None], float]] = []
         self._ignored: list[journal.IgnoredRow] = []
         self._flushing: asyncio.Task[None] | None = None
         self.on_outside_change: Callable[[], None] | None = None  # e.g. `cwhook outbox retry` ran
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, since: float | None = None) -> T:
+        """``fn(*args)`` on the loop, tried again while the database is locked, until LOCK_WAIT
+        has passed since ``since`` (loop time; default now): a webhook that waited behind an
+        earlier commit's retries waits no longer in all."""
         try:
             return fn(*args)
         except StoreBusy:
             pass
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOCK_WAIT
+        deadline = (loop.time() if since is None else since) + LOCK_WAIT
         wait = LOCK_RETRY_FIRST
         while True:
             await asyncio.sleep(wait)
@@ -85,7 +89,7 @@ class AsyncStore:
         """Commit one event (grouped with others); ``on_committed`` runs in commit order."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        self._batch.append((event, fut, on_committed))
+        self._batch.append((event, fut, on_committed, loop.time()))
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush())
         return await fut
@@ -106,14 +110,15 @@ class AsyncStore:
                 batch, self._batch = self._batch, []
                 ignored, self._ignored = self._ignored, []
                 try:
-                    ids = await self.call(self.store.ingest, [e for e, _, _ in batch], ignored)
+                    ids = await self.call(self.store.ingest, [e for e, _, _, _ in batch], ignored,
+                                          since=min((t for _, _, _, t in batch), default=None))
                 except Exception as exc:
                     error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(repr(exc))
-                    for _, fut, _ in batch:
+                    for _, fut, _, _ in batch:
                         if not fut.done():
                             fut.set_exception(error)
                     continue
-                for (event, fut, on_committed), seq in zip(batch, ids, strict=True):
+                for (event, fut, on_committed, _), seq in zip(batch, ids, strict=True):
                     on_committed(seq, event)
                     if not fut.done():
                         fut.set_result(seq)
