@@ -57,13 +57,17 @@ def test_console_on_a_tty() -> None:
         json.loads(text)
 
 
+def _events(out: io.StringIO) -> list[str]:
+    return [json.loads(x)["event"] for x in out.getvalue().splitlines()]
+
+
 def test_level_filters() -> None:
     out = io.StringIO()
     logs.configure("warning", "json", out)
     log = logs.get("t")
     log.info("hidden")
     log.warning("shown")
-    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["shown"]
+    assert _events(out) == ["shown"]
 
 
 def test_forced_formats() -> None:
@@ -173,7 +177,7 @@ def test_a_logger_in_use_follows_the_next_configure() -> None:
     log.warning("second")
     logs.configure("debug", "json", out)
     log.debug("third")
-    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["first", "second", "third"]
+    assert _events(out) == ["first", "second", "third"]
 
 
 def test_gathered_lines_leave_together_in_order_even_when_the_block_fails(

@@ -34,10 +34,13 @@ class Router:
         self.names = tuple(accounts)
         self._everyone: dict[str, set[int]] = {}  # server or "*" -> the accounts taking all its users
         self._index: dict[tuple[str, Users, str, str], set[int]] = {}  # (server, family, kind, value)
-        self._whole: dict[str, tuple[str, ...]] = {}  # without an index: server -> its accounts, once
         for i, patterns in enumerate(accounts.values()):
             for pattern in patterns:
                 self._add(i, pattern)
+        # No pattern names a user (the usual one account): a server's accounts are known already.
+        self._whole = None if self._index else {source: self._names(self._everyone.get(ANY, set())
+                                                                    | self._everyone.get(source, set()))
+                                                for source in SOURCES}
 
     def _add(self, account: int, pattern: str) -> None:
         text = pattern.strip()
@@ -55,12 +58,8 @@ class Router:
 
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the accounts whose users match the event, in the accounts' order."""
-        if not self._index:  # every pattern takes all of a server's users (the usual one account)
-            kept = self._whole.get(event.source)
-            if kept is None:
-                found_all = self._everyone.get(ANY, set()) | self._everyone.get(event.source, set())
-                kept = self._whole[event.source] = tuple(self.names[i] for i in sorted(found_all))
-            return kept
+        if self._whole is not None:
+            return self._whole[event.source]
         found: set[int] = set()
         family = SOURCES[event.source].users
         keys = family.event_keys(event)
@@ -68,4 +67,7 @@ class Router:
             found |= self._everyone.get(server, set())
             for kind, value in keys:
                 found |= self._index.get((server, family, kind, value), set())
+        return self._names(found)
+
+    def _names(self, found: set[int]) -> tuple[str, ...]:
         return tuple(self.names[i] for i in sorted(found))

@@ -205,7 +205,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     no known secret (there are none), only what text from outside cwhook may quote."""
     import structlog
 
-    global _level
+    global _level, _chain
     scrubber = scrubber if scrubber is not None else redact.Scrubber()
     _level = LEVELS.get(level, logging.INFO)
     out = stream or sys.stderr
@@ -218,13 +218,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     journal = under_journald(out, journal_stream)
     if use_json and stream is None and isinstance(out, io.TextIOWrapper) and out.encoding.lower() != "utf-8":
         out.reconfigure(encoding="utf-8", errors="backslashreplace")  # JSON lines are UTF-8, whatever the locale
-    global _chain
     processors = [*_pre_chain(scrubber), *([] if use_json else [_visible_values]), renderer,
                   *([_syslog_prefix] if journal else [])]
     factory = structlog.PrintLoggerFactory(file=stream) if stream else _stderr_factory
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )

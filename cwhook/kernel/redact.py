@@ -120,22 +120,19 @@ class Scrubber:
                 if "%" not in text and not any(s in text for s in secrets):
                     return event
         for key, value in event.items():
-            if isinstance(value, str):
-                if foreign or key == "exception":
-                    event[key] = redact_text(value, secrets)
-                elif secrets:
-                    event[key] = scrub_secrets(value, secrets)
-            elif isinstance(value, _NESTED) and secrets:
+            if isinstance(value, str) and (foreign or key == "exception"):
+                event[key] = redact_text(value, secrets)
+            elif secrets:
                 event[key] = _scrub_within(value, secrets)
         return event
 
 
-_NESTED = (dict, list, tuple)
 _PLAIN = frozenset((str, int, float, bool, type(None)))  # a line of only these values: one look at its text
 
 
 def _scrub_within(value: Any, secrets: list[str]) -> Any:
-    """A copy of ``value`` (dicts, lists and tuples within each other) with its text scrubbed."""
+    """``value`` with its text scrubbed: a string, or a copy of dicts, lists and tuples within each
+    other (anything else as it is)."""
     if isinstance(value, str):
         return scrub_secrets(value, secrets)
     if isinstance(value, dict):
